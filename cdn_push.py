@@ -1,0 +1,1795 @@
+#!/usr/bin/env python3
+"""cdn-push: push a folder of video files into a pull-based video CDN and know it arrived.
+
+The CDN imports a file by downloading it from a location URL that we name in a
+``file/add`` request, then verifies its size and sha-256.  cdn-push walks a folder,
+hashes every file, sends one import request per new or changed file, retries what
+can be retried and records every step in a local SQLite ledger, so that a second
+run does nothing when nothing changed.
+
+Usage::
+
+    python cdn_push.py                   # one pass over the folder (cron)
+    python cdn_push.py --dry-run         # show what would be submitted
+    python cdn_push.py status [--json]   # what the ledger knows
+    python cdn_push.py demo              # local round trip with the CDN emulator
+
+See README.md for the configuration reference and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import sqlite3
+import stat
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
+
+try:
+    import requests
+    import tenacity
+    import yaml
+    from tqdm import tqdm
+except ImportError as missing:  # pragma: no cover - depends on the machine
+    raise SystemExit(
+        f"cdn-push needs the Python package {missing.name!r}: run ./install.sh "
+        "or pip install -r requirements.txt"
+    ) from None
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("cdn_push")
+
+# ----------------------------------------------------------------------------
+# Constants and exit codes
+# ----------------------------------------------------------------------------
+
+EXIT_OK = 0               # every file is imported (or waiting to settle)
+EXIT_INCOMPLETE = 1       # some files were rejected, failed, conflict or are unreadable
+EXIT_USAGE = 2            # bad command line or configuration
+EXIT_LOCKED = 3           # another cdn-push holds the ledger's lock
+EXIT_CDN_UNAVAILABLE = 4  # CDN unreachable, or credentials refused
+EXIT_LEDGER = 5           # the ledger cannot be opened or written
+
+ENV_CONFIG = "CDN_PUSH_CONFIG"
+ENV_API_PASSWORD = "CDN_PUSH_API_PASSWORD"
+ENV_ORIGIN_PASSWORD = "CDN_PUSH_ORIGIN_PASSWORD"
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+DEFAULT_API_URL = "https://cp.ahcdn.com/api2"
+ORIGIN_SCHEMES = ("http", "https", "ftp", "rsync", "rsync+ssh", "s3")
+
+STATE_PENDING = "pending"
+STATE_SUBMITTED = "submitted"
+STATE_CONFIRMED = "confirmed"
+STATE_REJECTED = "rejected"
+STATE_FAILED = "failed"
+STATES = (STATE_PENDING, STATE_SUBMITTED, STATE_CONFIRMED, STATE_REJECTED, STATE_FAILED)
+ACCEPTED_STATES = (STATE_SUBMITTED, STATE_CONFIRMED)
+
+# What the decide step concludes for one file on disk.
+DECISION_NEW = "new"
+DECISION_CHANGED = "changed"
+DECISION_UNCHANGED = "unchanged"
+DECISION_CONFLICT = "conflict"
+DECISION_STILL_REJECTED = "still-rejected"
+
+OVERRIDE_KEYS = ("protection", "speed", "buffer", "fetch_prio", "no_replace")
+TEMPORARY_PATTERNS = ("*.part", "*.tmp", "*.crdownload", "~$*")
+# rsync writes into ".<name>.XXXXXX" and renames when done.
+RSYNC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.S)
+
+HASH_BUFFER_SIZE = 128 * 1024   # measured: larger buffers are no faster
+SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
+PENDING_PAGE = 500              # pending rows read from the ledger at a time
+MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
+MASK = "***"
+SCHEMA_VERSION = 1
+
+
+# ----------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------
+
+class CdnPushError(Exception):
+    """Root of every error cdn-push raises on purpose."""
+
+
+class ConfigError(CdnPushError):
+    """The command line or the configuration is wrong; the message names the key."""
+
+
+class LedgerError(CdnPushError):
+    """The ledger cannot be opened, read or written."""
+
+
+class LockedError(LedgerError):
+    """Another cdn-push process holds the ledger's lock."""
+
+
+class CdnError(CdnPushError):
+    """Talking to the CDN's API went wrong."""
+
+
+class CdnAuthError(CdnError):
+    """The CDN refused the API login or password: no file can succeed."""
+
+
+class CdnUnavailableError(CdnError):
+    """The CDN could not be reached within the retry budget."""
+
+
+class CdnRetriesExhausted(CdnError):
+    """The CDN kept answering with a temporary error for one file."""
+
+
+class _TransientError(CdnError):
+    """One attempt failed in a way that is worth retrying."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 connection: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.connection = connection
+
+
+# ----------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------
+
+class Secret:
+    """A password that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    max_seconds: float = 300.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    url: str = DEFAULT_API_URL
+    login: str = ""
+    password: Secret = field(default_factory=Secret)
+    timeout: float = 30.0
+    callback_param: str = "callback"
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    rate_limit: float = 0.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    base_url: str = ""
+    username: str = ""
+    password: Secret = field(default_factory=Secret)
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    skip_hidden: bool = True
+    skip_temporary: bool = True
+    settle_seconds: float = 30.0
+    follow_symlinks: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    folder: Path
+    ledger: Path
+    api: ApiConfig
+    origin: OriginConfig
+    name_prefix: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    hash_workers: int = 2
+    submit_workers: int = 4
+    source: str = "<config>"
+
+    def secrets(self) -> list[str]:
+        return [s.reveal() for s in (self.api.password, self.origin.password) if s]
+
+
+CONFIG_KEYS: dict[str, Any] = {
+    "folder": None,
+    "name_prefix": None,
+    "ledger": None,
+    "workers": {"hash": None, "submit": None},
+    "api": {"url": None, "login": None, "password": None, "timeout": None,
+            "callback_param": None, "verify_tls": None, "ca_bundle": None,
+            "rate_limit": None,
+            "retry": {"attempts": None, "max_seconds": None, "backoff_base": None,
+                      "backoff_max": None}},
+    "origin": {"base_url": None, "username": None, "password": None},
+    "defaults": dict.fromkeys(OVERRIDE_KEYS),
+    "rules": None,
+    "scan": {"include": None, "exclude": None, "skip_hidden": None,
+             "skip_temporary": None, "settle_seconds": None, "follow_symlinks": None},
+}
+
+SPEED_FORMAT = re.compile(r"^\d+(\.\d+)?\s*([kKmMgG]|%)?$")
+BUFFER_FORMAT = re.compile(r"^\d+(\.\d+)?$")
+
+
+def _check_keys(section: Mapping[str, Any], known: Mapping[str, Any], prefix: str) -> None:
+    for key in section:
+        if not isinstance(key, str) or key not in known:
+            dotted = f"{prefix}{key}"
+            hint = difflib.get_close_matches(str(key), list(known), n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown key '{dotted}'{suggestion}")
+        if isinstance(known[key], dict) and section[key] is not None:
+            _check_keys(_mapping(section[key], f"{prefix}{key}"), known[key], f"{prefix}{key}.")
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"'{key}' must be a mapping of keys to values, not {type(value).__name__}")
+    return value
+
+
+def _string(value: Any, key: str, *, required: bool = False) -> str:
+    if value is None or value == "":
+        if required:
+            raise ConfigError(f"'{key}' is required")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"'{key}' must be a string, not {type(value).__name__}")
+    return str(value)
+
+
+def _boolean(value: Any, key: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be true or false, not {value!r}")
+    return value
+
+
+def _number(value: Any, key: str, default: float, *, minimum: float = 0.0,
+            integer: bool = False) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not isinstance(value, int)):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"'{key}' must be {kind}, not {value!r}")
+    if value < minimum or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"'{key}' must be at least {minimum}, not {value!r}")
+    return value
+
+
+def _patterns(value: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"'{key}' must be a list of glob patterns")
+    return tuple(value)
+
+
+def _overrides(value: Any, key: str) -> dict[str, Any]:
+    """Validate protection/speed/buffer/fetch_prio/no_replace; None unsets a default."""
+    section = _mapping(value, key)
+    result: dict[str, Any] = {}
+    for name, raw in section.items():
+        dotted = f"{key}.{name}"
+        if name not in OVERRIDE_KEYS:
+            raise ConfigError(f"unknown key '{dotted}' (known: {', '.join(OVERRIDE_KEYS)})")
+        if raw is None:
+            result[name] = None
+        elif name == "no_replace":
+            result[name] = _boolean(raw, dotted, False)
+        elif name == "speed":
+            text = _string(raw, dotted)
+            if not SPEED_FORMAT.match(text):
+                raise ConfigError(f"'{dotted}' must look like 300K, 2M or 130%, not {raw!r}")
+            result[name] = text.replace(" ", "")
+        elif name == "buffer":
+            text = _string(raw, dotted)
+            if not BUFFER_FORMAT.match(text):
+                raise ConfigError(f"'{dotted}' must be seconds (5.0) or bytes (123456), not {raw!r}")
+            result[name] = text
+        else:
+            result[name] = _string(raw, dotted)
+    return result
+
+
+def _split_userinfo(url: str, key: str) -> tuple[str, str, str]:
+    """Return the URL without user:password@, and the (unquoted) user and password."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, "", ""
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if not hostport:
+        raise ConfigError(f"'{key}' has no host")
+    return urlunsplit(parts._replace(netloc=hostport)), unquote(user), unquote(password)
+
+
+def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
+                 source: str = "<config>", default_ledger: Path | None = None) -> Config:
+    """Turn the YAML document into a Config; pure apart from resolving paths."""
+    data = _mapping(raw, "the configuration")
+    _check_keys(data, CONFIG_KEYS, "")
+
+    folder_text = _string(data.get("folder"), "folder", required=True)
+    folder = (base_dir / Path(folder_text).expanduser()).resolve()
+
+    api_raw = _mapping(data.get("api"), "api")
+    api_url = _string(api_raw.get("url"), "api.url") or DEFAULT_API_URL
+    api_parts = urlsplit(api_url)
+    if api_parts.scheme not in ("http", "https") or not api_parts.hostname:
+        raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {api_url!r}")
+    if "@" in api_parts.netloc:
+        raise ConfigError("'api.url' must not hold a login or password: use api.login and api.password")
+    password = env.get(ENV_API_PASSWORD) or _string(api_raw.get("password"), "api.password")
+    retry_raw = _mapping(api_raw.get("retry"), "api.retry")
+    retry = RetryPolicy(
+        attempts=_number(retry_raw.get("attempts"), "api.retry.attempts", 6, minimum=1, integer=True),
+        max_seconds=float(_number(retry_raw.get("max_seconds"), "api.retry.max_seconds", 300.0)),
+        backoff_base=float(_number(retry_raw.get("backoff_base"), "api.retry.backoff_base", 1.0)),
+        backoff_max=float(_number(retry_raw.get("backoff_max"), "api.retry.backoff_max", 60.0)),
+    )
+    callback_param = _string(api_raw.get("callback_param"), "api.callback_param") or "callback"
+    ca_bundle = _string(api_raw.get("ca_bundle"), "api.ca_bundle") or None
+    if ca_bundle:
+        ca_bundle = str((base_dir / Path(ca_bundle).expanduser()).resolve())
+    api = ApiConfig(
+        url=api_url.rstrip("/"),
+        login=_string(api_raw.get("login"), "api.login"),
+        password=Secret(password),
+        timeout=float(_number(api_raw.get("timeout"), "api.timeout", 30.0, minimum=0.1)),
+        callback_param=callback_param,
+        verify_tls=_boolean(api_raw.get("verify_tls"), "api.verify_tls", True),
+        ca_bundle=ca_bundle,
+        rate_limit=float(_number(api_raw.get("rate_limit"), "api.rate_limit", 0.0)),
+        retry=retry,
+    )
+
+    origin_raw = _mapping(data.get("origin"), "origin")
+    base_url = _string(origin_raw.get("base_url"), "origin.base_url")
+    origin_user = _string(origin_raw.get("username"), "origin.username")
+    origin_password = env.get(ENV_ORIGIN_PASSWORD) or _string(origin_raw.get("password"), "origin.password")
+    if base_url:
+        scheme = urlsplit(base_url).scheme
+        if scheme not in ORIGIN_SCHEMES:
+            raise ConfigError(
+                f"'origin.base_url' must start with one of {', '.join(s + '://' for s in ORIGIN_SCHEMES)}; "
+                f"got {scheme + '://' if scheme else 'no scheme'}")
+        base_url, inline_user, inline_password = _split_userinfo(base_url, "origin.base_url")
+        if inline_user and origin_user and inline_user != origin_user:
+            raise ConfigError("'origin.base_url' names a user and so does 'origin.username': keep one")
+        origin_user = origin_user or inline_user
+        origin_password = origin_password or inline_password
+        if not urlsplit(base_url).hostname:
+            raise ConfigError(f"'origin.base_url' has no host: {base_url!r}")
+        if scheme == "rsync+ssh" and not (origin_user and origin_password):
+            raise ConfigError("'origin.base_url' with rsync+ssh:// needs origin.username and origin.password")
+        if scheme == "s3" and not (origin_user and origin_password):
+            raise ConfigError("'origin.base_url' with s3:// needs origin.username (access key) "
+                              "and origin.password (secret key)")
+    if origin_password and not origin_user:
+        raise ConfigError("'origin.password' is set but 'origin.username' is not")
+    origin = OriginConfig(base_url=base_url, username=origin_user, password=Secret(origin_password))
+
+    name_prefix = _string(data.get("name_prefix"), "name_prefix")
+    if name_prefix.startswith("/"):
+        raise ConfigError("'name_prefix' must not start with '/': CDN names have no leading slash")
+
+    defaults = {k: v for k, v in _overrides(data.get("defaults"), "defaults").items() if v is not None}
+    rules_raw = data.get("rules") or []
+    if not isinstance(rules_raw, list):
+        raise ConfigError("'rules' must be a list of {match: <glob>, ...} entries")
+    rules = []
+    for index, entry in enumerate(rules_raw):
+        key = f"rules[{index}]"
+        entry = dict(_mapping(entry, key))
+        match = entry.pop("match", None)
+        if not isinstance(match, str) or not match:
+            raise ConfigError(f"'{key}.match' is required: a glob such as '**/*.mp4'")
+        rules.append(Rule(match=match, overrides=_overrides(entry, key)))
+
+    scan_raw = _mapping(data.get("scan"), "scan")
+    scan = ScanConfig(
+        include=_patterns(scan_raw.get("include"), "scan.include"),
+        exclude=_patterns(scan_raw.get("exclude"), "scan.exclude"),
+        skip_hidden=_boolean(scan_raw.get("skip_hidden"), "scan.skip_hidden", True),
+        skip_temporary=_boolean(scan_raw.get("skip_temporary"), "scan.skip_temporary", True),
+        settle_seconds=float(_number(scan_raw.get("settle_seconds"), "scan.settle_seconds", 30.0)),
+        follow_symlinks=_boolean(scan_raw.get("follow_symlinks"), "scan.follow_symlinks", False),
+    )
+
+    ledger_text = _string(data.get("ledger"), "ledger")
+    if ledger_text:
+        ledger = (base_dir / Path(ledger_text).expanduser()).resolve()
+    else:
+        ledger = (default_ledger or base_dir / "cdn-push.ledger.sqlite3").resolve()
+    if ledger == folder or folder in ledger.parents:
+        raise ConfigError(f"'ledger' ({ledger}) must not be inside 'folder' ({folder}): "
+                          "it would be imported as a file")
+
+    workers_raw = data.get("workers")
+    if isinstance(workers_raw, int) and not isinstance(workers_raw, bool):
+        workers_raw = {"hash": workers_raw, "submit": workers_raw}
+    workers = _mapping(workers_raw, "workers")
+    cpus = os.cpu_count() or 1
+    hash_workers = _number(workers.get("hash"), "workers.hash", min(2, cpus), minimum=1, integer=True)
+    submit_workers = _number(workers.get("submit"), "workers.submit", 4, minimum=1, integer=True)
+
+    return Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
+                  defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
+                  submit_workers=submit_workers, source=source)
+
+
+def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
+    """Read and validate the YAML file; returns the config and warnings to log."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {path}: copy config.example.yaml to "
+                          f"{path.name} and fill in folder, api.login and origin.base_url") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.__class__.__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    base_dir = path.resolve().parent
+    try:
+        config = parse_config(raw, env=env, base_dir=base_dir, source=str(path),
+                              default_ledger=base_dir / f"{path.stem}.ledger.sqlite3")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    warnings = []
+    with contextlib.suppress(OSError):
+        if _holds_password(raw) and path.stat().st_mode & 0o044:
+            warnings.append(f"{path} holds a password and is readable by other users: "
+                            f"run chmod 600 {path} (or use {ENV_API_PASSWORD})")
+    return config, warnings
+
+
+def _holds_password(raw: Any) -> bool:
+    if not isinstance(raw, Mapping):
+        return False
+    api, origin = raw.get("api"), raw.get("origin")
+    if isinstance(api, Mapping) and api.get("password"):
+        return True
+    if isinstance(origin, Mapping):
+        if origin.get("password"):
+            return True
+        with contextlib.suppress(ValueError):
+            return urlsplit(str(origin.get("base_url") or "")).password is not None
+    return False
+
+
+def config_path_from(arg: str | None, env: Mapping[str, str]) -> Path:
+    return Path(arg or env.get(ENV_CONFIG) or DEFAULT_CONFIG_NAME)
+
+
+@functools.lru_cache(maxsize=512)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Translate a glob where * stays within a folder, ** crosses folders, ? is one char."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end == -1:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1:end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+def glob_matches(pattern: str, relpath: str) -> bool:
+    """A pattern with a '/' matches the whole relative path, one without matches the name."""
+    if "/" in pattern.rstrip("/"):
+        return compile_glob(pattern.strip("/")).match(relpath) is not None
+    return compile_glob(pattern.rstrip("/")).match(relpath.rsplit("/", 1)[-1]) is not None
+
+
+def overrides_for(relpath: str, defaults: Mapping[str, Any], rules: Sequence[Rule]) -> dict[str, Any]:
+    """Defaults, then every matching rule in order; a rule's null removes a key."""
+    merged = dict(defaults)
+    for rule in rules:
+        if glob_matches(rule.match, relpath):
+            merged.update(rule.overrides)
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def priority_of(overrides: Mapping[str, Any]) -> int:
+    value = overrides.get("fetch_prio")
+    if value is None or value is False:
+        return 0
+    try:
+        return max(int(str(value)), 1)
+    except ValueError:
+        return 1
+
+
+def build_location(origin: OriginConfig, relpath: str) -> str:
+    """The URL the CDN downloads from: base URL + percent-encoded relative path."""
+    parts = urlsplit(origin.base_url)
+    userinfo = ""
+    if origin.username:
+        userinfo = quote(origin.username, safe="")
+        if origin.password:
+            userinfo += ":" + quote(origin.password.reveal(), safe="")
+        userinfo += "@"
+    path = parts.path.rstrip("/") + "/" + "/".join(quote(seg, safe="") for seg in relpath.split("/"))
+    return urlunsplit((parts.scheme, userinfo + parts.netloc, path, parts.query, ""))
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of user:password@ in a URL by ***."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostport}"))
+
+
+def cdn_name(prefix: str, relpath: str) -> str:
+    return prefix + relpath
+
+
+def build_request(config: Config, relpath: str, size: int, sha256: str,
+                  overrides: Mapping[str, Any]) -> dict[str, str]:
+    """The form fields of one file/add request."""
+    params = {
+        "location": build_location(config.origin, relpath),
+        "name": cdn_name(config.name_prefix, relpath),
+        "size": str(size),
+        "chksum": sha256.lower(),
+    }
+    for key in OVERRIDE_KEYS:
+        if key in overrides:
+            value = overrides[key]
+            params[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return params
+
+
+class Redactor:
+    """Replaces every known secret, raw or percent-encoded, by ***."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            if secret and len(secret) >= 3:
+                self._secrets.update({secret, quote(secret, safe=""), quote(secret)})
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+# ----------------------------------------------------------------------------
+# Ledger
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LedgerRow:
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str | None
+    name: str
+    state: str
+    priority: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    response: str | None = None
+    accepted_name: str | None = None
+    accepted_size: int | None = None
+    accepted_sha256: str | None = None
+    updated_at: float = 0.0
+
+    @property
+    def dir(self) -> str:
+        return self.path.rpartition("/")[0]
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "priority",
+                  "attempts", "last_error", "response", "accepted_name", "accepted_size",
+                  "accepted_sha256", "updated_at")
+
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    dir TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    sha256 TEXT,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    response TEXT,
+    accepted_name TEXT,
+    accepted_size INTEGER,
+    accepted_sha256 TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
+CREATE INDEX IF NOT EXISTS files_by_state ON files (state, priority, path);
+"""
+
+
+class Ledger:
+    """The SQLite record of every file: what it held when hashed and what the CDN accepted.
+
+    Used from one thread; WAL lets `status` read while a run writes.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str, clock: Callable[[], float] = time.time):
+        self._db = connection
+        self.path = path
+        self._clock = clock
+        self._uncommitted = 0
+
+    @classmethod
+    def open(cls, path: Path | str, *, clock: Callable[[], float] = time.time) -> "Ledger":
+        where = str(path)
+        try:
+            if where != ":memory:":
+                Path(where).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(where, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(LEDGER_SCHEMA)
+            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if found is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) > SCHEMA_VERSION:
+                db.close()
+                raise LedgerError(f"ledger {where} was written by a newer cdn-push (schema "
+                                  f"{found[0]}, this one knows {SCHEMA_VERSION}): upgrade cdn-push")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot use ledger {where}: {exc}; if the file is damaged, move it "
+                              "aside and run again (every file is then hashed and checked anew)") from None
+        except OSError as exc:
+            raise LedgerError(f"cannot create ledger {where}: {exc.strerror or exc}") from None
+        db.execute("BEGIN")
+        return cls(db, where, clock)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.commit()
+            self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, sql: str, args: Sequence[Any] | Iterable[Sequence[Any]] = (), *, many: bool = False):
+        try:
+            if many:
+                return self._db.executemany(sql, args)
+            return self._db.execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def commit(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot write ledger {self.path}: {exc}") from None
+        self._uncommitted = 0
+
+    def _changed(self, rows: int, every: int) -> None:
+        self._uncommitted += rows
+        if self._uncommitted >= every:
+            self.commit()
+
+    @staticmethod
+    def _row(values: Sequence[Any]) -> LedgerRow:
+        return LedgerRow(*values)
+
+    def get(self, path: str) -> LedgerRow | None:
+        found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
+        return self._row(found) if found else None
+
+    def rows_in_dir(self, reldir: str) -> dict[str, LedgerRow]:
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
+        return {values[0]: self._row(values) for values in cursor}
+
+    def put_many(self, rows: Iterable[LedgerRow], *, commit_every: int = SCAN_COMMIT_EVERY) -> None:
+        now = self._clock()
+        values = [(*(getattr(r, c) for c in LEDGER_COLUMNS[:-1]), now, r.dir) for r in rows]
+        if not values:
+            return
+        columns = ",".join(LEDGER_COLUMNS) + ",dir"
+        updates = ",".join(f"{c}=excluded.{c}" for c in LEDGER_COLUMNS[1:]) + ",dir=excluded.dir"
+        self._run(f"INSERT INTO files ({columns}) VALUES ({','.join('?' * (len(LEDGER_COLUMNS) + 1))}) "
+                  f"ON CONFLICT(path) DO UPDATE SET {updates}", values, many=True)
+        self._changed(len(values), commit_every)
+
+    def put(self, row: LedgerRow) -> None:
+        """Write one transition and commit it at once, so a kill loses nothing recorded."""
+        self.put_many([row], commit_every=1)
+
+    def forget(self, path: str) -> None:
+        self._run("DELETE FROM files WHERE path=?", (path,))
+        self._changed(1, 1)
+
+    def pending(self, page: int = PENDING_PAGE) -> Iterator[LedgerRow]:
+        """Pending rows, highest priority first, read a page at a time (keyset order)."""
+        last_priority, last_path = math.inf, ""
+        while True:
+            cursor = self._run(
+                f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND "
+                "(priority < ? OR (priority = ? AND path > ?)) ORDER BY priority DESC, path LIMIT ?",
+                (STATE_PENDING, last_priority, last_priority, last_path, page))
+            rows = [self._row(v) for v in cursor.fetchall()]
+            if not rows:
+                return
+            yield from rows
+            last_priority, last_path = rows[-1].priority, rows[-1].path
+
+    def count_pending(self) -> int:
+        return self._run("SELECT count(*) FROM files WHERE state=?", (STATE_PENDING,)).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
+        return {state: found.get(state, 0) for state in STATES}
+
+    def all_rows(self, state: str | None = None) -> Iterator[LedgerRow]:
+        sql = f"SELECT {','.join(LEDGER_COLUMNS)} FROM files"
+        args: tuple[Any, ...] = ()
+        if state:
+            sql, args = sql + " WHERE state=?", (state,)
+        for values in self._run(sql + " ORDER BY path", args).fetchall():
+            yield self._row(values)
+
+
+class LedgerLock:
+    """An exclusive flock on '<ledger>.lock', so cron runs never overlap."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.path = Path(str(ledger_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "LedgerLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LedgerError(f"cannot create lock file {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"another cdn-push (pid {holder}) is running with ledger "
+                              f"{str(self.path)[:-5]}; this run exits") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "LedgerLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------
+# Scan and hash
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FileEntry:
+    relpath: str
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    def same_stat(self, size: int, mtime_ns: int, inode: int) -> bool:
+        return (self.size, self.mtime_ns, self.inode) == (size, mtime_ns, inode)
+
+
+class FileChangedError(CdnPushError):
+    """The file changed while it was read; it is left for the next pass."""
+
+
+def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
+    """Why a path is not imported, or None; pure, so rules stay testable."""
+    name = relpath.rsplit("/", 1)[-1]
+    if scan.skip_hidden and name.startswith("."):
+        return "hidden"
+    if scan.skip_temporary and not is_dir and (
+            RSYNC_TEMPORARY.match(name) or any(compile_glob(p).match(name) for p in TEMPORARY_PATTERNS)):
+        return "temporary"
+    if any(glob_matches(p, relpath) for p in scan.exclude):
+        return "excluded"
+    if not is_dir and scan.include and not any(glob_matches(p, relpath) for p in scan.include):
+        return "not included"
+    return None
+
+
+def walk_folder(root: Path, scan: ScanConfig,
+                on_problem: Callable[[str, str], None] = lambda path, why: None,
+                ) -> Iterator[tuple[str, list[FileEntry]]]:
+    """Yield (relative folder, its files) one folder at a time, so memory stays flat."""
+    root_real = os.path.realpath(root)
+    visited: set[tuple[int, int]] = set()
+    stack = [""]
+    while stack:
+        reldir = stack.pop()
+        absdir = os.path.join(root, reldir) if reldir else str(root)
+        try:
+            dir_stat = os.stat(absdir)
+            if (dir_stat.st_dev, dir_stat.st_ino) in visited:
+                on_problem(reldir, "folder seen before (symlink loop); skipped")
+                continue
+            if scan.follow_symlinks:
+                visited.add((dir_stat.st_dev, dir_stat.st_ino))
+            iterator = os.scandir(absdir)
+        except OSError as exc:
+            on_problem(reldir or ".", f"cannot list folder: {exc.strerror or exc}")
+            continue
+        files: list[FileEntry] = []
+        subdirs: list[str] = []
+        with iterator:
+            for item in iterator:
+                relpath = f"{reldir}/{item.name}" if reldir else item.name
+                try:
+                    relpath.encode("utf-8")
+                except UnicodeEncodeError:
+                    on_problem(os.fsencode(relpath).decode("utf-8", "backslashreplace"),
+                               "name is not valid UTF-8; rename the file to import it")
+                    continue
+                try:
+                    is_link = item.is_symlink()
+                    if is_link:
+                        if not scan.follow_symlinks:
+                            continue
+                        target = os.path.realpath(item.path)
+                        if os.path.commonpath([root_real, target]) != root_real:
+                            on_problem(relpath, "symlink leads outside the folder; skipped")
+                            continue
+                    is_dir = item.is_dir(follow_symlinks=scan.follow_symlinks)
+                    if is_dir:
+                        if skip_reason(relpath, scan, is_dir=True) is None:
+                            subdirs.append(relpath)
+                        continue
+                    if not item.is_file(follow_symlinks=scan.follow_symlinks):
+                        continue
+                    if skip_reason(relpath, scan) is not None:
+                        continue
+                    st = item.stat(follow_symlinks=scan.follow_symlinks)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    on_problem(relpath, f"cannot stat: {exc.strerror or exc}")
+                    continue
+                files.append(FileEntry(relpath, item.path, st.st_size, st.st_mtime_ns, st.st_ino))
+        yield reldir, files
+        stack.extend(sorted(subdirs, reverse=True))
+
+
+def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
+              buffer_size: int = HASH_BUFFER_SIZE) -> str:
+    """sha-256 of the file, read with one reused buffer.
+
+    Raises FileChangedError if the file is not the one that was scanned, or changes
+    while it is read; OSError if it cannot be read.
+    """
+    with open(entry.path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        if not entry.same_stat(before.st_size, before.st_mtime_ns, before.st_ino):
+            raise FileChangedError(f"{entry.relpath} changed since it was listed")
+        digest = hashlib.sha256()
+        buffer = bytearray(buffer_size)
+        view = memoryview(buffer)
+        total = 0
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            digest.update(view[:count])
+            total += count
+            progress(count)
+        after = os.fstat(handle.fileno())
+    if total != entry.size or not entry.same_stat(after.st_size, after.st_mtime_ns, after.st_ino):
+        raise FileChangedError(f"{entry.relpath} changed while it was hashed")
+    return digest.hexdigest()
+
+
+def current_stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+# ----------------------------------------------------------------------------
+# CDN client
+# ----------------------------------------------------------------------------
+
+OUTCOME_ACCEPTED = "accepted"
+OUTCOME_EXISTS = "exists"
+OUTCOME_REJECTED = "rejected"
+
+EXISTS_TEXT = re.compile(r"already\s+(exists?|present|added|imported|there)|file\s+exists|duplicate", re.I)
+ERROR_WORDS = ("error", "fail", "failed", "failure", "denied", "invalid")
+AUTH_TEXT = re.compile(r"auth|login|password|credential|forbidden|access denied|not allowed", re.I)
+
+
+@dataclass(frozen=True)
+class CdnAnswer:
+    outcome: str
+    status: int
+    message: str
+    body: str
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now) if when else None
+
+
+def _answer_message(body: str) -> tuple[str, bool | None]:
+    """The human message in a JSON or text body, and whether it reports an error (None: unclear)."""
+    text = body.strip()
+    try:
+        data = json.loads(text) if text[:1] in "{[" and text else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        message = next((str(data[k]) for k in ("message", "error", "msg", "description", "detail", "result",
+                                               "status") if data.get(k) not in (None, "")), text)
+        status = str(data.get("status", data.get("result", ""))).lower()
+        is_error = (bool(data.get("error")) or data.get("success") is False or data.get("ok") is False
+                    or status in ERROR_WORDS)
+        return message, is_error
+    first = text.splitlines()[0] if text else ""
+    lowered = first.lower()
+    is_error = any(lowered.startswith(w) for w in ERROR_WORDS) or lowered.startswith("err")
+    return first[:500], (True if is_error else None)
+
+
+def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | CdnAuthError:
+    """Turn one HTTP answer of file/add into an outcome; pure, tolerant of unknown formats."""
+    message, is_error = _answer_message(body)
+    kept = body[:MAX_RECORDED_BODY]
+    if status in (401, 407) or (status == 403 and (not message or AUTH_TEXT.search(message))):
+        return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
+                            f"{': ' + message if message else ''}); check api.login and "
+                            f"{ENV_API_PASSWORD} / api.password")
+    if status == 429 or status == 408 or status >= 500:
+        return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
+    if EXISTS_TEXT.search(message or "") and (status < 300 or 400 <= status < 500):
+        return CdnAnswer(OUTCOME_EXISTS, status, message, kept)
+    if 200 <= status < 300:
+        if is_error:
+            return CdnAnswer(OUTCOME_REJECTED, status, message or f"HTTP {status} reporting an error", kept)
+        return CdnAnswer(OUTCOME_ACCEPTED, status, message, kept)
+    return CdnAnswer(OUTCOME_REJECTED, status, f"HTTP {status}{': ' + message if message else ''}", kept)
+
+
+class RateLimiter:
+    """Spaces requests at most `rate` per second across threads (0: no limit)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+class CdnClient:
+    """file/add over a keep-alive session per thread, with bounded retries."""
+
+    def __init__(self, api: ApiConfig, *, pool_size: int = 4,
+                 sleep: Callable[[float], None] = time.sleep,
+                 stop: threading.Event | None = None) -> None:
+        self.api = api
+        self._pool_size = pool_size
+        self._sleep = sleep
+        self._stop = stop or threading.Event()
+        self._local = threading.local()
+        self._limiter = RateLimiter(api.rate_limit)
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.auth = (self.api.login, self.api.password.reveal())
+            session.verify = self.api.ca_bundle or self.api.verify_tls
+            session.headers["User-Agent"] = f"cdn-push/{__version__}"
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def _post_once(self, method: str, params: Mapping[str, str]) -> CdnAnswer:
+        self._limiter.acquire()
+        try:
+            response = self._session().post(f"{self.api.url}/{method}", data=params,
+                                             timeout=self.api.timeout)
+            body = response.text
+        except requests.Timeout:
+            raise _TransientError(f"no answer within {self.api.timeout:g} s", connection=True) from None
+        except requests.exceptions.SSLError as exc:
+            raise CdnUnavailableError(f"TLS error talking to {self.api.url}: {_short(exc)}; set "
+                                      "api.ca_bundle for a private CA") from None
+        except requests.RequestException as exc:
+            raise _TransientError(f"cannot reach {self.api.url}: {_short(exc)}", connection=True) from None
+        outcome = classify_response(response.status_code, body)
+        if isinstance(outcome, _TransientError):
+            outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            raise outcome
+        if isinstance(outcome, CdnAuthError):
+            raise outcome
+        return outcome
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        policy = self.api.retry
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        backoff = tenacity.wait_random_exponential(multiplier=policy.backoff_base,
+                                                   max=policy.backoff_max)(retry_state)
+        if isinstance(exc, _TransientError) and exc.retry_after is not None:
+            backoff = exc.retry_after + random.uniform(0, 0.1 * max(exc.retry_after, 1.0))
+        return min(backoff, policy.max_seconds)
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        if self._sleep is time.sleep:
+            if self._stop.wait(seconds):
+                raise CdnUnavailableError("stopped while waiting to retry")
+        else:
+            self._sleep(seconds)
+
+    def add_file(self, params: Mapping[str, str]) -> CdnAnswer:
+        """Send file/add; returns accepted, exists or rejected, or raises a CdnError."""
+        policy = self.api.retry
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.max_seconds),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_TransientError),
+            sleep=self._sleep_unless_stopped,
+            reraise=True,
+        )
+        try:
+            return retrying(self._post_once, "file/add", params)
+        except _TransientError as exc:
+            attempts = retrying.statistics.get("attempt_number", policy.attempts)
+            if exc.connection:
+                raise CdnUnavailableError(f"{exc} (after {attempts} attempts)") from None
+            raise CdnRetriesExhausted(f"{exc} (after {attempts} attempts)") from None
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason from a requests exception, without its nested repr noise."""
+    text = str(exc)
+    match = re.search(r"\] ([^'\")]+)", text) or re.search(r"(Connection refused|Name or service not known"
+                                                          r"|timed out|reset by peer)", text)
+    return match.group(1).strip() if match else text.splitlines()[0][:200]
+
+
+# ----------------------------------------------------------------------------
+# Pipeline
+# ----------------------------------------------------------------------------
+
+def decide(row: LedgerRow | None, name: str, size: int, sha256: str, *,
+           no_replace: bool = False, retry_rejected: bool = False) -> str:
+    """What to do with a hashed file, following the CDN's reimport rules."""
+    if row is not None and row.state == STATE_REJECTED and not retry_rejected and (
+            row.name, row.size, row.sha256) == (name, size, sha256):
+        return DECISION_STILL_REJECTED
+    if row is None or row.accepted_sha256 is None:
+        return DECISION_NEW
+    if (row.accepted_name, row.accepted_size, row.accepted_sha256) == (name, size, sha256):
+        return DECISION_UNCHANGED
+    if row.accepted_name != name:
+        return DECISION_NEW
+    if no_replace:
+        return DECISION_CONFLICT
+    return DECISION_CHANGED
+
+
+def row_after_decision(decision: str, entry: FileEntry, row: LedgerRow | None, name: str,
+                       sha256: str, priority: int) -> LedgerRow:
+    """The ledger row that records a decision; pure."""
+    seen = dict(path=entry.relpath, size=entry.size, mtime_ns=entry.mtime_ns, inode=entry.inode,
+                sha256=sha256, name=name, priority=priority)
+    if row is None:
+        return LedgerRow(state=STATE_PENDING, **seen)
+    if decision in (DECISION_NEW, DECISION_CHANGED):
+        content_same = (row.name, row.size, row.sha256) == (name, entry.size, sha256)
+        attempts = row.attempts if content_same and row.state == STATE_PENDING else 0
+        return dataclasses.replace(row, state=STATE_PENDING, attempts=attempts, last_error=None, **seen)
+    if decision == DECISION_UNCHANGED:
+        state = row.state if row.state in ACCEPTED_STATES else STATE_SUBMITTED
+        return dataclasses.replace(row, state=state, last_error=None, **seen)
+    if decision == DECISION_CONFLICT:
+        return dataclasses.replace(
+            row, last_error="content changed but no_replace is set: the CDN keeps the old file; "
+                            "rename the file to import it as a new one", **seen)
+    return dataclasses.replace(row, **seen)
+
+
+@dataclass
+class RunSummary:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    waiting: int = 0
+    submitted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    unreadable: int = 0
+    bytes_hashed: int = 0
+    interrupted: bool = False
+    fatal: CdnPushError | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        parts = [f"{self.new} new", f"{self.changed} changed", f"{self.unchanged} unchanged",
+                 f"{self.waiting} waiting", f"{self.submitted} submitted", f"{self.rejected} rejected",
+                 f"{self.failed} failed"]
+        if self.conflicts:
+            parts.append(f"{self.conflicts} conflicts")
+        if self.unreadable:
+            parts.append(f"{self.unreadable} unreadable")
+        tail = " (interrupted)" if self.interrupted else ""
+        return f"summary: {', '.join(parts)} in {time.monotonic() - self.started:.1f}s{tail}"
+
+    def exit_code(self) -> int:
+        if isinstance(self.fatal, (CdnAuthError, CdnUnavailableError)):
+            return EXIT_CDN_UNAVAILABLE
+        if self.fatal is not None:
+            return EXIT_INCOMPLETE
+        if self.rejected or self.failed or self.conflicts or self.unreadable or self.interrupted:
+            return EXIT_INCOMPLETE
+        return EXIT_OK
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Pipeline:
+    """One pass: scan and hash into the ledger, then submit what is pending, by priority."""
+
+    def __init__(self, config: Config, ledger: Ledger, client: CdnClient | None, *,
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
+                 show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
+                 out: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.show_progress = show_progress
+        self.dry_run = dry_run
+        self.retry_rejected = retry_rejected
+        self.out = out
+        self.summary = RunSummary()
+        self._redact = Redactor(config.secrets())
+
+    def _bar(self, **kwargs: Any) -> Any:
+        if not self.show_progress:
+            return _NoBar()
+        return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+
+    def run_once(self) -> RunSummary:
+        self.summary = RunSummary()
+        try:
+            self.scan_and_hash()
+            if not self.dry_run and not self.stop.is_set():
+                self.submit_pending()
+        except (CdnAuthError, CdnUnavailableError) as exc:
+            self.summary.fatal = exc
+        finally:
+            if not self.dry_run:
+                self.ledger.commit()
+        self.summary.interrupted = self.stop.is_set()
+        return self.summary
+
+    # -- phase 1: scan and hash ------------------------------------------------
+
+    def _problem(self, relpath: str, why: str) -> None:
+        self.summary.unreadable += 1
+        log.warning("skipped %s: %s", relpath, why)
+
+    def scan_and_hash(self) -> None:
+        config = self.config
+        if not config.folder.is_dir():
+            raise ConfigError(f"'folder' {config.folder} is not a folder (from {config.source})")
+        settle_before_ns = int((self.clock() - config.scan.settle_seconds) * 1e9)
+        window = max(4, config.hash_workers * 4)
+        bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
+        in_flight: dict[Future[str], tuple[FileEntry, LedgerRow | None]] = {}
+        decided: list[LedgerRow] = []
+
+        def finish(done: Iterable[Future[str]]) -> None:
+            for future in done:
+                entry, row = in_flight.pop(future)
+                try:
+                    digest = future.result()
+                except FileChangedError:
+                    self.summary.waiting += 1
+                    log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
+                    continue
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self._problem(entry.relpath, f"cannot read: {exc.strerror or exc}")
+                    continue
+                self.summary.bytes_hashed += entry.size
+                decided.append(self._decide(entry, row, digest))
+
+        with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
+            for reldir, entries in walk_folder(config.folder, config.scan, self._problem):
+                known = self.ledger.rows_in_dir(reldir)
+                for entry in entries:
+                    if self.stop.is_set():
+                        break
+                    if entry.mtime_ns > settle_before_ns:
+                        self.summary.waiting += 1
+                        log.debug("waiting: %s was modified less than %gs ago", entry.relpath,
+                                  config.scan.settle_seconds)
+                        continue
+                    row = known.get(entry.relpath)
+                    if row is not None and row.sha256 and entry.same_stat(row.size, row.mtime_ns, row.inode):
+                        decided.append(self._decide(entry, row, row.sha256))
+                    else:
+                        in_flight[pool.submit(hash_file, entry, bar.update)] = (entry, row)
+                        if len(in_flight) >= window:
+                            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                            finish(done)
+                    if len(decided) >= SCAN_COMMIT_EVERY:
+                        self._record(decided)
+                if self.stop.is_set():
+                    break
+            finish(list(wait(in_flight).done))
+        self._record(decided)
+        bar.close()
+
+    def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
+        config = self.config
+        overrides = overrides_for(entry.relpath, config.defaults, config.rules)
+        name = cdn_name(config.name_prefix, entry.relpath)
+        decision = decide(row, name, entry.size, digest, no_replace=bool(overrides.get("no_replace")),
+                          retry_rejected=self.retry_rejected)
+        counts = {DECISION_NEW: "new", DECISION_CHANGED: "changed", DECISION_UNCHANGED: "unchanged",
+                  DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected"}
+        setattr(self.summary, counts[decision], getattr(self.summary, counts[decision]) + 1)
+        if decision == DECISION_CONFLICT:
+            log.warning("conflict: %s changed after it was imported as %s, and no_replace is set; "
+                        "not submitted", entry.relpath, name)
+        elif decision == DECISION_STILL_REJECTED:
+            log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
+                        entry.relpath, row.last_error if row else "")
+        elif decision in (DECISION_NEW, DECISION_CHANGED) and self.dry_run:
+            params = build_request(config, entry.relpath, entry.size, digest, overrides)
+            params["location"] = mask_url(params["location"])
+            extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
+            self.out(f"would submit ({decision}): {name} size={entry.size} sha256={digest} "
+                     f"location={params['location']}{' ' + extras if extras else ''}")
+        return row_after_decision(decision, entry, row, name, digest, priority_of(overrides))
+
+    def _record(self, rows: list[LedgerRow]) -> None:
+        if rows and not self.dry_run:
+            self.ledger.put_many(rows)
+        rows.clear()
+
+    # -- phase 2: submit -------------------------------------------------------
+
+    def submit_pending(self) -> None:
+        if self.client is None:
+            raise CdnPushError("no CDN client to submit with")
+        total = self.ledger.count_pending()
+        if not total:
+            return
+        bar = self._bar(total=total, unit="file", desc="submitting")
+        in_flight: dict[Future[CdnAnswer], tuple[LedgerRow, dict[str, str]]] = {}
+        fatal: CdnPushError | None = None
+        consecutive_failures = 0
+        with ThreadPoolExecutor(self.config.submit_workers, thread_name_prefix="submit") as pool:
+            def collect(done: Iterable[Future[CdnAnswer]]) -> None:
+                nonlocal fatal, consecutive_failures
+                for future in done:
+                    row, params = in_flight.pop(future)
+                    bar.update(1)
+                    try:
+                        answer = future.result()
+                    except (CdnAuthError, CdnUnavailableError) as exc:
+                        fatal = fatal or exc
+                        continue
+                    except CdnError as exc:
+                        consecutive_failures += 1
+                        self._failed(row, str(exc))
+                        continue
+                    consecutive_failures = 0
+                    self._answered(row, params, answer)
+
+            for row in self.ledger.pending():
+                if self.stop.is_set() or fatal is not None:
+                    break
+                params = self._params_if_unchanged(row)
+                if params is None:
+                    bar.update(1)
+                    continue
+                in_flight[pool.submit(self.client.add_file, params)] = (row, params)
+                if len(in_flight) >= self.config.submit_workers * 2:
+                    collect(wait(in_flight, return_when=FIRST_COMPLETED)[0])
+                if consecutive_failures >= max(3, self.config.submit_workers * 2):
+                    fatal = CdnUnavailableError(
+                        f"the CDN failed {consecutive_failures} files in a row; stopping this run")
+            collect(wait(in_flight).done)
+        bar.close()
+        if fatal is not None:
+            raise fatal
+
+    def _params_if_unchanged(self, row: LedgerRow) -> dict[str, str] | None:
+        """Request fields for a pending row, or None if the file moved on since it was hashed."""
+        found = current_stat(str(self.config.folder / row.path))
+        if found is None:
+            log.info("gone: %s disappeared before it was submitted", row.path)
+            if row.accepted_sha256 is None:
+                self.ledger.forget(row.path)
+            else:
+                self.ledger.put(dataclasses.replace(row, state=STATE_SUBMITTED, sha256=row.accepted_sha256,
+                                                    size=row.accepted_size or 0))
+            return None
+        if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
+            self.summary.waiting += 1
+            log.info("waiting: %s changed after it was hashed; it goes in a later pass", row.path)
+            return None
+        overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
+        return build_request(self.config, row.path, row.size, row.sha256, overrides)
+
+    def _answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> None:
+        attempts = row.attempts + 1
+        if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
+            answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
+                                         message=f"already in the CDN and no_replace is set: {answer.message}")
+        if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
+            self.summary.submitted += 1
+            self.ledger.put(dataclasses.replace(
+                row, state=STATE_SUBMITTED, attempts=attempts, last_error=None,
+                response=self._redact(answer.body), accepted_name=params["name"],
+                accepted_size=row.size, accepted_sha256=row.sha256))
+            log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
+                     else "already in the CDN:", params["name"], params["size"])
+        else:
+            self.summary.rejected += 1
+            self.ledger.put(dataclasses.replace(
+                row, state=STATE_REJECTED, attempts=attempts, last_error=self._redact(answer.message),
+                response=self._redact(answer.body)))
+            log.warning("rejected %s: %s", params["name"], self._redact(answer.message))
+
+    def _failed(self, row: LedgerRow, message: str) -> None:
+        self.summary.failed += 1
+        self.ledger.put(dataclasses.replace(row, state=STATE_FAILED, attempts=row.attempts + 1,
+                                            last_error=self._redact(message)))
+        log.error("failed %s: %s; the next run tries again", row.path, self._redact(message))
+
+
+# ----------------------------------------------------------------------------
+# Runners
+# ----------------------------------------------------------------------------
+
+def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, dry_run: bool = False,
+                 retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
+    """One locked pass over the folder; the caller turns the summary into an exit code."""
+    if dry_run:
+        ledger_path = config.ledger if config.ledger.exists() else ":memory:"
+        with Ledger.open(ledger_path) as ledger:
+            pipeline = Pipeline(config, ledger, None, stop=stop, show_progress=show_progress,
+                                dry_run=True, out=out)
+            return pipeline.run_once()
+    if not config.api.login:
+        raise ConfigError(f"{config.source}: 'api.login' is required to submit (only --dry-run works without it)")
+    if not config.api.password:
+        raise ConfigError(f"{config.source}: no API password: set {ENV_API_PASSWORD} or 'api.password'")
+    if not config.origin.base_url:
+        raise ConfigError(f"{config.source}: 'origin.base_url' is required: the URL where the CDN "
+                          "can download the folder's files")
+    if not config.api.verify_tls:
+        log.warning("TLS certificate verification is off (api.verify_tls: false)")
+    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
+        client = CdnClient(config.api, pool_size=config.submit_workers, stop=stop)
+        try:
+            pipeline = Pipeline(config, ledger, client, stop=stop, show_progress=show_progress,
+                                retry_rejected=retry_rejected, out=out)
+            return pipeline.run_once()
+        finally:
+            client.close()
+
+
+def show_status(config: Config, *, as_json: bool, state: str | None,
+                out: Callable[[str], None] = print) -> int:
+    if not config.ledger.exists():
+        if as_json:
+            out(json.dumps({"ledger": str(config.ledger), "counts": dict.fromkeys(STATES, 0), "files": []}))
+        else:
+            out(f"no ledger yet at {config.ledger}: nothing has been pushed")
+        return EXIT_OK
+    with Ledger.open(config.ledger) as ledger:
+        counts = ledger.counts()
+        if as_json:
+            files = [row.as_json() for row in ledger.all_rows(state)]
+            out(json.dumps({"ledger": str(config.ledger), "counts": counts, "files": files}, indent=2))
+            return EXIT_OK
+        total = sum(counts.values())
+        out(f"{total} files in {config.ledger}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for row in ledger.all_rows(state):
+            error = f"  ({row.last_error})" if row.last_error else ""
+            out(f"{row.state:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {row.name}"
+                f"{'  <- ' + row.path if row.name != row.path else ''}{error}")
+    return EXIT_OK
+
+
+def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
+    """A full local round trip: sample folder -> local origin -> CDN emulator."""
+    emulator_file = Path(__file__).resolve().parent / "tests" / "cdn_emulator.py"
+    if not emulator_file.exists():
+        raise ConfigError(f"the demo needs {emulator_file} (it ships in the project's tests/ folder)")
+    sys.path.insert(0, str(emulator_file.parent))
+    import cdn_emulator  # noqa: E402  (lives beside the tests)
+
+    workdir = Path(tempfile.mkdtemp(prefix="cdn-push-demo-"))
+    folder = workdir / "drop"
+    samples = {
+        "welcome.mp4": 256 * 1024,
+        "series/episode 01.mp4": 1024 * 1024 + 7,
+        "series/épisode #2?.mp4": 300 * 1024,
+        "trailers/100% + more.webm": 64 * 1024,
+        "empty.txt": 0,
+    }
+    rng = random.Random(7)
+    for relpath, size in samples.items():
+        target = folder / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(rng.randbytes(size))
+    (folder / "series" / "episode 03.mp4.part").write_bytes(b"still being written")
+    old = time.time() - 3600
+    for path in folder.rglob("*"):
+        os.utime(path, (old, old))
+
+    origin = cdn_emulator.StaticOrigin(folder, username="origin", password="demo-origin-secret").start()
+    emulator = cdn_emulator.CdnEmulator(login="demo", password="demo-api-secret").start()
+    try:
+        config = parse_config({
+            "folder": str(folder), "ledger": str(workdir / "ledger.sqlite3"),
+            "api": {"url": emulator.api_url, "login": "demo", "password": "demo-api-secret",
+                    "retry": {"backoff_base": 0.1}},
+            "origin": {"base_url": origin.url, "username": "origin", "password": "demo-origin-secret"},
+            "name_prefix": "demo/", "scan": {"settle_seconds": 0},
+            "rules": [{"match": "trailers/**", "fetch_prio": 1, "speed": "130%"}],
+        }, env={}, base_dir=workdir, source="embedded demo config")
+        out(f"demo: pushing {folder} through origin {origin.url} into the CDN emulator at {emulator.api_url}")
+        stop = threading.Event()
+        first = run_one_shot(config, stop=stop, show_progress=sys.stderr.isatty(), out=out)
+        out(first.line())
+        emulator.wait_idle(timeout=60)
+        out("demo: what the CDN emulator downloaded and verified:")
+        verified = 0
+        for record in emulator.snapshot():
+            ok = record["state"] == "ready"
+            verified += ok
+            out(f"  {record['state']:<7} {record['name']:<36} {record['size']:>9} bytes  "
+                f"sha-256 {record['sha256'][:16]}…  over {record['streams']} stream(s)"
+                f"{'  ' + record['message'] if record['message'] else ''}")
+        second = run_one_shot(config, stop=stop, show_progress=False, out=out)
+        out("demo: second run (nothing changed): " + second.line())
+        all_good = first.exit_code() == EXIT_OK and verified == len(samples) and second.submitted == 0
+        out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(samples)} files verified by the CDN"
+            f"{'; work folder kept at ' + str(workdir) if keep else ''}")
+        return EXIT_OK if all_good else EXIT_INCOMPLETE
+    finally:
+        emulator.stop()
+        origin.stop()
+        if not keep:
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then masks every known secret."""
+
+    def __init__(self, fmt: str, datefmt: str | None, redactor: Redactor) -> None:
+        super().__init__(fmt, datefmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Writes log lines above any progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) -> logging.Handler:
+    stream = stream or sys.stderr
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt, datefmt = "%(levelname)s %(message)s", None   # journald stamps lines itself
+    else:
+        fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+    handler = TqdmHandler(stream)
+    handler.setFormatter(RedactingFormatter(fmt, datefmt, redactor))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    return handler
+
+
+# ----------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------
+
+EPILOG = f"""\
+commands:
+  run       one pass: hash the folder, submit new and changed files (default)
+  status    show what the ledger knows (--json for scripts)
+  demo      local round trip: sample folder -> local origin -> CDN emulator
+
+examples:
+  python cdn_push.py                         # run with ./config.yaml
+  python cdn_push.py --config /etc/cdn-push/config.yaml -q
+  python cdn_push.py --dry-run               # what would be submitted
+  python cdn_push.py status --json
+  */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
+
+exit codes:
+  {EXIT_OK} all done   {EXIT_INCOMPLETE} some files rejected/failed   {EXIT_USAGE} usage or config error
+  {EXIT_LOCKED} another instance running   {EXIT_CDN_UNAVAILABLE} CDN unreachable or credentials refused
+  {EXIT_LEDGER} ledger unusable
+
+environment: {ENV_CONFIG}, {ENV_API_PASSWORD}, {ENV_ORIGIN_PASSWORD}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdn_push.py", description="Push a folder of video files into the video CDN and record "
+        "what it accepted.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "status", "demo"),
+                        help="what to do (default: run)")
+    parser.add_argument("-c", "--config", metavar="PATH",
+                        help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
+    parser.add_argument("-n", "--dry-run", action="store_true",
+                        help="hash and show what would be submitted; change nothing")
+    parser.add_argument("--retry-rejected", action="store_true",
+                        help="submit files the CDN rejected before, even if unchanged")
+    parser.add_argument("--json", action="store_true", help="status: print JSON")
+    parser.add_argument("--state", choices=STATES, help="status: only files in this state")
+    parser.add_argument("--keep", action="store_true", help="demo: keep the work folder")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"cdn-push {__version__}")
+    return parser
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM only set the stop event; the loops notice it and wind down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    redactor = Redactor([os.environ.get(ENV_API_PASSWORD, ""), os.environ.get(ENV_ORIGIN_PASSWORD, "")])
+    handler = configure_logging(args.verbose - args.quiet, redactor)
+    stop = threading.Event()
+    try:
+        if args.command == "demo":
+            with stop_on_signals(stop):
+                return run_demo(keep=args.keep)
+        config, warnings = load_config(config_path_from(args.config, os.environ), os.environ)
+        redactor.add(config.secrets())
+        for warning in warnings:
+            log.warning("%s", warning)
+        if args.command == "status":
+            return show_status(config, as_json=args.json, state=args.state)
+        with stop_on_signals(stop):
+            summary = run_one_shot(config, stop=stop, dry_run=args.dry_run,
+                                   retry_rejected=args.retry_rejected,
+                                   show_progress=sys.stderr.isatty() and args.quiet == 0)
+        if summary.fatal is not None:
+            log.error("%s", summary.fatal)
+        print(summary.line(), flush=True)
+        return summary.exit_code()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except LockedError as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    except LedgerError as exc:
+        log.error("%s", exc)
+        return EXIT_LEDGER
+    except (CdnAuthError, CdnUnavailableError) as exc:
+        log.error("%s", exc)
+        return EXIT_CDN_UNAVAILABLE
+    except CdnPushError as exc:
+        log.error("%s", exc)
+        return EXIT_INCOMPLETE
+    finally:
+        handler.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,619 @@
+#!/usr/bin/env python3
+"""A local stand-in for the video CDN's import API, as ../shared/reference/cdn-api.md describes it.
+
+It is a real HTTP server on 127.0.0.1:
+
+* ``POST|GET {base}/file/add`` with HTTP basic auth (or a one-time ``otp``), form or query
+  parameters; validates them, applies the reimport rules and ``no_replace``, queues the
+  import by ``fetch_prio`` and answers JSON.
+* Fetch workers download the location: HTTP(S) over three concurrent ``Range`` streams (one
+  stream when the origin ignores Range), or FTP; they verify size and sha-256, mark the file
+  ``ready`` or ``failed`` and call the callback URL with the documented parameters.
+* ``file/list`` and ``file/delete`` in a minimal form; ``GET /_emulator/state`` returns every
+  file as JSON for tests that run cdn-push in another process.
+* Faults can be injected: ``inject("500", "429:2", "hang:3", "drop", "garbage", "error200")``
+  are consumed one per request; ``fault_rate`` adds random ones.
+
+``StaticOrigin`` is a small Range-capable web server for a folder, with optional basic auth:
+the "customer's web server" in tests and in the demo.
+
+Run on its own: ``python tests/cdn_emulator.py --port 8080 --login demo --password secret``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ftplib
+import hashlib
+import json
+import os
+import queue
+import random
+import re
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import requests
+
+SCHEMES = ("http", "https", "ftp", "rsync", "rsync+ssh", "s3")
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without this, keep-alive answers stall about 40 ms each (Nagle + delayed ACK).
+    disable_nagle_algorithm = True
+    server_version = "cdn-emulator/1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass
+
+    def send_body(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                  headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+# ----------------------------------------------------------------------------
+# The customer's origin: a folder over HTTP with Range
+# ----------------------------------------------------------------------------
+
+class StaticOrigin:
+    """Serves a folder read-only over HTTP/1.1 with single byte ranges and optional basic auth."""
+
+    def __init__(self, folder: Path | str, *, username: str = "", password: str = "",
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.folder = Path(folder).resolve()
+        self.username, self.password = username, password
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = _Server((host, port), self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/files"
+
+    def start(self) -> "StaticOrigin":
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="origin")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type:
+        origin = self
+
+        class Handler(_Handler):
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                record = {"method": self.command, "path": self.path, "range": self.headers.get("Range")}
+                with origin._lock:
+                    origin.requests.append(record)
+                if origin.username:
+                    expected = base64.b64encode(f"{origin.username}:{origin.password}".encode()).decode()
+                    if self.headers.get("Authorization") != f"Basic {expected}":
+                        self.send_body(401, b"authentication required\n",
+                                       headers={"WWW-Authenticate": 'Basic realm="origin"'})
+                        return
+                path = unquote(urlsplit(self.path).path)
+                if not path.startswith("/files/"):
+                    self.send_body(404, b"not found\n")
+                    return
+                target = (origin.folder / path[len("/files/"):]).resolve()
+                if origin.folder not in target.parents or not target.is_file():
+                    self.send_body(404, b"not found\n")
+                    return
+                size = target.stat().st_size
+                start, end = 0, size - 1
+                status = 200
+                wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
+                if wanted and (wanted.group(1) or wanted.group(2)):
+                    if wanted.group(1):
+                        start = int(wanted.group(1))
+                        end = min(int(wanted.group(2)), size - 1) if wanted.group(2) else size - 1
+                    else:
+                        start = max(0, size - int(wanted.group(2)))
+                    if start >= size or start > end:
+                        self.send_body(416, b"", headers={"Content-Range": f"bytes */{size}"})
+                        return
+                    status = 206
+                length = max(0, end - start + 1)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(length))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                with open(target, "rb") as handle:
+                    handle.seek(start)
+                    remaining = length
+                    while remaining:
+                        chunk = handle.read(min(remaining, 256 * 1024))
+                        if not chunk:
+                            break
+                        self.wfile.write(chunk)
+                        remaining -= len(chunk)
+
+        return Handler
+
+
+# ----------------------------------------------------------------------------
+# The CDN
+# ----------------------------------------------------------------------------
+
+@dataclass
+class EmulatedFile:
+    name: str
+    location: str
+    size: int
+    chksum: str | None
+    params: dict[str, str]
+    priority: int
+    generation: int
+    state: str = "queued"          # queued -> fetching -> ready | failed
+    message: str = ""
+    sha256: str = ""
+    downloaded: int = 0
+    streams: int = 0
+    imports: int = 1
+    callback: str | None = None
+    callback_result: str | None = None
+    queued_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("location")
+        data["params"] = {k: v for k, v in self.params.items() if k != "location"}
+        return data
+
+
+class FetchError(Exception):
+    pass
+
+
+class CdnEmulator:
+    """The import API of the CDN, with a fetch queue, verification, callbacks and faults."""
+
+    def __init__(self, *, login: str = "demo", password: str = "demo-secret", host: str = "127.0.0.1",
+                 port: int = 0, fetch_workers: int = 3, streams: int = 3, auto_fetch: bool = True,
+                 answer_delay: float = 0.0, fault_rate: float = 0.0,
+                 fault_choices: tuple[str, ...] = ("500", "502", "503", "429", "429:1"),
+                 seed: int | None = None, base_path: str = "/api2",
+                 callback_param: str = "callback") -> None:
+        self.login, self.password = login, password
+        self.callback_param = callback_param
+        self.streams = streams
+        self.auto_fetch = auto_fetch
+        self.answer_delay = answer_delay
+        self.fault_rate = fault_rate
+        self.fault_choices = fault_choices
+        self.base_path = base_path.rstrip("/")
+        self.files: dict[str, EmulatedFile] = {}
+        self.requests: list[dict[str, str]] = []     # every authenticated file/add, in order
+        self.answers: list[int] = []                 # HTTP status of every file/add answer
+        self.fetch_order: list[str] = []
+        self._faults: list[str] = []
+        self._used_otps: set[str] = set()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: queue.PriorityQueue[tuple[int, int, str, int]] = queue.PriorityQueue()
+        self._busy = 0
+        self._seq = 0
+        self._stopping = threading.Event()
+        self._server = _Server((host, port), self._handler_class())
+        self._threads = [threading.Thread(target=self._fetch_loop, daemon=True, name=f"fetch-{i}")
+                         for i in range(fetch_workers)]
+
+    # -- life cycle ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + self.base_path
+
+    def start(self) -> "CdnEmulator":
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="cdn-api").start()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put((10**9, 10**9, "", -1))
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- test helpers ------------------------------------------------------------
+
+    def inject(self, *faults: str) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.public() for f in sorted(self.files.values(), key=lambda f: f.name)]
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued import has been fetched and verified."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy or not self._queue.empty():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    def release(self) -> None:
+        """With auto_fetch off, start fetching everything queued so far."""
+        self.auto_fetch = True
+        with self._lock:
+            for f in self.files.values():
+                if f.state == "queued":
+                    self._queue.put((-f.priority, self._next_seq(), f.name, f.generation))
+
+    # -- API -----------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _authenticated(self, headers: Any, params: dict[str, str]) -> bool:
+        otp = params.pop("otp", None)
+        if otp:
+            return self._otp_ok(otp)
+        auth = headers.get("Authorization", "")
+        if not auth.startswith("Basic "):
+            return False
+        try:
+            login, _, password = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return (login, password) == (self.login, self.password)
+
+    def _otp_ok(self, otp: str) -> bool:
+        login, expire, salt, auth = (otp.split(":") + ["", "", "", ""])[:4]
+        if login != self.login or not expire.isdigit() or int(expire) < time.time():
+            return False
+        expected = hashlib.md5(f"{expire}:{salt}:{self.password}".encode()).hexdigest()
+        with self._lock:
+            if auth != expected or otp in self._used_otps:
+                return False
+            self._used_otps.add(otp)
+        return True
+
+    def _take_fault(self) -> str | None:
+        with self._lock:
+            if self._faults:
+                return self._faults.pop(0)
+            if self.fault_rate and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.fault_choices)
+        return None
+
+    def file_add(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Validate and queue one import; returns (HTTP status, JSON answer)."""
+        missing = [p for p in ("location", "name", "size") if not params.get(p)]
+        if missing:
+            return 400, {"status": "error", "message": f"missing parameter: {', '.join(missing)}"}
+        location, name = params["location"], params["name"]
+        scheme = urlsplit(location).scheme
+        if scheme not in SCHEMES or not urlsplit(location).hostname:
+            return 400, {"status": "error", "message": f"unsupported location: {scheme or 'no'} scheme"}
+        if name.startswith("/") or "//" in name or name.endswith("/"):
+            return 400, {"status": "error", "message": "invalid name"}
+        if not params["size"].isdigit():
+            return 400, {"status": "error", "message": "size must be a number of bytes"}
+        size = int(params["size"])
+        chksum = params.get("chksum") or None
+        if chksum is not None and not HEX64.match(chksum):
+            return 400, {"status": "error", "message": "chksum must be 64 hex digits (sha-256)"}
+        no_replace = params.get("no_replace", "false").lower()
+        if no_replace not in ("true", "false", "1", "0"):
+            return 400, {"status": "error", "message": "no_replace must be true or false"}
+        prio_text = params.get("fetch_prio")
+        priority = (int(prio_text) if prio_text.isdigit() else 1) if prio_text else 0
+        with self._lock:
+            self.requests.append(dict(params))
+            existing = self.files.get(name)
+            if existing is not None:
+                if no_replace in ("true", "1"):
+                    return 409, {"status": "error", "message": "file already exists and no_replace is set"}
+                if existing.state != "failed" and (existing.size, (existing.chksum or "").lower()) == (
+                        size, (chksum or "").lower()):
+                    return 409, {"status": "error",
+                                 "message": "file already exists with the same size and chksum"}
+            record = EmulatedFile(name=name, location=location, size=size, chksum=chksum,
+                                  params=dict(params), priority=priority,
+                                  generation=(existing.generation + 1) if existing else 1,
+                                  imports=(existing.imports + 1) if existing else 1,
+                                  callback=params.get(self.callback_param))
+            self.files[name] = record
+            if self.auto_fetch:
+                self._queue.put((-priority, self._next_seq(), name, record.generation))
+            return 200, {"status": "ok", "message": "file queued for import", "name": name,
+                         "id": record.generation}
+
+    def _handler_class(self) -> type:
+        emulator = self
+
+        class Handler(_Handler):
+            def do_GET(self) -> None:
+                self._dispatch()
+
+            def do_POST(self) -> None:
+                self._dispatch()
+
+            def _dispatch(self) -> None:
+                parts = urlsplit(self.path)
+                params = dict(parse_qsl(parts.query, keep_blank_values=True))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    body = self.rfile.read(length).decode("utf-8", "replace")
+                    params.update(parse_qsl(body, keep_blank_values=True))
+                if parts.path == "/_emulator/state":
+                    self.send_body(200, json.dumps(emulator.snapshot()).encode(), "application/json")
+                    return
+                if not parts.path.startswith(emulator.base_path + "/"):
+                    self.send_body(404, b"no such method\n")
+                    return
+                method = parts.path[len(emulator.base_path) + 1:]
+                fault = emulator._take_fault()
+                if fault and self._fault(fault):
+                    return
+                if emulator.answer_delay:
+                    time.sleep(emulator.answer_delay)
+                if not emulator._authenticated(self.headers, params):
+                    self._reply(401, {"status": "error", "message": "authentication failed"},
+                                {"WWW-Authenticate": 'Basic realm="api2"'})
+                    return
+                if method == "file/add":
+                    status, answer = emulator.file_add(params)
+                    if fault == "error200":
+                        status, answer = 200, {"status": "error", "message": "import queue unavailable"}
+                    if fault == "garbage":
+                        self.send_body(200, bytes(range(256)) * 4, "application/octet-stream")
+                        emulator.answers.append(200)
+                        return
+                    emulator.answers.append(status)
+                    self._reply(status, answer)
+                elif method == "file/list":
+                    self._list(params)
+                elif method == "file/delete":
+                    with emulator._lock:
+                        gone = emulator.files.pop(params.get("name", ""), None)
+                    self._reply(200 if gone else 404,
+                                {"status": "ok" if gone else "error",
+                                 "message": "deleted" if gone else "no such file"})
+                else:
+                    self._reply(404, {"status": "error", "message": f"unknown method {method}"})
+
+            def _fault(self, fault: str) -> bool:
+                """Act out one injected fault; True when the request is finished."""
+                kind, _, arg = fault.partition(":")
+                if kind in ("500", "502", "503"):
+                    emulator.answers.append(int(kind))
+                    self.send_body(int(kind), b"temporary trouble, try again\n")
+                    return True
+                if kind == "429":
+                    emulator.answers.append(429)
+                    self.send_body(429, b"too many requests\n", headers={"Retry-After": arg} if arg else None)
+                    return True
+                if kind == "hang":
+                    time.sleep(float(arg or 5))
+                    return False
+                if kind == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return True
+                return False          # "garbage" and "error200" change the answer later
+
+            def _reply(self, status: int, answer: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                self.send_body(status, json.dumps(answer).encode(), "application/json", headers)
+
+            def _list(self, params: dict[str, str]) -> None:
+                wanted = params.get("filter_full_name")
+                fields = (params.get("fields") or "id,name,status").split(",")
+                with emulator._lock:
+                    rows = [f for f in emulator.files.values() if not wanted or f.name == wanted]
+                    values = [{"id": f.generation, "name": f.name, "status": f.state, "size": f.size}
+                              for f in rows]
+                if params.get("format") == "text":
+                    text = "".join(" ".join(str(v.get(k, "")) for k in fields) + "\n" for v in values)
+                    self.send_body(200, text.encode())
+                else:
+                    self._reply(200, {"status": "ok", "files": [{k: v.get(k) for k in fields} for v in values]})
+
+        return Handler
+
+    # -- fetching --------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            _, _, name, generation = self._queue.get()
+            if generation < 0:
+                return
+            with self._lock:
+                record = self.files.get(name)
+                if record is None or record.generation != generation:
+                    continue
+                record.state = "fetching"
+                self._busy += 1
+                self.fetch_order.append(name)
+            try:
+                try:
+                    content_sha, size, streams = self._download(record)
+                    if size != record.size:
+                        raise FetchError("wrong file size")
+                    if record.chksum and content_sha != record.chksum.lower():
+                        raise FetchError("wrong checksum")
+                    outcome = {"state": "ready", "message": "", "sha256": content_sha,
+                               "downloaded": size, "streams": streams}
+                except FetchError as exc:
+                    outcome = {"state": "failed", "message": str(exc)}
+                except Exception as exc:  # noqa: BLE001 - the CDN marks any fetch trouble failed
+                    outcome = {"state": "failed", "message": f"fetch error: {exc.__class__.__name__}"}
+                with self._lock:
+                    if record.generation == generation and self.files.get(name) is record:
+                        for key, value in outcome.items():
+                            setattr(record, key, value)
+                        record.finished_at = time.time()
+                self._call_back(record, outcome)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def _download(self, record: EmulatedFile) -> tuple[str, int, int]:
+        scheme = urlsplit(record.location).scheme
+        if scheme in ("http", "https"):
+            return self._download_http(record.location, record.size)
+        if scheme == "ftp":
+            return self._download_ftp(record.location)
+        raise FetchError(f"{scheme} fetching is not emulated")
+
+    def _download_http(self, location: str, size: int) -> tuple[str, int, int]:
+        if size == 0:
+            response = requests.get(location, timeout=30)
+            self._check_status(response)
+            return hashlib.sha256(response.content).hexdigest(), len(response.content), 1
+        count = max(1, min(self.streams, size))
+        bounds = [(i * size // count, (i + 1) * size // count - 1) for i in range(count)]
+        parts: list[Any] = [None] * count
+
+        def fetch(index: int) -> None:
+            start, end = bounds[index]
+            try:
+                parts[index] = requests.get(location, headers={"Range": f"bytes={start}-{end}"}, timeout=60)
+            except requests.RequestException as exc:
+                parts[index] = exc
+
+        threads = [threading.Thread(target=fetch, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for part in parts:
+            if isinstance(part, Exception):
+                raise FetchError(f"connection error: {part.__class__.__name__}")
+        whole = next((p for p in parts if p.status_code == 200), None)
+        if whole is not None:      # the origin ignores Range: one stream carries everything
+            return hashlib.sha256(whole.content).hexdigest(), len(whole.content), 1
+        digest, total = hashlib.sha256(), None
+        for part in parts:
+            if part.status_code == 416:
+                raise FetchError("wrong file size")
+            self._check_status(part)
+            found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", part.headers.get("Content-Range", ""))
+            if not found:
+                raise FetchError("bad Content-Range from origin")
+            total = int(found.group(3))
+            digest.update(part.content)
+        if total != size:
+            raise FetchError("wrong file size")
+        return digest.hexdigest(), total, count
+
+    @staticmethod
+    def _check_status(response: requests.Response) -> None:
+        if response.status_code not in (200, 206):
+            raise FetchError(f"{response.status_code} error")
+
+    @staticmethod
+    def _download_ftp(location: str) -> tuple[str, int, int]:
+        parts = urlsplit(location)
+        digest, total = hashlib.sha256(), 0
+        try:
+            with ftplib.FTP(timeout=30) as ftp:
+                ftp.connect(parts.hostname or "", parts.port or 21)
+                ftp.login(unquote(parts.username or "anonymous"), unquote(parts.password or ""))
+
+                def take(chunk: bytes) -> None:
+                    nonlocal total
+                    digest.update(chunk)
+                    total += len(chunk)
+
+                ftp.retrbinary("RETR " + unquote(parts.path), take)
+        except ftplib.error_perm as exc:
+            raise FetchError("404 error" if str(exc).startswith("550") else f"ftp error {exc}") from None
+        return digest.hexdigest(), total, 1
+
+    def _call_back(self, record: EmulatedFile, outcome: dict[str, Any]) -> None:
+        if not record.callback:
+            return
+        if outcome["state"] == "ready":
+            extra = {"status": "success", "size": str(outcome["downloaded"]), "sha-256": outcome["sha256"]}
+        else:
+            extra = {"status": "fail", "message": outcome["message"]}
+        url = record.callback + ("&" if "?" in record.callback else "?") + urlencode(extra)
+        try:
+            result = str(requests.get(url, timeout=10).status_code)
+        except requests.RequestException as exc:
+            result = f"error: {exc.__class__.__name__}"
+        with self._lock:
+            record.callback_result = result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the CDN emulator (and optionally an origin) on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--login", default="demo")
+    parser.add_argument("--password", default=os.environ.get("CDN_EMULATOR_PASSWORD", "demo-secret"))
+    parser.add_argument("--answer-delay", type=float, default=0.0, help="seconds before each API answer")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of API answers that fail")
+    parser.add_argument("--origin-folder", help="also serve this folder as an HTTP origin")
+    parser.add_argument("--origin-port", type=int, default=8081)
+    args = parser.parse_args(argv)
+    emulator = CdnEmulator(login=args.login, password=args.password, port=args.port,
+                           answer_delay=args.answer_delay, fault_rate=args.fault_rate).start()
+    print(f"CDN emulator: {emulator.api_url}  (state: {emulator.url}/_emulator/state)", flush=True)
+    origin = None
+    if args.origin_folder:
+        origin = StaticOrigin(args.origin_folder, port=args.origin_port).start()
+        print(f"origin: {origin.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+        if origin:
+            origin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
