@@ -274,8 +274,8 @@ def _check_keys(section: Mapping[str, Any], known: Mapping[str, Any], prefix: st
             hint = difflib.get_close_matches(str(key), list(known), n=1)
             suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
             raise ConfigError(f"unknown key '{dotted}'{suggestion}")
-        if isinstance(known[key], dict) and section[key] is not None:
-            _check_keys(_mapping(section[key], f"{prefix}{key}"), known[key], f"{prefix}{key}.")
+        if isinstance(known[key], dict) and isinstance(section[key], Mapping):
+            _check_keys(section[key], known[key], f"{prefix}{key}.")
 
 
 def _mapping(value: Any, key: str) -> Mapping[str, Any]:
@@ -959,16 +959,13 @@ def walk_folder(root: Path, scan: ScanConfig,
                         if os.path.commonpath([root_real, target]) != root_real:
                             on_problem(relpath, "symlink leads outside the folder; skipped")
                             continue
-                    is_dir = item.is_dir(follow_symlinks=scan.follow_symlinks)
-                    if is_dir:
+                    st = item.stat(follow_symlinks=scan.follow_symlinks)
+                    if stat.S_ISDIR(st.st_mode):
                         if skip_reason(relpath, scan, is_dir=True) is None:
                             subdirs.append(relpath)
                         continue
-                    if not item.is_file(follow_symlinks=scan.follow_symlinks):
+                    if not stat.S_ISREG(st.st_mode) or skip_reason(relpath, scan) is not None:
                         continue
-                    if skip_reason(relpath, scan) is not None:
-                        continue
-                    st = item.stat(follow_symlinks=scan.follow_symlinks)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
@@ -1001,6 +998,8 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
             digest.update(view[:count])
             total += count
             progress(count)
+            if total > entry.size:   # still being written: stop rather than chase the writer
+                break
         after = os.fstat(handle.fileno())
     if total != entry.size or not entry.same_stat(after.st_size, after.st_mtime_ns, after.st_ino):
         raise FileChangedError(f"{entry.relpath} changed while it was hashed")

@@ -94,7 +94,7 @@ class StaticOrigin:
         return f"http://{host}:{port}/files"
 
     def start(self) -> "StaticOrigin":
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="origin")
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="origin")
         self._thread.start()
         return self
 
@@ -245,7 +245,7 @@ class CdnEmulator:
         return self.url + self.base_path
 
     def start(self) -> "CdnEmulator":
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="cdn-api").start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="cdn-api").start()
         for thread in self._threads:
             thread.start()
         return self

@@ -1,0 +1,103 @@
+"""Shared fixtures: real files in temporary folders, a real origin and CDN emulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cdn_push  # noqa: E402
+from cdn_emulator import CdnEmulator, StaticOrigin  # noqa: E402
+
+API_LOGIN = "tester"
+API_PASSWORD = "api-Pa55-w0rd-zebra"
+ORIGIN_USER = "fetcher"
+ORIGIN_PASSWORD = "origin-S3cret-walrus/+@:"
+
+# Names that break naive URL building: space, # ? % +, non-ASCII, nesting.
+AWKWARD_FILES = {
+    "plain.mp4": b"plain" * 1000,
+    "with space.mp4": b"space" * 333,
+    "hash#tag.mp4": b"#" * 4097,
+    "question?.mp4": b"?" * 10,
+    "100% + plus.mp4": b"%+" * 2000,
+    "ünïcödé/ファイル.mp4": b"\xe3" * 70000,
+    "deep/er/still/file.webm": os.urandom(300_000),
+    "empty.bin": b"",
+}
+
+
+def write_files(folder: Path, files: dict[str, bytes], *, age: float = 3600.0) -> None:
+    """Create files with an mtime `age` seconds ago, so they count as settled."""
+    stamp = time.time() - age
+    for relpath, content in files.items():
+        target = folder / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        os.utime(target, (stamp, stamp))
+
+
+@pytest.fixture
+def emulator():
+    emu = CdnEmulator(login=API_LOGIN, password=API_PASSWORD).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def origin(drop: Path):
+    server = StaticOrigin(drop, username=ORIGIN_USER, password=ORIGIN_PASSWORD).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def raw_config(tmp_path: Path, drop: Path, emulator: CdnEmulator, origin: StaticOrigin) -> dict[str, Any]:
+    """A complete configuration dict pointing at the emulator and origin."""
+    return {
+        "folder": str(drop),
+        "ledger": str(tmp_path / "state" / "ledger.sqlite3"),
+        "api": {"url": emulator.api_url, "login": API_LOGIN, "password": API_PASSWORD,
+                "timeout": 5, "retry": {"attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05,
+                                        "max_seconds": 10}},
+        "origin": {"base_url": origin.url, "username": ORIGIN_USER, "password": ORIGIN_PASSWORD},
+        "scan": {"settle_seconds": 5},
+    }
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, raw_config: dict[str, Any]) -> Callable[..., Path]:
+    """Write raw_config (updated by keyword sections) to a 0600 YAML file and return its path."""
+
+    def write(**sections: Any) -> Path:
+        data = {**raw_config, **sections}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, raw_config: dict[str, Any]) -> Callable[..., cdn_push.Config]:
+    def make(**sections: Any) -> cdn_push.Config:
+        return cdn_push.parse_config({**raw_config, **sections}, env={}, base_dir=tmp_path)
+
+    return make

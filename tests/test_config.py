@@ -1,0 +1,243 @@
+"""Config validation, location building, glob rules and request fields: the pure core."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+import cdn_push
+from cdn_push import ConfigError, OriginConfig, Rule, Secret
+
+BASE = {"folder": "drop", "origin": {"base_url": "https://files.example.com/videos"}}
+
+
+def parse(data, env=None, base_dir=Path("/srv")):
+    return cdn_push.parse_config(data, env=env or {}, base_dir=base_dir)
+
+
+def with_(section, **values):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    if section is None:
+        data.update(values)
+    else:
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+@pytest.mark.parametrize("data, key_in_message", [
+    ({}, "'folder' is required"),
+    ([1, 2], "must be a mapping"),
+    (with_(None, foldr="x"), "unknown key 'foldr' (did you mean 'folder'?)"),
+    (with_("api", pasword="x"), "unknown key 'api.pasword' (did you mean 'api.password'?)"),
+    (with_("api", retry={"atempts": 3}), "unknown key 'api.retry.atempts'"),
+    (with_("scan", settle="x"), "unknown key 'scan.settle'"),
+    (with_("api", url="ftp://cp.example.com/api2"), "'api.url' must be an http(s) URL"),
+    (with_("api", url="https://me:pw@cp.example.com/api2"), "'api.url' must not hold a login"),
+    (with_("api", timeout="slow"), "'api.timeout' must be a number"),
+    (with_("api", timeout=0), "'api.timeout' must be at least"),
+    (with_("api", verify_tls="yes"), "'api.verify_tls' must be true or false"),
+    (with_("api", retry={"attempts": 0}), "'api.retry.attempts' must be at least 1"),
+    (with_("api", retry={"attempts": 2.5}), "'api.retry.attempts' must be a whole number"),
+    (with_("origin", base_url="gopher://x/y"), "'origin.base_url' must start with one of"),
+    (with_("origin", base_url="https:///nohost"), "'origin.base_url' has no host"),
+    (with_("origin", base_url="s3://endpoint.example.com/bucket"), "s3:// needs origin.username"),
+    (with_("origin", base_url="rsync+ssh://host/path"), "rsync+ssh:// needs origin.username"),
+    (with_("origin", password="x"), "'origin.password' is set but 'origin.username' is not"),
+    (with_(None, name_prefix="/videos/"), "'name_prefix' must not start with '/'"),
+    (with_(None, defaults={"speed": "fast"}), "'defaults.speed' must look like 300K"),
+    (with_(None, defaults={"buffer": "5s"}), "'defaults.buffer' must be seconds"),
+    (with_(None, defaults={"no_replace": "yes"}), "'defaults.no_replace' must be true or false"),
+    (with_(None, defaults={"colour": "red"}), "unknown key 'defaults.colour'"),
+    (with_(None, rules={"match": "*"}), "'rules' must be a list"),
+    (with_(None, rules=[{"speed": "1M"}]), "'rules[0].match' is required"),
+    (with_(None, rules=[{"match": "*.mp4", "sped": "1M"}]), "unknown key 'rules[0].sped'"),
+    (with_("scan", include="*.mp4"), None),
+    (with_("scan", include=[""]), "'scan.include' must be a list of glob patterns"),
+    (with_("scan", settle_seconds=-1), "'scan.settle_seconds' must be at least 0"),
+    (with_(None, ledger="drop/ledger.db"), "must not be inside 'folder'"),
+    (with_(None, workers={"hash": 0}), "'workers.hash' must be at least 1"),
+    (with_(None, workers="many"), "'workers' must be a mapping"),
+])
+def test_invalid_configs_name_the_key(data, key_in_message):
+    if key_in_message is None:
+        parse(data)
+        return
+    with pytest.raises(ConfigError) as error:
+        parse(data)
+    assert key_in_message in str(error.value)
+
+
+def test_defaults_and_relative_paths():
+    config = parse(BASE, base_dir=Path("/srv/cdn"))
+    assert config.folder == Path("/srv/cdn/drop")
+    assert config.ledger == Path("/srv/cdn/cdn-push.ledger.sqlite3")
+    assert config.api.url == cdn_push.DEFAULT_API_URL
+    assert config.api.callback_param == "callback"
+    assert config.api.verify_tls is True
+    assert config.scan.skip_hidden and config.scan.skip_temporary and not config.scan.follow_symlinks
+    assert config.hash_workers >= 1 and config.submit_workers == 4
+    assert config.defaults == {} and config.rules == ()
+
+
+def test_environment_passwords_win_over_the_file():
+    data = with_("api", password="from-file", login="me")
+    data["origin"].update(username="u", password="origin-file")
+    config = parse(data, env={cdn_push.ENV_API_PASSWORD: "from-env",
+                              cdn_push.ENV_ORIGIN_PASSWORD: "origin-env"})
+    assert config.api.password.reveal() == "from-env"
+    assert config.origin.password.reveal() == "origin-env"
+    assert "from-env" not in repr(config) and "origin-env" not in repr(config)
+
+
+def test_credentials_inside_base_url_are_taken_apart():
+    config = parse(with_("origin", base_url="ftp://us%40er:p%3Ass@ftp.example.com:2121/in"))
+    assert config.origin.base_url == "ftp://ftp.example.com:2121/in"
+    assert config.origin.username == "us@er"
+    assert config.origin.password.reveal() == "p:ss"
+
+
+def test_workers_as_one_number_sets_both():
+    config = parse(with_(None, workers=3))
+    assert (config.hash_workers, config.submit_workers) == (3, 3)
+
+
+def test_load_config_reports_file_and_line_of_yaml_errors(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("folder: x\napi:\n  login: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        cdn_push.load_config(path, {})
+    assert str(path) in str(error.value) and "line" in str(error.value)
+
+
+def test_load_config_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        cdn_push.load_config(tmp_path / "nope.yaml", {})
+    assert "config.example.yaml" in str(error.value)
+
+
+def test_load_config_prefixes_the_file_and_defaults_ledger_beside_it(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("folder: drop\nschedule: hourly\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml: unknown key 'schedule'"):
+        cdn_push.load_config(path, {})
+    path.write_text("folder: drop\n")
+    config, warnings = cdn_push.load_config(path, {})
+    assert config.ledger == tmp_path / "site.ledger.sqlite3"
+    assert warnings == []
+
+
+@pytest.mark.parametrize("mode, warned", [(0o600, False), (0o640, True), (0o644, True)])
+def test_warns_when_a_password_file_is_readable_by_others(tmp_path, mode, warned):
+    path = tmp_path / "config.yaml"
+    path.write_text("folder: drop\napi:\n  password: hunter2-long\n")
+    path.chmod(mode)
+    _, warnings = cdn_push.load_config(path, {})
+    assert bool(warnings) is warned
+    assert all("hunter2" not in w for w in warnings)
+
+
+def test_example_config_is_valid_and_complete(tmp_path):
+    example = Path(cdn_push.__file__).with_name("config.example.yaml")
+    config, _ = cdn_push.load_config(example, {})
+    assert config.folder.name
+    text = example.read_text()
+    for section, keys in cdn_push.CONFIG_KEYS.items():
+        assert f"{section}:" in text, section
+        for key in keys or ():
+            assert f"{key}:" in text, f"{section}.{key} is not in config.example.yaml"
+
+
+# -- location building ----------------------------------------------------------
+
+@pytest.mark.parametrize("base_url, user, password, expected", [
+    ("http://origin.example.com/v", "", "", "http://origin.example.com/v/a%20b/c%23d.mp4"),
+    ("https://origin.example.com:8443/v/", "u", "p@ss:w/rd",
+     "https://u:p%40ss%3Aw%2Frd@origin.example.com:8443/v/a%20b/c%23d.mp4"),
+    ("ftp://ftp.example.com", "anon", "", "ftp://anon@ftp.example.com/a%20b/c%23d.mp4"),
+    ("rsync://mirror.example.com/module", "", "", "rsync://mirror.example.com/module/a%20b/c%23d.mp4"),
+    ("rsync+ssh://host.example.com:2222/home/v", "me", "pw",
+     "rsync+ssh://me:pw@host.example.com:2222/home/v/a%20b/c%23d.mp4"),
+    ("s3://s3.example.com/bucket/prefix", "AKIA", "sec/ret+",
+     "s3://AKIA:sec%2Fret%2B@s3.example.com/bucket/prefix/a%20b/c%23d.mp4"),
+])
+def test_build_location_for_every_scheme(base_url, user, password, expected):
+    origin = OriginConfig(base_url=base_url, username=user, password=Secret(password))
+    assert cdn_push.build_location(origin, "a b/c#d.mp4") == expected
+
+
+@pytest.mark.parametrize("relpath", ["x y/z.mp4", "100%.mp4", "a+b.mp4", "q?.mp4", "h#.mp4",
+                                     "ünï/ファイル.mp4", "semi;colon&amp=1.mp4", "~tilde.mp4"])
+def test_location_path_round_trips(relpath):
+    location = cdn_push.build_location(OriginConfig(base_url="http://h/base"), relpath)
+    parts = urlsplit(location)
+    assert parts.query == "" and parts.fragment == ""
+    assert unquote(parts.path) == "/base/" + relpath
+
+
+def test_mask_url_hides_only_the_password():
+    assert cdn_push.mask_url("https://u:p%40ss@h/x") == "https://u:***@h/x"
+    assert cdn_push.mask_url("https://u@h/x") == "https://u@h/x"
+    assert cdn_push.mask_url("https://h/x") == "https://h/x"
+
+
+def test_redactor_masks_raw_and_percent_encoded_secrets():
+    redact = cdn_push.Redactor(["p@ss/word!", "", "ab"])
+    assert redact("x p@ss/word! y p%40ss%2Fword%21 z") == "x *** y *** z"
+    assert redact("ab stays: too short to be a secret") == "ab stays: too short to be a secret"
+
+
+# -- globs and rules ---------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern, path, expected", [
+    ("*.mp4", "a.mp4", True),
+    ("*.mp4", "deep/down/a.mp4", True),          # no slash: matches the name at any depth
+    ("*.mp4", "a.mp4.part", False),
+    ("series/*.mp4", "series/a.mp4", True),
+    ("series/*.mp4", "series/s1/a.mp4", False),   # * stays within one folder
+    ("series/**/*.mp4", "series/a.mp4", True),    # **/ matches zero folders too
+    ("series/**/*.mp4", "series/s1/e/a.mp4", True),
+    ("series/**", "series/s1/a.mp4", True),
+    ("series/**", "other/a.mp4", False),
+    ("/top.mp4", "top.mp4", True),
+    ("/top.mp4", "sub/top.mp4", False),
+    ("ep?.mp4", "ep1.mp4", True),
+    ("ep?.mp4", "ep10.mp4", False),
+    ("ep[0-9].mp4", "ep7.mp4", True),
+    ("ep[!0-9].mp4", "ep7.mp4", False),
+    ("a+b (1).mp4", "a+b (1).mp4", True),         # regex characters are literal
+    ("[unclosed", "[unclosed", True),
+])
+def test_glob_matches(pattern, path, expected):
+    assert cdn_push.glob_matches(pattern, path) is expected
+
+
+def test_every_matching_rule_applies_in_order_later_wins():
+    defaults = {"speed": "300K", "buffer": "5.0"}
+    rules = (Rule("**/*.mp4", {"speed": "130%", "protection": "signature"}),
+             Rule("trailers/**", {"fetch_prio": "1", "speed": "1M"}),
+             Rule("trailers/raw/**", {"buffer": None}))
+    assert cdn_push.overrides_for("film.mp4", defaults, rules) == {
+        "speed": "130%", "buffer": "5.0", "protection": "signature"}
+    assert cdn_push.overrides_for("trailers/t.mp4", defaults, rules) == {
+        "speed": "1M", "buffer": "5.0", "protection": "signature", "fetch_prio": "1"}
+    assert cdn_push.overrides_for("trailers/raw/t.mov", defaults, rules) == {
+        "speed": "1M", "fetch_prio": "1"}
+
+
+@pytest.mark.parametrize("overrides, priority", [
+    ({}, 0), ({"fetch_prio": "1"}, 1), ({"fetch_prio": "5"}, 5), ({"fetch_prio": "high"}, 1),
+    ({"fetch_prio": "0"}, 1),
+])
+def test_priority_of(overrides, priority):
+    assert cdn_push.priority_of(overrides) == priority
+
+
+def test_build_request_fields():
+    config = parse(with_(None, name_prefix="site/", defaults={"no_replace": True, "speed": "300K"}),
+                   env={})
+    params = cdn_push.build_request(config, "a b.mp4", 12, "AB" * 32, {"no_replace": True, "speed": "300K"})
+    assert params == {"location": "https://files.example.com/videos/a%20b.mp4", "name": "site/a b.mp4",
+                      "size": "12", "chksum": "ab" * 32, "no_replace": "true", "speed": "300K"}

@@ -1,0 +1,230 @@
+"""The decide step (pure) and whole passes against the real origin and CDN emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+import cdn_push
+from cdn_push import (DECISION_CHANGED, DECISION_CONFLICT, DECISION_NEW, DECISION_STILL_REJECTED,
+                      DECISION_UNCHANGED, FileEntry, Ledger, LedgerRow, Pipeline)
+from conftest import AWKWARD_FILES, write_files
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def accepted(state="submitted", name="n", size=1, sha=SHA_A, **kw):
+    values = dict(path="p", size=size, mtime_ns=1, inode=1, sha256=sha, name=name, state=state,
+                  accepted_name=name, accepted_size=size, accepted_sha256=sha)
+    values.update(kw)
+    return LedgerRow(**values)
+
+
+NEVER_ACCEPTED = LedgerRow(path="p", size=1, mtime_ns=1, inode=1, sha256=SHA_A, name="n", state="pending")
+REJECTED = LedgerRow(path="p", size=1, mtime_ns=1, inode=1, sha256=SHA_A, name="n", state="rejected")
+FAILED = LedgerRow(path="p", size=1, mtime_ns=1, inode=1, sha256=SHA_A, name="n", state="failed")
+
+
+@pytest.mark.parametrize("row, name, size, sha, no_replace, retry_rejected, expected", [
+    (None, "n", 1, SHA_A, False, False, DECISION_NEW),
+    (None, "n", 1, SHA_A, True, False, DECISION_NEW),
+    (NEVER_ACCEPTED, "n", 1, SHA_A, False, False, DECISION_NEW),          # a killed run's leftover
+    (FAILED, "n", 1, SHA_A, False, False, DECISION_NEW),                  # failed: the CDN takes it again
+    (accepted(), "n", 1, SHA_A, False, False, DECISION_UNCHANGED),
+    (accepted(state="confirmed"), "n", 1, SHA_A, True, False, DECISION_UNCHANGED),
+    (accepted(), "n", 2, SHA_A, False, False, DECISION_CHANGED),          # size differs
+    (accepted(), "n", 1, SHA_B, False, False, DECISION_CHANGED),          # sha-256 differs
+    (accepted(), "n", 1, SHA_B, True, False, DECISION_CONFLICT),          # no_replace blocks it
+    (accepted(), "other/n", 1, SHA_A, True, False, DECISION_NEW),         # new CDN name: a new file
+    (REJECTED, "n", 1, SHA_A, False, False, DECISION_STILL_REJECTED),
+    (REJECTED, "n", 1, SHA_A, False, True, DECISION_NEW),
+    (REJECTED, "n", 1, SHA_B, False, False, DECISION_NEW),               # fixed content goes again
+])
+def test_decide(row, name, size, sha, no_replace, retry_rejected, expected):
+    assert cdn_push.decide(row, name, size, sha, no_replace=no_replace,
+                           retry_rejected=retry_rejected) == expected
+
+
+def test_row_after_decision_keeps_what_the_cdn_accepted():
+    entry = FileEntry("p", "/x/p", 2, 5, 6)
+    row = accepted()
+    changed = cdn_push.row_after_decision(DECISION_CHANGED, entry, row, "n", SHA_B, 0)
+    assert (changed.state, changed.sha256, changed.size, changed.accepted_sha256) == ("pending", SHA_B, 2, SHA_A)
+    conflict = cdn_push.row_after_decision(DECISION_CONFLICT, entry, row, "n", SHA_B, 0)
+    assert conflict.state == "submitted" and "no_replace" in conflict.last_error
+    assert (conflict.sha256, conflict.mtime_ns) == (SHA_B, 5)   # not hashed again next time
+    unchanged = cdn_push.row_after_decision(DECISION_UNCHANGED, entry, accepted(state="pending"), "n", SHA_A, 0)
+    assert unchanged.state == "submitted"
+
+
+# -- whole passes -------------------------------------------------------------------
+
+def run(config, **kwargs):
+    with Ledger.open(config.ledger) as ledger:
+        client = cdn_push.CdnClient(config.api, pool_size=config.submit_workers)
+        try:
+            return Pipeline(config, ledger, client, **kwargs).run_once()
+        finally:
+            client.close()
+
+
+def rows(config):
+    with Ledger.open(config.ledger) as ledger:
+        return {row.path: row for row in ledger.all_rows()}
+
+
+def test_awkward_folder_is_imported_verified_and_recorded(drop, emulator, make_config):
+    write_files(drop, AWKWARD_FILES)
+    config = make_config(name_prefix="site/", defaults={"speed": "300K"},
+                         rules=[{"match": "deep/**", "fetch_prio": 1, "buffer": "5.0"}])
+    summary = run(config)
+    assert (summary.new, summary.submitted, summary.rejected, summary.failed) == (len(AWKWARD_FILES),) * 2 + (0, 0)
+    assert summary.exit_code() == cdn_push.EXIT_OK
+    assert emulator.wait_idle(30)
+    cdn = {f["name"]: f for f in emulator.snapshot()}
+    assert set(cdn) == {"site/" + p for p in AWKWARD_FILES}
+    for relpath, content in AWKWARD_FILES.items():
+        record = cdn["site/" + relpath]
+        assert record["state"] == "ready", (relpath, record["message"])
+        assert record["sha256"] == hashlib.sha256(content).hexdigest()
+        assert record["params"]["chksum"] == record["sha256"]
+        assert record["params"]["speed"] == "300K"
+        if len(content) >= 3:
+            assert record["streams"] == 3
+    assert cdn["site/deep/er/still/file.webm"]["params"]["fetch_prio"] == "1"
+    assert cdn["site/deep/er/still/file.webm"]["params"]["buffer"] == "5.0"
+    assert "fetch_prio" not in cdn["site/plain.mp4"]["params"]
+    ledger = rows(config)
+    assert {r.state for r in ledger.values()} == {"submitted"}
+    assert all(r.accepted_sha256 == hashlib.sha256(AWKWARD_FILES[p]).hexdigest() for p, r in ledger.items())
+
+
+def test_second_pass_reads_nothing_and_submits_nothing(drop, emulator, make_config, monkeypatch):
+    write_files(drop, AWKWARD_FILES)
+    config = make_config()
+    run(config)
+    hashed = []
+    real_hash = cdn_push.hash_file
+    monkeypatch.setattr(cdn_push, "hash_file", lambda entry, *a: hashed.append(entry) or real_hash(entry, *a))
+    summary = run(config)
+    assert (summary.unchanged, summary.new, summary.submitted) == (len(AWKWARD_FILES), 0, 0)
+    assert hashed == [] and summary.bytes_hashed == 0
+    assert len(emulator.requests) == len(AWKWARD_FILES)
+
+
+def test_changed_file_is_imported_again_and_touched_file_is_not(drop, emulator, make_config):
+    write_files(drop, {"a.mp4": b"first", "b.mp4": b"same"})
+    config = make_config()
+    run(config)
+    write_files(drop, {"a.mp4": b"second version", "b.mp4": b"same"})   # b: new mtime, same bytes
+    summary = run(config)
+    assert (summary.changed, summary.unchanged, summary.submitted) == (1, 1, 1)
+    names = [r["name"] for r in emulator.requests]
+    assert sorted(names[:2]) == ["a.mp4", "b.mp4"] and names[2:] == ["a.mp4"]
+    assert emulator.wait_idle(10)
+    assert emulator.files["a.mp4"].sha256 == hashlib.sha256(b"second version").hexdigest()
+
+
+def test_no_replace_reports_a_conflict_and_submits_nothing(drop, emulator, make_config):
+    write_files(drop, {"a.mp4": b"first"})
+    config = make_config(defaults={"no_replace": True})
+    run(config)
+    write_files(drop, {"a.mp4": b"edited"})
+    summary = run(config)
+    assert summary.conflicts == 1 and summary.submitted == 0
+    assert summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+    assert len(emulator.requests) == 1
+    assert "no_replace" in rows(config)["a.mp4"].last_error
+
+
+def test_young_files_wait_and_go_in_a_later_pass(drop, emulator, make_config):
+    write_files(drop, {"old.mp4": b"old"})
+    write_files(drop, {"young.mp4": b"young"}, age=0)
+    config = make_config(scan={"settle_seconds": 60})
+    summary = run(config)
+    assert (summary.submitted, summary.waiting) == (1, 1)
+    assert summary.exit_code() == cdn_push.EXIT_OK
+    later = run(config, clock=lambda: time.time() + 120)
+    assert (later.submitted, later.waiting, later.unchanged) == (1, 0, 1)
+
+
+def test_files_with_fetch_prio_are_submitted_first(drop, emulator, make_config):
+    write_files(drop, {f"{c}.mp4": c.encode() for c in "abcdef"} | {"urgent/z.mp4": b"z"})
+    config = make_config(workers={"hash": 2, "submit": 1},
+                         rules=[{"match": "urgent/**", "fetch_prio": 1}, {"match": "e.mp4", "fetch_prio": 5}])
+    run(config)
+    assert [r["name"] for r in emulator.requests] == ["e.mp4", "urgent/z.mp4", "a.mp4", "b.mp4",
+                                                       "c.mp4", "d.mp4", "f.mp4"]
+
+
+def test_rejected_file_is_recorded_and_not_sent_again_unless_asked(drop, emulator, make_config):
+    write_files(drop, {"a.mp4": b"a"})
+    config = make_config(name_prefix="bad//")          # the emulator refuses names with //
+    summary = run(config)
+    assert summary.rejected == 1 and summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+    row = rows(config)["a.mp4"]
+    assert row.state == "rejected" and "invalid name" in row.last_error and "invalid name" in row.response
+    assert emulator.answers == [400]
+    again = run(config)
+    assert again.rejected == 1 and again.exit_code() == cdn_push.EXIT_INCOMPLETE
+    assert emulator.answers == [400]                       # not sent again
+    forced = run(config, retry_rejected=True)
+    assert forced.rejected == 1 and forced.new == 1
+    assert emulator.answers == [400, 400]
+
+
+def test_dry_run_hashes_but_changes_nothing(drop, emulator, make_config):
+    write_files(drop, {"a b.mp4": b"a"})
+    config = make_config(name_prefix="v/")
+    lines = []
+    with Ledger.open(":memory:") as ledger:
+        summary = Pipeline(config, ledger, None, dry_run=True, out=lines.append).run_once()
+    assert summary.new == 1 and summary.submitted == 0
+    assert emulator.requests == [] and not config.ledger.exists()
+    assert lines == [f"would submit (new): v/a b.mp4 size=1 sha256={hashlib.sha256(b'a').hexdigest()} "
+                     f"location={config.origin.base_url.replace('http://', 'http://fetcher:***@')}/a%20b.mp4"]
+
+
+def test_file_changed_or_deleted_between_hash_and_submit(drop, emulator, make_config):
+    write_files(drop, {"keep.mp4": b"k", "edit.mp4": b"e", "gone.mp4": b"g"})
+    config = make_config()
+    with Ledger.open(config.ledger) as ledger:
+        client = cdn_push.CdnClient(config.api)
+        pipeline = Pipeline(config, ledger, client)
+        pipeline.scan_and_hash()
+        write_files(drop, {"edit.mp4": b"edited"})
+        (drop / "gone.mp4").unlink()
+        pipeline.submit_pending()
+        client.close()
+    assert [r["name"] for r in emulator.requests] == ["keep.mp4"]
+    assert pipeline.summary.waiting == 1
+    left = rows(config)
+    assert "gone.mp4" not in left and left["edit.mp4"].state == "pending"
+    summary = run(config)
+    assert summary.changed + summary.new == 1 and summary.submitted == 1
+
+
+def test_stop_event_ends_the_pass_between_files(drop, emulator, make_config):
+    write_files(drop, {f"f{i}.mp4": b"x" * i for i in range(20)})
+    emulator.answer_delay = 0.05
+    config = make_config(workers={"hash": 1, "submit": 1})
+    stop = threading.Event()
+    emulator_requests = emulator.requests
+
+    def stop_after_three():
+        while len(emulator_requests) < 3:
+            time.sleep(0.005)
+        stop.set()
+
+    threading.Thread(target=stop_after_three, daemon=True).start()
+    summary = run(config, stop=stop)
+    assert summary.interrupted and summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+    assert 3 <= summary.submitted < 20
+    assert sum(r.state == "submitted" for r in rows(config).values()) == summary.submitted
+    emulator.answer_delay = 0
+    rest = run(config)
+    assert rest.submitted == 20 - summary.submitted and len(emulator.requests) == 20
