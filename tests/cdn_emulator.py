@@ -80,8 +80,9 @@ class StaticOrigin:
     """Serves a folder read-only over HTTP/1.1 with single byte ranges and optional basic auth."""
 
     def __init__(self, folder: Path | str, *, username: str = "", password: str = "",
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, ranges: bool = True) -> None:
         self.folder = Path(folder).resolve()
+        self.ranges = ranges
         self.username, self.password = username, password
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -131,7 +132,7 @@ class StaticOrigin:
                 start, end = 0, size - 1
                 status = 200
                 wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
-                if wanted and (wanted.group(1) or wanted.group(2)):
+                if origin.ranges and wanted and (wanted.group(1) or wanted.group(2)):
                     if wanted.group(1):
                         start = int(wanted.group(1))
                         end = min(int(wanted.group(2)), size - 1) if wanted.group(2) else size - 1
@@ -145,7 +146,8 @@ class StaticOrigin:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(length))
-                self.send_header("Accept-Ranges", "bytes")
+                if origin.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
@@ -211,7 +213,9 @@ class CdnEmulator:
         self.login, self.password = login, password
         self.callback_param = callback_param
         self.streams = streams
-        self.auto_fetch = auto_fetch
+        self._running = threading.Event()
+        if auto_fetch:
+            self._running.set()
         self.answer_delay = answer_delay
         self.fault_rate = fault_rate
         self.fault_choices = fault_choices
@@ -252,6 +256,7 @@ class CdnEmulator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._running.set()
         for _ in self._threads:
             self._queue.put((10**9, 10**9, "", -1))
         self._server.shutdown()
@@ -278,13 +283,12 @@ class CdnEmulator:
                 self._idle.wait(min(left, 0.1))
         return True
 
+    def hold(self) -> None:
+        """Stop starting downloads (imports still queue); release() resumes in priority order."""
+        self._running.clear()
+
     def release(self) -> None:
-        """With auto_fetch off, start fetching everything queued so far."""
-        self.auto_fetch = True
-        with self._lock:
-            for f in self.files.values():
-                if f.state == "queued":
-                    self._queue.put((-f.priority, self._next_seq(), f.name, f.generation))
+        self._running.set()
 
     # -- API -----------------------------------------------------------------------
 
@@ -362,8 +366,7 @@ class CdnEmulator:
                                   imports=(existing.imports + 1) if existing else 1,
                                   callback=params.get(self.callback_param))
             self.files[name] = record
-            if self.auto_fetch:
-                self._queue.put((-priority, self._next_seq(), name, record.generation))
+            self._queue.put((-priority, self._next_seq(), name, record.generation))
             return 200, {"status": "ok", "message": "file queued for import", "name": name,
                          "id": record.generation}
 
@@ -435,6 +438,10 @@ class CdnEmulator:
                 if kind == "hang":
                     time.sleep(float(arg or 5))
                     return False
+                if kind == "echo400":     # an answer that repeats the request, secrets included
+                    emulator.answers.append(400)
+                    self._reply(400, {"status": "error", "message": f"cannot fetch {params.get('location')}"})
+                    return True
                 if kind == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -463,8 +470,10 @@ class CdnEmulator:
 
     def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
+            self._running.wait()
             _, _, name, generation = self._queue.get()
-            if generation < 0:
+            self._running.wait()
+            if generation < 0 or self._stopping.is_set():
                 return
             with self._lock:
                 record = self.files.get(name)

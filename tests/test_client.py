@@ -87,7 +87,7 @@ PARAMS = {"location": "http://127.0.0.1:9/a.mp4", "name": "a.mp4", "size": "3", 
 
 def test_accepted_then_exists_for_the_same_content(emulator):
     client, _ = client_for(emulator, )
-    emulator.auto_fetch = False
+    emulator.hold()
     assert client.add_file(PARAMS).outcome == "accepted"
     assert client.add_file(PARAMS).outcome == "exists"
     assert client.add_file({**PARAMS, "size": "4"}).outcome == "accepted"   # different size replaces
@@ -111,7 +111,7 @@ def test_refused_credentials_raise_at_once(emulator):
 
 @pytest.mark.parametrize("faults", [["500"], ["502", "503"], ["429"], ["drop"], ["drop", "500", "429"]])
 def test_temporary_faults_are_retried_until_accepted(emulator, faults):
-    emulator.auto_fetch = False
+    emulator.hold()
     emulator.inject(*faults)
     client, slept = client_for(emulator)
     assert client.add_file(PARAMS).outcome == "accepted"
@@ -121,7 +121,7 @@ def test_temporary_faults_are_retried_until_accepted(emulator, faults):
 
 
 def test_retry_after_is_honoured(emulator):
-    emulator.auto_fetch = False
+    emulator.hold()
     emulator.inject("429:3")
     client, slept = client_for(emulator)
     assert client.add_file(PARAMS).outcome == "accepted"
@@ -129,7 +129,7 @@ def test_retry_after_is_honoured(emulator):
 
 
 def test_a_hanging_answer_times_out_and_is_retried(emulator):
-    emulator.auto_fetch = False
+    emulator.hold()
     emulator.inject("hang:1.5")
     client, slept = client_for(emulator, timeout=0.5)
     answer = client.add_file(PARAMS)
@@ -163,7 +163,7 @@ def test_a_200_reporting_an_error_is_a_rejection(emulator):
 
 
 def test_requests_carry_basic_auth_form_fields_and_reuse_the_connection(emulator):
-    emulator.auto_fetch = False
+    emulator.hold()
     client, _ = client_for(emulator)
     for i in range(5):
         client.add_file({**PARAMS, "name": f"f{i}.mp4"})

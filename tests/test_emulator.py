@@ -1,0 +1,247 @@
+"""The CDN emulator behaves as ../shared/reference/cdn-api.md describes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+import requests
+
+from cdn_emulator import CdnEmulator, StaticOrigin
+from conftest import API_LOGIN, API_PASSWORD, write_files
+
+AUTH = (API_LOGIN, API_PASSWORD)
+
+
+def add(emulator, **params):
+    return requests.post(emulator.api_url + "/file/add", data=params, auth=AUTH, timeout=10)
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@pytest.fixture
+def served(drop):
+    origin = StaticOrigin(drop).start()
+    yield origin
+    origin.stop()
+
+
+def test_basic_auth_is_required(emulator):
+    answer = requests.post(emulator.api_url + "/file/add", data={"name": "a"}, timeout=5)
+    assert answer.status_code == 401 and "WWW-Authenticate" in answer.headers
+    answer = requests.post(emulator.api_url + "/file/add", data={"name": "a"}, auth=(API_LOGIN, "no"), timeout=5)
+    assert answer.status_code == 401
+
+
+def test_one_time_password_is_accepted_once(emulator):
+    emulator.hold()
+    expire = str(int(time.time()) + 60)
+    salt = base64.b64encode(os.urandom(6)).decode().replace("/", ",")
+    auth = hashlib.md5(f"{expire}:{salt}:{API_PASSWORD}".encode()).hexdigest()
+    otp = f"{API_LOGIN}:{expire}:{salt}:{auth}"
+    params = {"otp": otp, "location": "http://h/a", "name": "a", "size": "1"}
+    assert requests.post(emulator.api_url + "/file/add", data=params, timeout=5).status_code == 200
+    assert requests.post(emulator.api_url + "/file/add", data=params, timeout=5).status_code == 401
+
+
+def test_parameters_may_come_as_a_query_string(emulator):
+    emulator.hold()
+    answer = requests.get(emulator.api_url + "/file/add", params={"location": "http://h/a", "name": "q",
+                                                                  "size": "1"}, auth=AUTH, timeout=5)
+    assert answer.status_code == 200 and answer.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"name": "a", "size": "1"}, "missing parameter: location"),
+    ({"location": "http://h/a", "name": "a"}, "missing parameter: size"),
+    ({"location": "gopher://h/a", "name": "a", "size": "1"}, "unsupported location"),
+    ({"location": "http://h/a", "name": "/a", "size": "1"}, "invalid name"),
+    ({"location": "http://h/a", "name": "a", "size": "-1"}, "size must be a number"),
+    ({"location": "http://h/a", "name": "a", "size": "1", "chksum": "abc"}, "chksum must be 64 hex"),
+    ({"location": "http://h/a", "name": "a", "size": "1", "no_replace": "maybe"}, "no_replace must be"),
+])
+def test_parameters_are_validated(emulator, params, message):
+    answer = add(emulator, **params)
+    assert answer.status_code == 400 and message in answer.json()["message"]
+
+
+def test_reimport_rules(emulator):
+    emulator.hold()
+    base = {"location": "http://h/a", "name": "a", "size": "5", "chksum": "a" * 64}
+    assert add(emulator, **base).status_code == 200
+    same = add(emulator, **base)
+    assert same.status_code == 409 and "already exists" in same.json()["message"]
+    assert add(emulator, **{**base, "chksum": "b" * 64}).status_code == 200     # other chksum replaces
+    assert add(emulator, **{**base, "chksum": "b" * 64, "size": "6"}).status_code == 200   # other size
+    blocked = add(emulator, **{**base, "size": "7", "no_replace": "true"})
+    assert blocked.status_code == 409 and "no_replace" in blocked.json()["message"]
+    assert emulator.files["a"].imports == 3
+    emulator.files["a"].state = "failed"
+    assert add(emulator, **{**base, "chksum": "b" * 64, "size": "6"}).status_code == 200   # failed: replaced
+    emulator.files["a"].state = "failed"
+    assert add(emulator, **{**base, "no_replace": "true"}).status_code == 409   # no_replace: whatever state
+
+
+def test_fetch_queue_honours_fetch_prio():
+    emulator = CdnEmulator(login=API_LOGIN, password=API_PASSWORD, fetch_workers=1, auto_fetch=False).start()
+    try:
+        for name, prio in [("a", None), ("b", None), ("c", "5"), ("d", "1"), ("e", None)]:
+            params = {"location": "http://127.0.0.1:9/x", "name": name, "size": "1"}
+            if prio:
+                params["fetch_prio"] = prio
+            assert add(emulator, **params).status_code == 200
+        emulator.release()
+        assert emulator.wait_idle(20)
+        assert emulator.fetch_order == ["c", "d", "a", "b", "e"]
+    finally:
+        emulator.stop()
+
+
+def test_http_fetch_uses_three_range_streams_and_verifies(emulator, drop, served):
+    content = os.urandom(1_000_003)
+    write_files(drop, {"dir/big file.mp4": content})
+    location = f"{served.url}/dir/{quote('big file.mp4')}"
+    assert add(emulator, location=location, name="big", size=str(len(content)), chksum=sha(content)).ok
+    assert emulator.wait_idle(20)
+    record = emulator.files["big"]
+    assert (record.state, record.sha256, record.streams) == ("ready", sha(content), 3)
+    ranges = sorted(r["range"] for r in served.requests)
+    assert ranges == ["bytes=0-333333", "bytes=333334-666667", "bytes=666668-1000002"]
+
+
+def test_origin_without_range_support_is_fetched_in_one_stream(emulator, drop):
+    write_files(drop, {"a.mp4": b"x" * 1000})
+    origin = StaticOrigin(drop, ranges=False).start()
+    try:
+        assert add(emulator, location=origin.url + "/a.mp4", name="a", size="1000").ok
+        assert emulator.wait_idle(20)
+        assert (emulator.files["a"].state, emulator.files["a"].streams) == ("ready", 1)
+    finally:
+        origin.stop()
+
+
+@pytest.mark.parametrize("declared_size, chksum, path, message", [
+    (999, None, "a.mp4", "wrong file size"),
+    (1001, None, "a.mp4", "wrong file size"),
+    (1000, "0" * 64, "a.mp4", "wrong checksum"),
+    (1000, None, "missing.mp4", "404 error"),
+])
+def test_failed_verification_marks_the_file_failed(emulator, drop, served, declared_size, chksum, path, message):
+    write_files(drop, {"a.mp4": b"y" * 1000})
+    params = {"location": f"{served.url}/{path}", "name": "a", "size": str(declared_size)}
+    if chksum:
+        params["chksum"] = chksum
+    assert add(emulator, **params).ok
+    assert emulator.wait_idle(20)
+    assert (emulator.files["a"].state, emulator.files["a"].message) == ("failed", message)
+
+
+def test_origin_credentials_in_the_location_are_used(emulator, drop):
+    write_files(drop, {"a.mp4": b"z" * 10})
+    origin = StaticOrigin(drop, username="u", password="p@ss").start()
+    try:
+        good = origin.url.replace("http://", "http://u:p%40ss@") + "/a.mp4"
+        assert add(emulator, location=good, name="good", size="10").ok
+        assert add(emulator, location=origin.url + "/a.mp4", name="anon", size="10").ok
+        assert emulator.wait_idle(20)
+        assert emulator.files["good"].state == "ready"
+        assert (emulator.files["anon"].state, emulator.files["anon"].message) == ("failed", "401 error")
+    finally:
+        origin.stop()
+
+
+def test_ftp_fetch(emulator, drop):
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    content = os.urandom(50_000)
+    write_files(drop, {"sub/a b.mp4": content})
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("ftpuser", "ftp:pass", str(drop), perm="elr")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    server = FTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.socket.getsockname()[1]
+        location = f"ftp://ftpuser:ftp%3Apass@127.0.0.1:{port}/sub/a%20b.mp4"
+        assert add(emulator, location=location, name="f", size=str(len(content)), chksum=sha(content)).ok
+        assert add(emulator, location=location.replace("a%20b", "nope"), name="g", size="1").ok
+        assert emulator.wait_idle(20)
+        assert (emulator.files["f"].state, emulator.files["f"].sha256) == ("ready", sha(content))
+        assert (emulator.files["g"].state, emulator.files["g"].message) == ("failed", "404 error")
+    finally:
+        server.close_all()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    calls: list[str] = []
+
+    def do_GET(self):
+        type(self).calls.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_callbacks_carry_the_documented_parameters(emulator, drop, served):
+    _Recorder.calls = []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=receiver.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{receiver.server_address[1]}/cb"
+        content = b"v" * 5000
+        write_files(drop, {"a.mp4": content})
+        assert add(emulator, location=served.url + "/a.mp4", name="ok", size="5000", chksum=sha(content),
+                   callback=hook + "?token=t1").ok
+        assert add(emulator, location=served.url + "/a.mp4", name="bad", size="4", callback=hook).ok
+        assert emulator.wait_idle(20)
+        deadline = time.monotonic() + 5
+        while len(_Recorder.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        calls = {parse_qs(urlsplit(c).query).get("status", [""])[0]: c for c in _Recorder.calls}
+        success = parse_qs(urlsplit(calls["success"]).query)
+        assert success == {"token": ["t1"], "status": ["success"], "size": ["5000"], "sha-256": [sha(content)]}
+        fail = parse_qs(urlsplit(calls["fail"]).query)
+        assert fail == {"status": ["fail"], "message": ["wrong file size"]}
+        assert urlsplit(calls["fail"]).path == "/cb"
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_file_list_as_text(emulator):
+    emulator.hold()
+    add(emulator, location="http://h/a", name="1/2/345.flv", size="1")
+    answer = requests.get(emulator.api_url + "/file/list", params={
+        "format": "text", "fields": "id,status", "filter_full_name": "1/2/345.flv"}, auth=AUTH, timeout=5)
+    assert answer.text == "1 queued\n"
+
+
+@pytest.mark.parametrize("fault, status", [("500", 500), ("503", 503), ("429:7", 429), ("error200", 200)])
+def test_injected_faults(emulator, fault, status):
+    emulator.hold()
+    emulator.inject(fault)
+    answer = add(emulator, location="http://h/a", name="a", size="1")
+    assert answer.status_code == status
+    if fault.startswith("429"):
+        assert answer.headers["Retry-After"] == "7"
+    assert add(emulator, location="http://h/a", name="b", size="1").status_code == 200   # consumed once
+
+
+def test_dropped_connection(emulator):
+    emulator.inject("drop")
+    with pytest.raises(requests.ConnectionError):
+        add(emulator, location="http://h/a", name="a", size="1")
