@@ -395,7 +395,7 @@ class CdnEmulator:
                     return
                 method = parts.path[len(emulator.base_path) + 1:]
                 fault = emulator._take_fault()
-                if fault and self._fault(fault):
+                if fault and self._fault(fault, params):
                     return
                 if emulator.answer_delay:
                     time.sleep(emulator.answer_delay)
@@ -424,7 +424,7 @@ class CdnEmulator:
                 else:
                     self._reply(404, {"status": "error", "message": f"unknown method {method}"})
 
-            def _fault(self, fault: str) -> bool:
+            def _fault(self, fault: str, params: dict[str, str]) -> bool:
                 """Act out one injected fault; True when the request is finished."""
                 kind, _, arg = fault.partition(":")
                 if kind in ("500", "502", "503"):

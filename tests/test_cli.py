@@ -1,0 +1,254 @@
+"""End to end through main([...]) and through a real subprocess, with the emulator as the CDN."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cdn_push
+from cdn_push import main
+from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, write_files
+
+
+def run_main(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in (cdn_push.ENV_API_PASSWORD, cdn_push.ENV_ORIGIN_PASSWORD, cdn_push.ENV_CONFIG, "JOURNAL_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_version_and_help(capsys):
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out.strip() == f"cdn-push {cdn_push.__version__}"
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0 and "exit codes" in out and "examples" in out
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    code, _, err = run_main(capsys, "--frobnicate")
+    assert code == cdn_push.EXIT_USAGE and "--frobnicate" in err
+
+
+def test_full_run_then_nothing_then_status(capsys, drop, emulator, write_config):
+    write_files(drop, AWKWARD_FILES)
+    config = write_config()
+    code, out, err = run_main(capsys, "--config", str(config))
+    assert code == cdn_push.EXIT_OK, err
+    assert out.strip().startswith(f"summary: {len(AWKWARD_FILES)} new, 0 changed, 0 unchanged, 0 waiting, "
+                                  f"{len(AWKWARD_FILES)} submitted, 0 rejected, 0 failed")
+    assert err.count(" INFO imported ") == len(AWKWARD_FILES)
+    code, out, _ = run_main(capsys, "--config", str(config))
+    assert code == 0 and f"{len(AWKWARD_FILES)} unchanged" in out and "0 submitted" in out
+    assert len(emulator.requests) == len(AWKWARD_FILES)
+
+    code, out, _ = run_main(capsys, "--config", str(config), "status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["counts"]["submitted"] == len(AWKWARD_FILES)
+    by_path = {f["path"]: f for f in status["files"]}
+    assert by_path["ünïcödé/ファイル.mp4"]["sha256"] == hashlib.sha256(AWKWARD_FILES["ünïcödé/ファイル.mp4"]).hexdigest()
+    code, out, _ = run_main(capsys, "--config", str(config), "status")
+    assert code == 0 and f"{len(AWKWARD_FILES)} submitted" in out.splitlines()[0]
+    assert emulator.wait_idle(30)
+    assert all(f["state"] == "ready" for f in emulator.snapshot())
+
+
+def test_config_from_environment_variable(capsys, drop, emulator, write_config, monkeypatch):
+    write_files(drop, {"a.mp4": b"a"})
+    monkeypatch.setenv(cdn_push.ENV_CONFIG, str(write_config()))
+    code, out, _ = run_main(capsys)
+    assert code == 0 and "1 submitted" in out
+
+
+def test_config_errors_exit_2_and_name_the_key(capsys, write_config):
+    code, _, err = run_main(capsys, "--config", str(write_config(sacn={"include": []})))
+    assert code == cdn_push.EXIT_USAGE and "unknown key 'sacn'" in err and "config.yaml" in err
+    code, _, err = run_main(capsys, "--config", "/nonexistent/config.yaml")
+    assert code == cdn_push.EXIT_USAGE and "config.example.yaml" in err
+
+
+def test_missing_login_or_password_is_a_config_error(capsys, raw_config, write_config):
+    code, _, err = run_main(capsys, "--config", str(write_config(api={**raw_config["api"], "login": ""})))
+    assert code == cdn_push.EXIT_USAGE and "'api.login' is required" in err
+    code, _, err = run_main(capsys, "--config", str(write_config(api={**raw_config["api"], "password": ""})))
+    assert code == cdn_push.EXIT_USAGE and cdn_push.ENV_API_PASSWORD in err
+
+
+def test_second_instance_exits_3(capsys, drop, write_config, raw_config):
+    config = write_config()
+    with cdn_push.LedgerLock(Path(raw_config["ledger"])):
+        code, out, err = run_main(capsys, "--config", str(config))
+    assert code == cdn_push.EXIT_LOCKED and "another cdn-push" in err and out == ""
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_refused_credentials_exit_4_without_retrying(capsys, drop, emulator, write_config, monkeypatch):
+    write_files(drop, {f"f{i}.mp4": b"x" for i in range(10)})
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, "Wrong-Pa55word-env")
+    code, out, err = run_main(capsys, "--config", str(write_config()))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE
+    assert "refused the API credentials" in err
+    assert "Wrong-Pa55word-env" not in out + err
+    assert "0 submitted" in out and emulator.requests == []
+
+
+def test_unreachable_cdn_exits_4(capsys, drop, write_config, raw_config):
+    write_files(drop, {"a.mp4": b"a"})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = {**raw_config["api"], "url": f"http://127.0.0.1:{port}/api2"}
+    code, _, err = run_main(capsys, "--config", str(write_config(api=api)))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE and "cannot reach" in err
+    ledger = cdn_push.Ledger.open(raw_config["ledger"])
+    assert ledger.get("a.mp4").state == "pending"        # kept for the next run
+    ledger.close()
+
+
+def test_faults_are_retried_and_the_run_ends_well(capsys, drop, emulator, write_config):
+    write_files(drop, {f"f{i}.mp4": os.urandom(100 + i) for i in range(12)})
+    emulator.inject("500", "429:1", "drop", "503", "502", "error200")
+    code, out, err = run_main(capsys, "--config", str(write_config()))
+    # error200 is a rejection (a 200 reporting an error); the rest are retried and succeed.
+    assert code == cdn_push.EXIT_INCOMPLETE, err
+    assert "11 submitted, 1 rejected, 0 failed" in out
+    code, out, _ = run_main(capsys, "--config", str(write_config()), "--retry-rejected")
+    assert code == 0 and "1 submitted" in out
+    assert emulator.wait_idle(30)
+    assert len(emulator.snapshot()) == 12 and all(f["state"] == "ready" for f in emulator.snapshot())
+
+
+def test_dry_run_prints_and_changes_nothing(capsys, drop, emulator, write_config, raw_config):
+    write_files(drop, {"a.mp4": b"a", "b/c.mp4": b"c"})
+    code, out, _ = run_main(capsys, "--config", str(write_config()), "--dry-run")
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("would submit")]
+    assert len(lines) == 2 and all("fetcher:***@" in line for line in lines)
+    assert emulator.requests == [] and not Path(raw_config["ledger"]).exists()
+
+
+def test_status_before_any_run(capsys, write_config):
+    code, out, _ = run_main(capsys, "--config", str(write_config()), "status")
+    assert code == 0 and "nothing has been pushed" in out
+
+
+def test_no_secret_leaks_anywhere(capsys, tmp_path, drop, emulator, write_config, raw_config, monkeypatch):
+    """Every command, with distinctive passwords from file and environment, never shows them."""
+    write_files(drop, {"a.mp4": b"a", "b.mp4": b"b", "c.mp4": b"c"})
+    env_api = API_PASSWORD            # the emulator's password, given through the environment
+    file_origin = ORIGIN_PASSWORD     # in the config file, with characters that need encoding
+    wrong = "Wr0ng-Distinctive-Secret"
+    api_without = {k: v for k, v in raw_config["api"].items() if k != "password"}
+    config = write_config(api=api_without)
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, env_api)
+    emulator.inject("echo400")        # an answer that repeats the location, origin password included
+    outputs = []
+    for args in (["-v"], ["-v"], ["--dry-run", "-v"], ["status"], ["status", "--json"], []):
+        code, out, err = run_main(capsys, "--config", str(config), *args)
+        outputs.append(out + err)
+    assert "1 rejected" in outputs[0]
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, wrong)
+    write_files(drop, {"d.mp4": b"d"})
+    code, out, err = run_main(capsys, "--config", str(config))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE
+    outputs.append(out + err)
+    code, out, err = run_main(capsys, "--config", str(write_config(api=api_without, bogus=1)))
+    outputs.append(out + err)
+    ledger_bytes = b"".join(p.read_bytes() for p in Path(raw_config["ledger"]).parent.glob("ledger.sqlite3*")
+                            if p.is_file())
+    everything = "\n".join(outputs)
+    assert "***" in everything and b"***" in ledger_bytes    # the echoed location, masked
+    for secret in (env_api, file_origin, wrong):
+        for form in {secret, secret.replace("/", "%2F"), cdn_push.quote(secret, safe="")}:
+            assert form not in everything, form
+            assert form.encode() not in ledger_bytes, form
+
+
+def test_logging_under_systemd_has_no_timestamps(monkeypatch):
+    import io
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    stream = io.StringIO()
+    handler = cdn_push.configure_logging(0, cdn_push.Redactor(["topsecret"]), stream)
+    try:
+        cdn_push.log.info("hello %s", "topsecret")
+        cdn_push.log.debug("not shown at the default level")
+    finally:
+        cdn_push.log.removeHandler(handler)
+    assert stream.getvalue() == "INFO hello ***\n"
+
+
+# -- real subprocesses --------------------------------------------------------------
+
+def start_process(config: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDN_PUSH_")}
+    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "--config", str(config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+def test_kill_mid_run_then_rerun_imports_everything_once(drop, emulator, write_config, raw_config):
+    files = {f"batch/f{i:03}.mp4": os.urandom(1000 + i) for i in range(40)}
+    write_files(drop, files)
+    emulator.answer_delay = 0.05
+    config = write_config(workers={"hash": 2, "submit": 2})
+    process = start_process(config)
+    wait_for(lambda: len(emulator.requests) >= 8)
+    process.kill()
+    process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+    emulator.answer_delay = 0
+    rerun = start_process(config)
+    out, err = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, err
+    assert emulator.wait_idle(30)
+    snapshot = {f["name"]: f for f in emulator.snapshot()}
+    assert set(snapshot) == set(files)
+    for name, content in files.items():
+        assert (snapshot[name]["state"], snapshot[name]["sha256"]) == ("ready", hashlib.sha256(content).hexdigest())
+    # Only requests in flight at the kill (at most one per submit worker) were sent twice.
+    assert len(emulator.requests) <= len(files) + 2
+    ledger = cdn_push.Ledger.open(raw_config["ledger"])
+    assert {r.state for r in ledger.all_rows()} == {"submitted"} and len(list(ledger.all_rows())) == 40
+    ledger.close()
+
+
+def test_sigterm_stops_cleanly_and_the_summary_says_so(drop, emulator, write_config):
+    write_files(drop, {f"f{i:03}.mp4": os.urandom(100) for i in range(60)})
+    emulator.answer_delay = 0.05
+    process = start_process(write_config(workers={"hash": 1, "submit": 1}))
+    wait_for(lambda: len(emulator.requests) >= 3)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == cdn_push.EXIT_INCOMPLETE, err
+    assert "(interrupted)" in out and "Traceback" not in err
+    assert len(emulator.requests) < 60
+
+
+def test_demo_round_trip_in_a_subprocess():
+    done = subprocess.run([sys.executable, str(ROOT / "cdn_push.py"), "demo"], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "demo: OK: 5 of 5 files verified by the CDN" in done.stdout
+    assert "demo-api-secret" not in done.stdout + done.stderr
