@@ -23,16 +23,20 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import errno
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import queue
 import random
 import re
 import signal
+import socket
 import sqlite3
 import stat
 import sys
@@ -51,6 +55,9 @@ try:
     import tenacity
     import yaml
     from tqdm import tqdm
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
 except ImportError as missing:  # pragma: no cover - depends on the machine
     raise SystemExit(
         f"cdn-push needs the Python package {missing.name!r}: run ./install.sh "
@@ -226,6 +233,9 @@ class ScanConfig:
     skip_temporary: bool = True
     settle_seconds: float = 30.0
     follow_symlinks: bool = False
+    rescan_interval: float = 3600.0
+    poll: bool = False
+    poll_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -260,7 +270,8 @@ CONFIG_KEYS: dict[str, Any] = {
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
     "rules": None,
     "scan": {"include": None, "exclude": None, "skip_hidden": None,
-             "skip_temporary": None, "settle_seconds": None, "follow_symlinks": None},
+             "skip_temporary": None, "settle_seconds": None, "follow_symlinks": None,
+             "rescan_interval": None, "poll": None, "poll_interval": None},
 }
 
 SPEED_FORMAT = re.compile(r"^\d+(\.\d+)?\s*([kKmMgG]|%)?$")
@@ -459,6 +470,10 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
         skip_temporary=_boolean(scan_raw.get("skip_temporary"), "scan.skip_temporary", True),
         settle_seconds=float(_number(scan_raw.get("settle_seconds"), "scan.settle_seconds", 30.0)),
         follow_symlinks=_boolean(scan_raw.get("follow_symlinks"), "scan.follow_symlinks", False),
+        rescan_interval=float(_number(scan_raw.get("rescan_interval"), "scan.rescan_interval", 3600.0,
+                                      minimum=1.0)),
+        poll=_boolean(scan_raw.get("poll"), "scan.poll", False),
+        poll_interval=float(_number(scan_raw.get("poll_interval"), "scan.poll_interval", 5.0, minimum=0.1)),
     )
 
     ledger_text = _string(data.get("ledger"), "ledger")
@@ -713,6 +728,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state, priority, path);
+CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
 """
 
 
@@ -734,7 +750,7 @@ class Ledger:
         try:
             if where != ":memory:":
                 Path(where).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(where, timeout=30.0, isolation_level=None)
+            db = sqlite3.connect(where, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(LEDGER_SCHEMA)
@@ -796,6 +812,12 @@ class Ledger:
     def rows_in_dir(self, reldir: str) -> dict[str, LedgerRow]:
         cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
         return {values[0]: self._row(values) for values in cursor}
+
+    def find_same_file(self, size: int, mtime_ns: int, inode: int) -> LedgerRow | None:
+        """A row, under any path, for the file with this size, mtime and inode: a moved file."""
+        found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE inode=? AND size=? AND "
+                          "mtime_ns=? AND sha256 IS NOT NULL LIMIT 1", (inode, size, mtime_ns)).fetchone()
+        return self._row(found) if found else None
 
     def put_many(self, rows: Iterable[LedgerRow], *, commit_every: int = SCAN_COMMIT_EVERY) -> None:
         now = self._clock()
@@ -920,11 +942,14 @@ def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str 
 
 def walk_folder(root: Path, scan: ScanConfig,
                 on_problem: Callable[[str, str], None] = lambda path, why: None,
-                ) -> Iterator[tuple[str, list[FileEntry]]]:
-    """Yield (relative folder, its files) one folder at a time, so memory stays flat."""
+                start: str = "") -> Iterator[tuple[str, list[FileEntry]]]:
+    """Yield (relative folder, its files) one folder at a time, so memory stays flat.
+
+    `start` walks only that subfolder (relative to root).
+    """
     root_real = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
-    stack = [""]
+    stack = [start]
     while stack:
         reldir = stack.pop()
         absdir = os.path.join(root, reldir) if reldir else str(root)
@@ -1304,7 +1329,9 @@ class Pipeline:
     def __init__(self, config: Config, ledger: Ledger, client: CdnClient | None, *,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
                  show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
-                 out: Callable[[str], None] = print) -> None:
+                 out: Callable[[str], None] = print,
+                 on_waiting: Callable[[str], None] = lambda relpath: None,
+                 heartbeat: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -1314,6 +1341,8 @@ class Pipeline:
         self.dry_run = dry_run
         self.retry_rejected = retry_rejected
         self.out = out
+        self.on_waiting = on_waiting
+        self.heartbeat = heartbeat
         self.summary = RunSummary()
         self._redact = Redactor(config.secrets())
 
@@ -1343,10 +1372,31 @@ class Pipeline:
         log.warning("skipped %s: %s", relpath, why)
 
     def scan_and_hash(self) -> None:
+        """Walk the whole folder; files younger than settle_seconds wait for a later pass."""
         config = self.config
         if not config.folder.is_dir():
             raise ConfigError(f"'folder' {config.folder} is not a folder (from {config.source})")
         settle_before_ns = int((self.clock() - config.scan.settle_seconds) * 1e9)
+
+        def settled(entries: list[FileEntry]) -> Iterator[FileEntry]:
+            for entry in entries:
+                if entry.mtime_ns > settle_before_ns:
+                    self.summary.waiting += 1
+                    self.on_waiting(entry.relpath)
+                    log.debug("waiting: %s was modified less than %gs ago", entry.relpath,
+                              config.scan.settle_seconds)
+                else:
+                    yield entry
+
+        self.hash_and_decide((reldir, settled(entries))
+                             for reldir, entries in walk_folder(config.folder, config.scan, self._problem))
+
+    def hash_and_decide(self, batches: Iterable[tuple[str, Iterable[FileEntry]]]) -> None:
+        """Hash what the ledger cannot vouch for, decide each file, record the decisions.
+
+        `batches` are (relative folder, files in it): one ledger query per folder.
+        """
+        config = self.config
         window = max(4, config.hash_workers * 4)
         bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
         in_flight: dict[Future[str], tuple[FileEntry, LedgerRow | None]] = {}
@@ -1355,10 +1405,12 @@ class Pipeline:
         def finish(done: Iterable[Future[str]]) -> None:
             for future in done:
                 entry, row = in_flight.pop(future)
+                self.heartbeat()
                 try:
                     digest = future.result()
                 except FileChangedError:
                     self.summary.waiting += 1
+                    self.on_waiting(entry.relpath)
                     log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
                     continue
                 except FileNotFoundError:
@@ -1370,24 +1422,20 @@ class Pipeline:
                 decided.append(self._decide(entry, row, digest))
 
         with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
-            for reldir, entries in walk_folder(config.folder, config.scan, self._problem):
+            for reldir, entries in batches:
+                self.heartbeat()
                 known = self.ledger.rows_in_dir(reldir)
                 for entry in entries:
                     if self.stop.is_set():
                         break
-                    if entry.mtime_ns > settle_before_ns:
-                        self.summary.waiting += 1
-                        log.debug("waiting: %s was modified less than %gs ago", entry.relpath,
-                                  config.scan.settle_seconds)
-                        continue
                     row = known.get(entry.relpath)
-                    if row is not None and row.sha256 and entry.same_stat(row.size, row.mtime_ns, row.inode):
-                        decided.append(self._decide(entry, row, row.sha256))
+                    digest = self._known_digest(entry, row)
+                    if digest is not None:
+                        decided.append(self._decide(entry, row, digest))
                     else:
                         in_flight[pool.submit(hash_file, entry, bar.update)] = (entry, row)
                         if len(in_flight) >= window:
-                            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                            finish(done)
+                            finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
                     if len(decided) >= SCAN_COMMIT_EVERY:
                         self._record(decided)
                 if self.stop.is_set():
@@ -1395,6 +1443,16 @@ class Pipeline:
             finish(list(wait(in_flight).done))
         self._record(decided)
         bar.close()
+
+    def _known_digest(self, entry: FileEntry, row: LedgerRow | None) -> str | None:
+        """The sha-256 the ledger already knows for this very file (same size, mtime, inode)."""
+        if row is not None and row.sha256 and entry.same_stat(row.size, row.mtime_ns, row.inode):
+            return row.sha256
+        moved = self.ledger.find_same_file(entry.size, entry.mtime_ns, entry.inode)
+        if moved is not None and moved.path != entry.relpath:
+            log.debug("%s is %s moved: its sha-256 is known", entry.relpath, moved.path)
+            return moved.sha256
+        return None
 
     def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
         config = self.config
@@ -1442,6 +1500,7 @@ class Pipeline:
                 for future in done:
                     row, params = in_flight.pop(future)
                     bar.update(1)
+                    self.heartbeat()
                     try:
                         answer = future.result()
                     except (CdnAuthError, CdnUnavailableError) as exc:
@@ -1485,6 +1544,7 @@ class Pipeline:
             return None
         if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
             self.summary.waiting += 1
+            self.on_waiting(row.path)
             log.info("waiting: %s changed after it was hashed; it goes in a later pass", row.path)
             return None
         overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
@@ -1521,15 +1581,8 @@ class Pipeline:
 # Runners
 # ----------------------------------------------------------------------------
 
-def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, dry_run: bool = False,
-                 retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
-    """One locked pass over the folder; the caller turns the summary into an exit code."""
-    if dry_run:
-        ledger_path = config.ledger if config.ledger.exists() else ":memory:"
-        with Ledger.open(ledger_path) as ledger:
-            pipeline = Pipeline(config, ledger, None, stop=stop, show_progress=show_progress,
-                                dry_run=True, out=out)
-            return pipeline.run_once()
+def check_can_submit(config: Config) -> None:
+    """What a real run needs beyond a valid file; a dry run needs none of it."""
     if not config.api.login:
         raise ConfigError(f"{config.source}: 'api.login' is required to submit (only --dry-run works without it)")
     if not config.api.password:
@@ -1539,6 +1592,26 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
                           "can download the folder's files")
     if not config.api.verify_tls:
         log.warning("TLS certificate verification is off (api.verify_tls: false)")
+
+
+def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
+              load: Callable[[], Config]) -> int:
+    check_can_submit(config)
+    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
+        return WatchService(config, ledger, stop=stop, reload=reload, load=load,
+                            notifier=SystemdNotifier()).run()
+
+
+def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, dry_run: bool = False,
+                 retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
+    """One locked pass over the folder; the caller turns the summary into an exit code."""
+    if dry_run:
+        ledger_path = config.ledger if config.ledger.exists() else ":memory:"
+        with Ledger.open(ledger_path) as ledger:
+            pipeline = Pipeline(config, ledger, None, stop=stop, show_progress=show_progress,
+                                dry_run=True, out=out)
+            return pipeline.run_once()
+    check_can_submit(config)
     with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
         client = CdnClient(config.api, pool_size=config.submit_workers, stop=stop)
         try:
@@ -1547,6 +1620,359 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
             return pipeline.run_once()
         finally:
             client.close()
+
+
+# -- watch: a drop folder as a service ---------------------------------------------
+
+CLOSE_GRACE = 0.5        # seconds a closed (or renamed-in) file must stay unchanged
+LOOP_TICK = 0.25         # seconds between two iterations of the watch loop
+CDN_RETRY_PAUSE = 60.0   # seconds before trying again after the CDN was unreachable
+
+
+class SystemdNotifier:
+    """sd_notify over the UNIX datagram socket systemd names in NOTIFY_SOCKET; a no-op elsewhere."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        for_us = not pid or pid == str(os.getpid())
+        # Ping at half the interval systemd expects, as sd_watchdog_enabled(3) advises.
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) and for_us else 0.0
+
+    def send(self, *fields: str) -> None:
+        if not self.address:
+            return
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto("\n".join(fields).encode(), self.address)
+
+    def ready(self, status: str) -> None:
+        self.send("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+
+@dataclass
+class Candidate:
+    """A path that had events, waiting until it stops changing."""
+    last_event: float
+    closed: bool = False
+    seen: tuple[int, int, int] | None = None
+
+
+class EventCollector(FileSystemEventHandler):
+    """Runs in watchdog's thread and only queues events; the service loop does the work."""
+
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue[FileSystemEvent] = queue.SimpleQueue()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.events.put(event)
+
+
+class WatchdogTroubleHandler(logging.Handler):
+    """watchdog reports a kernel queue overflow only by logging it: turn that into a rescan."""
+
+    def __init__(self, flag: threading.Event) -> None:
+        super().__init__(logging.WARNING)
+        self.flag = flag
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.flag.set()
+
+
+def watch_limit_message(exc: OSError) -> str:
+    if exc.errno == errno.EMFILE:
+        return ("inotify instance limit reached; raise it with "
+                "'sysctl fs.inotify.max_user_instances=1024' (persist it in /etc/sysctl.d/); "
+                "falling back to polling")
+    return ("inotify watch limit reached for this folder tree; raise it with "
+            "'sysctl fs.inotify.max_user_watches=524288' (persist it in /etc/sysctl.d/); "
+            "falling back to polling")
+
+
+class WatchService:
+    """Full pass, then watch the folder and import each file once it stops changing.
+
+    `iteration()` is one turn of the loop; `run()` repeats it until `stop` is set.
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, *, stop: threading.Event,
+                 reload: threading.Event | None = None,
+                 load: Callable[[], Config] | None = None,
+                 notifier: SystemdNotifier | None = None,
+                 observer_factory: Callable[[bool, float], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 client_factory: Callable[[Config], CdnClient] | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.stop = stop
+        self.reload = reload or threading.Event()
+        self.load = load
+        self.notifier = notifier or SystemdNotifier({})
+        self.observer_factory = observer_factory or self._make_observer
+        self.clock, self.wall = clock, wall
+        self.client_factory = client_factory or (
+            lambda c: CdnClient(c.api, pool_size=c.submit_workers, stop=stop))
+        self.client = self.client_factory(config)
+        self.candidates: dict[str, Candidate] = {}
+        self.collector = EventCollector()
+        self.observer: Any = None
+        self.polling = config.scan.poll
+        self.rescan_now = threading.Event()
+        self.next_rescan = 0.0
+        self.cdn_paused_until = 0.0
+        self.last_ping = 0.0
+        self._trouble = WatchdogTroubleHandler(self.rescan_now)
+
+    # -- life cycle ------------------------------------------------------------
+
+    def run(self) -> int:
+        self.notifier.status("first pass over the folder")
+        logging.getLogger("watchdog").addHandler(self._trouble)
+        try:
+            self.start_watching()      # before the pass, so nothing written meanwhile is missed
+            self.full_pass()
+            self.notifier.ready(f"watching {self.config.folder}")
+            log.info("watching %s (%s)", self.config.folder,
+                     "polling every %gs" % self.config.scan.poll_interval if self.polling else "inotify")
+            while not self.stop.is_set():
+                self.iteration()
+        finally:
+            self.notifier.stopping()
+            log.info("stopping: finishing requests in flight")
+            self.stop_watching()
+            self.client.close()
+            self.ledger.commit()
+            logging.getLogger("watchdog").removeHandler(self._trouble)
+        return EXIT_OK
+
+    @staticmethod
+    def _make_observer(polling: bool, interval: float) -> Any:
+        return PollingObserver(timeout=interval) if polling else Observer()
+
+    def start_watching(self) -> None:
+        folder = str(self.config.folder)
+        if not self.config.folder.is_dir():
+            raise ConfigError(f"'folder' {folder} is not a folder (from {self.config.source})")
+        try:
+            observer = self.observer_factory(self.polling, self.config.scan.poll_interval)
+            observer.schedule(self.collector, folder, recursive=True)
+            observer.start()
+        except OSError as exc:
+            if self.polling or exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            log.error("%s", watch_limit_message(exc))
+            self.polling = True
+            observer = self.observer_factory(True, self.config.scan.poll_interval)
+            observer.schedule(self.collector, folder, recursive=True)
+            observer.start()
+        self.observer = observer
+
+    def stop_watching(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
+
+    def _schedule_rescan(self) -> None:
+        interval = self.config.scan.rescan_interval
+        self.next_rescan = self.clock() + interval * random.uniform(0.9, 1.1)
+
+    # -- one turn of the loop -------------------------------------------------------
+
+    def iteration(self, tick: float = LOOP_TICK) -> None:
+        """Take events, import what has settled, rescan when due, ping systemd."""
+        if self.reload.is_set():
+            self.reload.clear()
+            self.reload_config()
+        deadline = self.clock() + tick
+        self.drain_events(timeout=tick)
+        if self.observer is not None and not self.observer.is_alive() and not self.stop.is_set():
+            log.error("the folder watcher stopped; restarting it and rescanning")
+            self.stop_watching()
+            self.start_watching()
+            self.rescan_now.set()
+        if self.rescan_now.is_set() or self.clock() >= self.next_rescan:
+            if self.rescan_now.is_set():
+                log.warning("rescanning the whole folder: the watcher may have missed events")
+            self.rescan_now.clear()
+            self.full_pass()
+        else:
+            ready = self.settled_entries()
+            if ready and self.clock() >= self.cdn_paused_until:
+                self.process(ready)
+        self.ping_if_due()
+        left = deadline - self.clock()
+        if left > 0 and not self.candidates:
+            self.stop.wait(left)
+
+    def drain_events(self, timeout: float) -> None:
+        """Fold queued events into candidates (debounced per path)."""
+        try:
+            event = self.collector.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._note(event)
+            try:
+                event = self.collector.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _relpath(self, path: str | bytes) -> str | None:
+        path = os.fsdecode(path)
+        rel = os.path.relpath(path, self.config.folder)
+        if rel == "." or rel.startswith("../") or rel == "..":
+            return None
+        rel = rel.replace(os.sep, "/")
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return rel
+
+    def _note(self, event: FileSystemEvent) -> None:
+        now = self.clock()
+        kind = event.event_type
+        src = self._relpath(event.src_path)
+        dest = self._relpath(getattr(event, "dest_path", "") or "") if kind == "moved" else None
+        if event.is_directory:
+            if kind in ("created", "moved") and (dest or src):
+                self._enumerate(dest if kind == "moved" else src)
+            if kind in ("moved", "deleted") and src:
+                for path in [p for p in self.candidates if p.startswith(src + "/")]:
+                    del self.candidates[path]
+            return
+        if kind in ("deleted", "moved") and src:
+            self.candidates.pop(src, None)
+        target = dest if kind == "moved" else src
+        if target is None or kind in ("deleted", "opened", "closed_no_write"):
+            return
+        if skip_reason(target, self.config.scan) is not None or any(
+                skip_reason(part, self.config.scan, is_dir=True) for part in self._parents(target)):
+            return
+        candidate = self.candidates.setdefault(target, Candidate(last_event=now))
+        candidate.last_event = now
+        # A close after writing, or a rename into the final name, says the writer is done.
+        candidate.closed = kind in ("closed", "moved")
+
+    @staticmethod
+    def _parents(relpath: str) -> Iterator[str]:
+        parts = relpath.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            yield "/".join(parts[:i])
+
+    def _enumerate(self, reldir: str) -> None:
+        """A folder appeared (mkdir + copy, or mv of a whole tree): its files may have no events."""
+        if any(skip_reason(part, self.config.scan, is_dir=True) for part in [*self._parents(reldir), reldir]):
+            return
+        for _, entries in walk_folder(self.config.folder, self.config.scan, start=reldir):
+            for entry in entries:
+                # last_event 0: no event seen, so the file's own mtime decides when it is settled
+                self.candidates.setdefault(entry.relpath, Candidate(last_event=0.0))
+
+    def settled_entries(self) -> list[FileEntry]:
+        """Candidates whose size and mtime held still long enough; the rest keep waiting."""
+        now, wall = self.clock(), self.wall()
+        settle = self.config.scan.settle_seconds
+        ready: list[FileEntry] = []
+        for relpath, candidate in list(self.candidates.items()):
+            path = os.path.join(self.config.folder, relpath)
+            found = current_stat(path)
+            if found is None or (not self.config.scan.follow_symlinks and os.path.islink(path)):
+                del self.candidates[relpath]
+                continue
+            if found != candidate.seen:          # still changing: watch it one more turn
+                candidate.seen = found
+                continue
+            quiet = now - candidate.last_event
+            age = wall - found[1] / 1e9
+            if (candidate.closed and quiet >= min(CLOSE_GRACE, settle)) or (quiet >= settle and age >= settle):
+                del self.candidates[relpath]
+                ready.append(FileEntry(relpath, path, *found))
+        return ready
+
+    def _pipeline(self) -> Pipeline:
+        return Pipeline(self.config, self.ledger, self.client, stop=self.stop, clock=self.wall,
+                        on_waiting=self._still_writing, heartbeat=self.ping_if_due)
+
+    def ping_if_due(self) -> None:
+        """Tell systemd's watchdog we are alive: from the loop and from long passes alike."""
+        interval = self.notifier.watchdog_interval
+        if interval and self.clock() - self.last_ping >= interval:
+            self.notifier.watchdog()
+            self.last_ping = self.clock()
+
+    def _still_writing(self, relpath: str) -> None:
+        """A file too young for this pass: watch it until it settles, events or not."""
+        self.candidates.setdefault(relpath, Candidate(last_event=0.0))
+
+    def process(self, entries: list[FileEntry]) -> None:
+        """Hash, decide and submit these files through the same pipeline as a one-shot run."""
+        entries.sort(key=lambda e: e.relpath)
+        batches = [(reldir, list(group)) for reldir, group in
+                   itertools.groupby(entries, key=lambda e: e.relpath.rpartition("/")[0])]
+        pipeline = self._pipeline()
+        pipeline.hash_and_decide(batches)
+        self._submit(pipeline)
+
+    def full_pass(self) -> None:
+        pipeline = self._pipeline()
+        pipeline.scan_and_hash()
+        self._submit(pipeline)
+        summary = pipeline.summary
+        log.info("pass done: %s", summary.line().removeprefix("summary: "))
+        self._schedule_rescan()
+
+    def _submit(self, pipeline: Pipeline) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            pipeline.submit_pending()
+        except CdnAuthError:
+            raise
+        except CdnUnavailableError as exc:
+            if self.stop.is_set():
+                return
+            self.cdn_paused_until = self.clock() + CDN_RETRY_PAUSE
+            log.error("%s; trying again in %gs", exc, CDN_RETRY_PAUSE)
+            self.next_rescan = min(self.next_rescan, self.cdn_paused_until)
+        finally:
+            self.ledger.commit()
+
+    def reload_config(self) -> None:
+        if self.load is None:
+            return
+        try:
+            new = self.load()
+        except CdnPushError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            return
+        if new.ledger != self.config.ledger:
+            log.error("configuration not reloaded: 'ledger' cannot change while running; restart instead")
+            return
+        restart = (new.folder, new.scan.poll, new.scan.poll_interval) != (
+            self.config.folder, self.config.scan.poll, self.config.scan.poll_interval)
+        self.client.close()
+        self.config = new
+        self.client = self.client_factory(new)
+        if restart:
+            self.stop_watching()
+            self.candidates.clear()
+            self.polling = new.scan.poll
+            self.start_watching()
+        self.rescan_now.set()
+        log.info("configuration reloaded from %s", new.source)
 
 
 def show_status(config: Config, *, as_json: bool, state: str | None,
@@ -1684,6 +2110,7 @@ def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) ->
 EPILOG = f"""\
 commands:
   run       one pass: hash the folder, submit new and changed files (default)
+  watch     service: one pass, then import each new or changed file as it settles
   status    show what the ledger knows (--json for scripts)
   demo      local round trip: sample folder -> local origin -> CDN emulator
 
@@ -1692,6 +2119,7 @@ examples:
   python cdn_push.py --config /etc/cdn-push/config.yaml -q
   python cdn_push.py --dry-run               # what would be submitted
   python cdn_push.py status --json
+  python cdn_push.py watch --config /etc/cdn-push/config.yaml   # systemd service
   */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
 
 exit codes:
@@ -1707,7 +2135,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdn_push.py", description="Push a folder of video files into the video CDN and record "
         "what it accepted.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "status", "demo"),
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "watch", "status", "demo"),
                         help="what to do (default: run)")
     parser.add_argument("-c", "--config", metavar="PATH",
                         help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
@@ -1715,6 +2143,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hash and show what would be submitted; change nothing")
     parser.add_argument("--retry-rejected", action="store_true",
                         help="submit files the CDN rejected before, even if unchanged")
+    parser.add_argument("--poll", action="store_true",
+                        help="watch: poll instead of inotify (NFS/SMB mounts, where events do not arrive)")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     parser.add_argument("--state", choices=STATES, help="status: only files in this state")
     parser.add_argument("--keep", action="store_true", help="demo: keep the work folder")
@@ -1725,15 +2155,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM only set the stop event; the loops notice it and wind down."""
+def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None) -> Iterator[None]:
+    """SIGINT/SIGTERM only set the stop event, SIGHUP the reload event; the loops do the rest."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wanted = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if reload is not None else ())
+    previous = {sig: signal.getsignal(sig) for sig in wanted}
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
+        if signum == signal.SIGHUP and reload is not None:
+            reload.set()
+        else:
+            stop.set()
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -1757,12 +2191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             with stop_on_signals(stop):
                 return run_demo(keep=args.keep)
-        config, warnings = load_config(config_path_from(args.config, os.environ), os.environ)
-        redactor.add(config.secrets())
-        for warning in warnings:
-            log.warning("%s", warning)
+        config_path = config_path_from(args.config, os.environ)
+
+        def load() -> Config:
+            loaded, warnings = load_config(config_path, os.environ)
+            redactor.add(loaded.secrets())
+            for warning in warnings:
+                log.warning("%s", warning)
+            if args.poll:
+                loaded = dataclasses.replace(loaded, scan=dataclasses.replace(loaded.scan, poll=True))
+            return loaded
+
+        config = load()
         if args.command == "status":
             return show_status(config, as_json=args.json, state=args.state)
+        if args.command == "watch":
+            reload = threading.Event()
+            with stop_on_signals(stop, reload):
+                return run_watch(config, stop=stop, reload=reload, load=load)
         with stop_on_signals(stop):
             summary = run_one_shot(config, stop=stop, dry_run=args.dry_run,
                                    retry_rejected=args.retry_rejected,

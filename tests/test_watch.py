@@ -1,0 +1,364 @@
+"""The watch service: real inotify events in temporary folders, the emulator as the CDN."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cdn_push
+from cdn_push import Ledger, WatchService
+from conftest import ROOT, write_files
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def names(emulator):
+    return [r["name"] for r in emulator.requests]
+
+
+class Running:
+    """A WatchService in a background thread, as systemd would run it in the foreground."""
+
+    def __init__(self, config, **kwargs):
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.ledger = Ledger.open(config.ledger)
+        self.service = WatchService(config, self.ledger, stop=self.stop, reload=self.reload, **kwargs)
+        self.error = None
+        self.ready = threading.Event()
+        original = self.service.notifier.ready
+        self.service.notifier.ready = lambda status: (self.ready.set(), original(status))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(20), "service never became ready"
+        if self.error:
+            raise self.error
+
+    def _run(self):
+        try:
+            self.code = self.service.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by close()
+            self.error = exc
+            self.ready.set()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+        self.ledger.close()
+        if self.error:
+            raise self.error
+        return self.code
+
+
+@pytest.fixture
+def watch(make_config):
+    started = []
+
+    def start(**sections):
+        sections.setdefault("scan", {"settle_seconds": 1, "rescan_interval": 3600})
+        kwargs = sections.pop("service_kwargs", {})
+        running = Running(make_config(**sections), **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.close()
+
+
+def test_first_pass_then_new_files_are_imported_within_seconds(drop, emulator, watch):
+    write_files(drop, {"old.mp4": b"old"})
+    running = watch()
+    assert names(emulator) == ["old.mp4"]
+    written = time.monotonic()
+    (drop / "new.mp4").write_bytes(b"new content")
+    wait_for(lambda: "new.mp4" in names(emulator), what="new.mp4 submitted")
+    assert time.monotonic() - written < 3.0      # the close event lets it go before settle_seconds
+    assert running.close() == cdn_push.EXIT_OK
+    assert names(emulator) == ["old.mp4", "new.mp4"]
+
+
+def test_slow_writer_is_submitted_once_after_its_last_byte(drop, emulator, watch):
+    watch(scan={"settle_seconds": 1})
+    chunk = os.urandom(2048)
+    with open(drop / "slow.mp4", "wb") as handle:
+        for _ in range(40):                       # about 2 s at 40 KB/s, longer than settle_seconds
+            handle.write(chunk)
+            handle.flush()
+            time.sleep(0.05)
+        assert "slow.mp4" not in names(emulator)
+    wait_for(lambda: "slow.mp4" in names(emulator), what="slow.mp4 submitted")
+    time.sleep(1.5)
+    requests = [r for r in emulator.requests if r["name"] == "slow.mp4"]
+    assert len(requests) == 1
+    assert requests[0]["size"] == str(40 * 2048)
+    assert requests[0]["chksum"] == hashlib.sha256(chunk * 40).hexdigest()
+
+
+def test_slow_writer_that_reopens_is_not_taken_early(drop, emulator, watch):
+    """Appending in separate open/close calls: each close is followed by more data."""
+    watch(scan={"settle_seconds": 1})
+    for _ in range(12):
+        with open(drop / "append.mp4", "ab") as handle:
+            handle.write(b"x" * 1000)
+        time.sleep(0.2)
+    wait_for(lambda: "append.mp4" in names(emulator), what="append.mp4 submitted")
+    time.sleep(1.5)
+    sizes = [r["size"] for r in emulator.requests if r["name"] == "append.mp4"]
+    # Each submission is of a complete, then-stable file; the last one is the final size.
+    assert sizes[-1] == "12000"
+
+
+def test_rsync_style_temp_then_rename_is_submitted_once_under_the_final_name(drop, emulator, watch):
+    watch()
+    temp = drop / "sub" / ".movie.mp4.Xa9Qz2"
+    temp.parent.mkdir()
+    with open(temp, "wb") as handle:
+        for _ in range(10):
+            handle.write(os.urandom(1000))
+            time.sleep(0.05)
+    os.rename(temp, drop / "sub" / "movie.mp4")
+    for name in ("clip.mp4.crdownload", "~$notes.docx", "x.part"):
+        (drop / name).write_bytes(b"temp")
+    wait_for(lambda: "sub/movie.mp4" in names(emulator), what="renamed file submitted")
+    time.sleep(1.5)
+    assert names(emulator) == ["sub/movie.mp4"]
+
+
+def test_burst_of_500_files_all_submitted_once(tmp_path, drop, emulator, watch):
+    watch(workers={"hash": 2, "submit": 8})
+    source = tmp_path / "source"
+    write_files(source, {f"f{i:03}.mp4": f"file {i}".encode() for i in range(500)})
+    for path in sorted(source.iterdir()):
+        shutil.copy2(path, drop / path.name)
+    wait_for(lambda: len(emulator.requests) >= 500, timeout=60, what="500 files submitted")
+    time.sleep(1.5)
+    assert sorted(names(emulator)) == [f"f{i:03}.mp4" for i in range(500)]
+
+
+def test_folder_moved_in_or_created_with_files_is_fully_imported(tmp_path, drop, emulator, watch):
+    watch()
+    outside = tmp_path / "outside"
+    write_files(outside, {"a.mp4": b"a", "deep/b.mp4": b"b", "deep/er/c.mp4": b"c"})
+    os.rename(outside, drop / "moved")                 # mv of a whole tree: one event for the folder
+    os.makedirs(drop / "made" / "x" / "y")             # mkdir -p, then copy at once
+    shutil.copy2(drop / "moved" / "a.mp4", drop / "made" / "x" / "y" / "copy.mp4")
+    expected = {"moved/a.mp4", "moved/deep/b.mp4", "moved/deep/er/c.mp4", "made/x/y/copy.mp4"}
+    wait_for(lambda: expected <= set(names(emulator)), what="whole trees submitted")
+    time.sleep(1.2)
+    assert sorted(names(emulator)) == sorted(expected)
+
+
+def test_changed_after_import_is_imported_again(drop, emulator, watch):
+    watch()
+    (drop / "a.mp4").write_bytes(b"version 1")
+    wait_for(lambda: names(emulator) == ["a.mp4"])
+    (drop / "a.mp4").write_bytes(b"version 2, longer")
+    wait_for(lambda: names(emulator) == ["a.mp4", "a.mp4"])
+    assert emulator.requests[1]["chksum"] == hashlib.sha256(b"version 2, longer").hexdigest()
+
+
+def test_deleted_before_settling_is_never_submitted(drop, emulator, watch):
+    watch(scan={"settle_seconds": 1.5})
+    with open(drop / "brief.mp4", "wb") as handle:
+        handle.write(b"here for a moment")
+        handle.flush()
+        time.sleep(0.3)
+        os.unlink(drop / "brief.mp4")
+    (drop / "stays.mp4").write_bytes(b"stays")
+    wait_for(lambda: "stays.mp4" in names(emulator))
+    time.sleep(1.0)
+    assert names(emulator) == ["stays.mp4"]
+
+
+def test_moved_file_is_imported_under_its_new_name_without_hashing_again(drop, emulator, watch, monkeypatch):
+    write_files(drop, {"inbox/a.mp4": os.urandom(5000)})
+    running = watch()
+    assert names(emulator) == ["inbox/a.mp4"]
+    hashed = []
+    real = cdn_push.hash_file
+    monkeypatch.setattr(cdn_push, "hash_file", lambda entry, *a: hashed.append(entry.relpath) or real(entry, *a))
+    os.makedirs(drop / "published")
+    os.rename(drop / "inbox" / "a.mp4", drop / "published" / "a.mp4")
+    wait_for(lambda: "published/a.mp4" in names(emulator))
+    assert hashed == []
+    assert emulator.requests[-1]["chksum"] == emulator.requests[0]["chksum"]
+    running.close()
+
+
+def test_polling_mode_finds_files_without_inotify(drop, emulator, watch):
+    made = []
+
+    def factory(polling, interval):
+        made.append(polling)
+        return WatchService._make_observer(polling, interval)
+
+    watch(scan={"settle_seconds": 1, "poll": True, "poll_interval": 0.2},
+          service_kwargs={"observer_factory": factory})
+    assert made == [True]
+    write_files(drop, {"polled.mp4": b"found by polling"})
+    wait_for(lambda: "polled.mp4" in names(emulator))
+
+
+def test_watch_limit_falls_back_to_polling_with_one_clear_line(drop, emulator, watch, caplog):
+    made = []
+
+    def factory(polling, interval):
+        made.append(polling)
+        if not polling:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return WatchService._make_observer(True, 0.2)
+
+    with caplog.at_level(logging.ERROR, logger="cdn_push"):
+        watch(service_kwargs={"observer_factory": factory})
+    assert made == [False, True]
+    lines = [r.getMessage() for r in caplog.records if "max_user_watches" in r.getMessage()]
+    assert len(lines) == 1 and "falling back to polling" in lines[0]
+    write_files(drop, {"late.mp4": b"late"})
+    wait_for(lambda: "late.mp4" in names(emulator))
+
+
+def test_watcher_overflow_triggers_a_full_rescan(drop, emulator, watch, caplog):
+    running = watch()
+    # Files whose events were "lost": written with an old mtime while the watcher is told to drop them.
+    running.service.collector.on_any_event = lambda event: None
+    write_files(drop, {"lost1.mp4": b"1", "lost2.mp4": b"2"})
+    time.sleep(0.5)
+    assert names(emulator) == []
+    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; events were lost")
+    wait_for(lambda: sorted(names(emulator)) == ["lost1.mp4", "lost2.mp4"])
+
+
+def test_reload_with_broken_config_keeps_running(tmp_path, drop, emulator, raw_config, watch):
+    path = tmp_path / "config.yaml"
+    path.write_text("folder: [broken\n")
+    load = lambda: cdn_push.load_config(path, {})[0]
+    running = watch(service_kwargs={"load": load})
+    running.reload.set()
+    time.sleep(0.5)
+    assert running.thread.is_alive()
+    write_files(drop, {"after.mp4": b"after"}, age=0)
+    wait_for(lambda: "after.mp4" in names(emulator))
+    path.write_text(yaml.safe_dump({**raw_config, "name_prefix": "reloaded/",
+                                    "scan": {"settle_seconds": 1}}))
+    running.reload.set()
+    write_files(drop, {"next.mp4": b"next"})
+    wait_for(lambda: "reloaded/next.mp4" in names(emulator))
+
+
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path, drop, emulator, make_config):
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(10)
+    notifier = cdn_push.SystemdNotifier({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+    assert notifier.watchdog_interval == 0.2
+    running = Running(make_config(scan={"settle_seconds": 1}), notifier=notifier)
+    messages = []
+    deadline = time.monotonic() + 10
+    while not any("WATCHDOG=1" in m for m in messages) and time.monotonic() < deadline:
+        messages.append(sock.recv(4096).decode())
+    running.close()
+    while True:
+        try:
+            sock.settimeout(0.5)
+            messages.append(sock.recv(4096).decode())
+        except socket.timeout:
+            break
+    sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text and "WATCHDOG=1" in text and messages[-1] == "STOPPING=1"
+    assert text.index("READY=1") < text.index("WATCHDOG=1")
+
+
+# -- the real process, with real signals ---------------------------------------------------
+
+def start_watch(config_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_PUSH_", "NOTIFY_SOCKET"))}
+    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "watch", "--config", str(config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL)
+
+
+def test_sigterm_during_a_burst_exits_0_and_a_restart_finishes(tmp_path, drop, emulator, write_config, raw_config):
+    emulator.answer_delay = 0.03
+    config = write_config(scan={"settle_seconds": 1}, workers={"hash": 1, "submit": 1})
+    process = start_watch(config)
+    wait_for(lambda: emulator.requests is not None and process.poll() is None)
+    time.sleep(1.0)
+    write_files(drop, {f"b{i:03}.mp4": os.urandom(200) for i in range(150)})
+    wait_for(lambda: len(emulator.requests) >= 10, what="burst under way")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    sent = len(emulator.requests)
+    assert sent < 150
+    with Ledger.open(raw_config["ledger"]) as ledger:
+        submitted = {row.path for row in ledger.all_rows("submitted")}
+    assert submitted <= {r["name"] for r in emulator.requests}
+    emulator.answer_delay = 0
+    again = start_watch(config)
+    try:
+        wait_for(lambda: len({r["name"] for r in emulator.requests}) == 150, timeout=60, what="rest imported")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+    assert again.returncode == 0
+    assert len(emulator.requests) <= 150 + 1     # at most the one request in flight at the stop
+
+
+def test_sighup_with_broken_config_keeps_the_process_running(tmp_path, drop, emulator, write_config):
+    config = write_config(scan={"settle_seconds": 1})
+    process = start_watch(config)
+    try:
+        time.sleep(1.5)
+        good = config.read_text()
+        config.write_text(good + "\nnot_a_key: 1\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.8)
+        assert process.poll() is None
+        write_files(drop, {"still.mp4": b"still running"})
+        wait_for(lambda: "still.mp4" in names(emulator))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "configuration not reloaded" in err and "not_a_key" in err
+
+
+def test_systemd_unit_is_complete_and_verifies(tmp_path):
+    unit = subprocess.run(["bash", str(ROOT / "install.sh"), "--print-unit"], capture_output=True, text=True,
+                          check=True).stdout
+    for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "PrivateTmp=yes", "ReadWritePaths=/var/lib/cdn-push",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "User=cdn-push",
+                 f"ExecStart={ROOT}/.venv/bin/python {ROOT}/cdn_push.py watch --config /etc/cdn-push/config.yaml"):
+        assert line in unit, line
+    assert "@" not in unit.replace("multi-user", "")
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    path = tmp_path / "cdn-push.service"
+    path.write_text(unit)
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
