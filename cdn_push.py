@@ -27,6 +27,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import stat
 import sys
 import tempfile
@@ -45,10 +47,11 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 try:
     import requests
@@ -82,6 +85,7 @@ EXIT_LEDGER = 5           # the ledger cannot be opened or written
 ENV_CONFIG = "CDN_PUSH_CONFIG"
 ENV_API_PASSWORD = "CDN_PUSH_API_PASSWORD"
 ENV_ORIGIN_PASSWORD = "CDN_PUSH_ORIGIN_PASSWORD"
+ENV_ORIGIN_SECRET = "CDN_PUSH_ORIGIN_SECRET"
 
 DEFAULT_CONFIG_NAME = "config.yaml"
 DEFAULT_API_URL = "https://cp.ahcdn.com/api2"
@@ -213,10 +217,38 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The built-in origin: cdn-push serves the folder itself over signed URLs."""
+    listen_host: str
+    listen_port: int
+    public_url: str
+    cert: str | None = None
+    key: str | None = None
+    link_ttl: float = 7 * 86400.0
+    max_connections: int = 64
+
+
+@dataclass(frozen=True)
 class OriginConfig:
     base_url: str = ""
     username: str = ""
     password: Secret = field(default_factory=Secret)
+    serve: ServeConfig | None = None
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    """Where the CDN reports each import's end; None public_url: no callbacks."""
+    public_url: str = ""
+    listen_host: str = ""
+    listen_port: int = 0
+    wait_seconds: float = 900.0
+    max_attempts: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.public_url)
 
 
 @dataclass(frozen=True)
@@ -251,9 +283,15 @@ class Config:
     hash_workers: int = 2
     submit_workers: int = 4
     source: str = "<config>"
+    callback: CallbackConfig = field(default_factory=CallbackConfig)
 
     def secrets(self) -> list[str]:
         return [s.reveal() for s in (self.api.password, self.origin.password) if s]
+
+    @property
+    def serves_http(self) -> bool:
+        """cdn-push runs its own HTTP server: the built-in origin, callbacks, or both."""
+        return self.origin.serve is not None or self.callback.enabled
 
 
 CONFIG_KEYS: dict[str, Any] = {
@@ -266,7 +304,10 @@ CONFIG_KEYS: dict[str, Any] = {
             "rate_limit": None,
             "retry": {"attempts": None, "max_seconds": None, "backoff_base": None,
                       "backoff_max": None}},
-    "origin": {"base_url": None, "username": None, "password": None},
+    "origin": {"base_url": None, "username": None, "password": None, "secret_file": None,
+               "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
+                         "link_ttl": None, "max_connections": None}},
+    "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None},
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
     "rules": None,
     "scan": {"include": None, "exclude": None, "skip_hidden": None,
@@ -367,8 +408,6 @@ def _overrides(value: Any, key: str) -> dict[str, Any]:
 
 def _split_userinfo(url: str, key: str) -> tuple[str, str, str]:
     """Return the URL without user:password@, and the (unquoted) user and password."""
-    from urllib.parse import unquote
-
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url, "", ""
@@ -443,7 +482,15 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
                               "and origin.password (secret key)")
     if origin_password and not origin_user:
         raise ConfigError("'origin.password' is set but 'origin.username' is not")
-    origin = OriginConfig(base_url=base_url, username=origin_user, password=Secret(origin_password))
+    serve = _serve_config(_mapping(origin_raw.get("serve"), "origin.serve"), base_dir)
+    if serve is not None and base_url:
+        raise ConfigError("set either 'origin.base_url' (your own server) or 'origin.serve' (the built-in "
+                          "origin), not both")
+    secret_text = _string(origin_raw.get("secret_file"), "origin.secret_file")
+    secret_file = (base_dir / Path(secret_text).expanduser()).resolve() if secret_text else None
+    origin = OriginConfig(base_url=base_url, username=origin_user, password=Secret(origin_password),
+                          serve=serve, secret_file=secret_file)
+    callback = _callback_config(_mapping(data.get("callback"), "callback"), serve)
 
     name_prefix = _string(data.get("name_prefix"), "name_prefix")
     if name_prefix.startswith("/"):
@@ -493,9 +540,67 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
     hash_workers = _number(workers.get("hash"), "workers.hash", min(2, cpus), minimum=1, integer=True)
     submit_workers = _number(workers.get("submit"), "workers.submit", 4, minimum=1, integer=True)
 
+    if origin.secret_file is None:
+        origin = dataclasses.replace(origin, secret_file=ledger.with_name(ledger.name + ".secret"))
     return Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
                   defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
-                  submit_workers=submit_workers, source=source)
+                  submit_workers=submit_workers, source=source, callback=callback)
+
+
+def _listen_address(value: Any, key: str) -> tuple[str, int]:
+    text = _string(value, key, required=True)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"'{key}' must be host:port such as 0.0.0.0:8080, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _public_url(value: Any, key: str) -> str:
+    text = _string(value, key, required=True).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query:
+        raise ConfigError(f"'{key}' must be the http(s) URL at which the CDN reaches cdn-push, "
+                          f"such as https://push.example.com:8080, not {text!r}")
+    return text
+
+
+def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
+    if not raw:
+        return None
+    host, port = _listen_address(raw.get("listen"), "origin.serve.listen")
+    cert = _string(raw.get("cert"), "origin.serve.cert")
+    key = _string(raw.get("key"), "origin.serve.key")
+    if bool(cert) != bool(key):
+        raise ConfigError("'origin.serve.cert' and 'origin.serve.key' go together: set both for TLS")
+    resolve = lambda text: str((base_dir / Path(text).expanduser()).resolve()) if text else None  # noqa: E731
+    return ServeConfig(
+        listen_host=host, listen_port=port,
+        public_url=_public_url(raw.get("public_url"), "origin.serve.public_url"),
+        cert=resolve(cert), key=resolve(key),
+        link_ttl=float(_number(raw.get("link_ttl"), "origin.serve.link_ttl", 7 * 86400.0, minimum=60)),
+        max_connections=_number(raw.get("max_connections"), "origin.serve.max_connections", 64,
+                                minimum=4, integer=True),
+    )
+
+
+def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> CallbackConfig:
+    wait_seconds = float(_number(raw.get("wait_seconds"), "callback.wait_seconds", 900.0))
+    max_attempts = _number(raw.get("max_attempts"), "callback.max_attempts", 3, minimum=1, integer=True)
+    if raw.get("public_url"):
+        public = _public_url(raw.get("public_url"), "callback.public_url")
+        if serve is None:
+            host, port = _listen_address(raw.get("listen"), "callback.listen")
+        else:
+            if raw.get("listen"):
+                raise ConfigError("'callback.listen' is not used with 'origin.serve': callbacks arrive at "
+                                  "the built-in origin")
+            host, port = serve.listen_host, serve.listen_port
+        return CallbackConfig(public, host, port, wait_seconds, max_attempts)
+    if raw.get("listen"):
+        raise ConfigError("'callback.listen' needs 'callback.public_url'")
+    if serve is not None:      # the built-in origin receives callbacks too
+        return CallbackConfig(serve.public_url, serve.listen_host, serve.listen_port, wait_seconds, max_attempts)
+    return CallbackConfig(wait_seconds=wait_seconds, max_attempts=max_attempts)
 
 
 def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
@@ -638,10 +743,10 @@ def cdn_name(prefix: str, relpath: str) -> str:
 
 
 def build_request(config: Config, relpath: str, size: int, sha256: str,
-                  overrides: Mapping[str, Any]) -> dict[str, str]:
+                  overrides: Mapping[str, Any], *, location: str | None = None) -> dict[str, str]:
     """The form fields of one file/add request."""
     params = {
-        "location": build_location(config.origin, relpath),
+        "location": location or build_location(config.origin, relpath),
         "name": cdn_name(config.name_prefix, relpath),
         "size": str(size),
         "chksum": sha256.lower(),
@@ -692,6 +797,7 @@ class LedgerRow:
     accepted_name: str | None = None
     accepted_size: int | None = None
     accepted_sha256: str | None = None
+    retry_at: float = 0.0
     updated_at: float = 0.0
 
     @property
@@ -704,7 +810,7 @@ class LedgerRow:
 
 LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "priority",
                   "attempts", "last_error", "response", "accepted_name", "accepted_size",
-                  "accepted_sha256", "updated_at")
+                  "accepted_sha256", "retry_at", "updated_at")
 
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -724,6 +830,7 @@ CREATE TABLE IF NOT EXISTS files (
     accepted_name TEXT,
     accepted_size INTEGER,
     accepted_sha256 TEXT,
+    retry_at REAL NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
@@ -838,22 +945,30 @@ class Ledger:
         self._run("DELETE FROM files WHERE path=?", (path,))
         self._changed(1, 1)
 
-    def pending(self, page: int = PENDING_PAGE) -> Iterator[LedgerRow]:
-        """Pending rows, highest priority first, read a page at a time (keyset order)."""
+    def pending(self, page: int = PENDING_PAGE, now: float | None = None) -> Iterator[LedgerRow]:
+        """Pending rows due now, highest priority first, read a page at a time (keyset order)."""
         last_priority, last_path = math.inf, ""
+        due = self._clock() if now is None else now
         while True:
             cursor = self._run(
-                f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND "
+                f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND retry_at <= ? AND "
                 "(priority < ? OR (priority = ? AND path > ?)) ORDER BY priority DESC, path LIMIT ?",
-                (STATE_PENDING, last_priority, last_priority, last_path, page))
+                (STATE_PENDING, due, last_priority, last_priority, last_path, page))
             rows = [self._row(v) for v in cursor.fetchall()]
             if not rows:
                 return
             yield from rows
             last_priority, last_path = rows[-1].priority, rows[-1].path
 
-    def count_pending(self) -> int:
-        return self._run("SELECT count(*) FROM files WHERE state=?", (STATE_PENDING,)).fetchone()[0]
+    def count_pending(self, now: float | None = None) -> int:
+        due = self._clock() if now is None else now
+        return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at <= ?",
+                         (STATE_PENDING, due)).fetchone()[0]
+
+    def count_due_retries(self, now: float) -> int:
+        """Imports the CDN reported failed whose backoff has run out."""
+        return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at > 0 AND retry_at <= ?",
+                         (STATE_PENDING, now)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
@@ -1237,6 +1352,362 @@ def _short(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------
+# Origin and callback server
+# ----------------------------------------------------------------------------
+
+SIGNATURE_HEX = 32          # 128 bits of HMAC-SHA256 in every signed link and token
+ORIGIN_IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle or stall before it is dropped
+SEND_CHUNK = 8 * 1024 * 1024
+
+
+def load_origin_secret(path: Path, env: Mapping[str, str]) -> tuple[bytes, list[str]]:
+    """The key that signs locations and callback tokens; created 0600 on first use."""
+    from_env = env.get(ENV_ORIGIN_SECRET, "")
+    if from_env:
+        if len(from_env) < 16:
+            raise ConfigError(f"{ENV_ORIGIN_SECRET} must be at least 16 characters")
+        return from_env.encode(), []
+    warnings: list[str] = []
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        try:
+            data = path.read_bytes().strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"cannot read the origin secret {path}: {exc.strerror or exc}") from None
+        if len(data) < 16:
+            raise ConfigError(f"the origin secret {path} is too short: delete it and a new one is made")
+        if mode & 0o077:
+            warnings.append(f"{path} (the origin secret) is readable by other users: run chmod 600 {path}")
+        return data, warnings
+    except OSError as exc:
+        raise ConfigError(f"cannot create the origin secret {path}: {exc.strerror or exc}") from None
+    secret = os.urandom(32).hex().encode()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret + b"\n")
+    return secret, warnings
+
+
+@dataclass(frozen=True)
+class UrlSigner:
+    """HMAC-SHA256 signatures for origin locations and callback tokens."""
+    secret: bytes
+
+    def sign(self, *parts: str) -> str:
+        return hmac.new(self.secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()[:SIGNATURE_HEX]
+
+    def verify(self, signature: str, *parts: str) -> bool:
+        return hmac.compare_digest(signature.encode(), self.sign(*parts).encode())
+
+    def location(self, public_url: str, relpath: str, expires: int) -> str:
+        return f"{public_url}/o/{expires}/{self.sign('o', str(expires), relpath)}/{quote_path(relpath)}"
+
+    def callback(self, public_url: str, relpath: str, sha256: str, attempt: int) -> str:
+        token = self.sign("cb", relpath, sha256, str(attempt))
+        return f"{public_url}/cb/{attempt}/{token}/{quote_path(relpath)}"
+
+
+def quote_path(relpath: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in relpath.split("/"))
+
+
+def safe_relpath(encoded: str) -> str | None:
+    """Decode a request path into a relative path, or None for anything that could escape."""
+    if not encoded or encoded.startswith("/"):
+        return None
+    segments = [unquote(segment) for segment in encoded.split("/")]
+    if any(seg in ("", ".", "..") or "/" in seg or "\0" in seg or "\\" in seg for seg in segments):
+        return None
+    return "/".join(segments)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """A single byte range as (start, end inclusive); None to send it all; 'unsatisfiable'.
+
+    A malformed or multi-range header is ignored, as RFC 9110 allows.
+    """
+    if not header or size == 0:
+        return None
+    found = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not found or not (found.group(1) or found.group(2)):
+        return None
+    first, last = found.groups()
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None
+        if start >= size:
+            return "unsatisfiable"
+        return start, end
+    length = int(last)
+    if length == 0:
+        return "unsatisfiable"
+    return max(0, size - length), size - 1
+
+
+@dataclass(frozen=True)
+class CallbackReport:
+    relpath: str
+    attempt: int
+    success: bool
+    size: int | None
+    sha256: str
+    message: str
+    received: float
+
+
+class CallbackInbox:
+    """Hands callbacks from server threads to the one thread that writes the ledger."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[CallbackReport] = queue.SimpleQueue()
+        self.deferred: list[CallbackReport] = []
+
+    def take(self) -> list[CallbackReport]:
+        reports, self.deferred = self.deferred, []
+        while True:
+            try:
+                reports.append(self.queue.get_nowait())
+            except queue.Empty:
+                return reports
+
+    def wait(self, timeout: float) -> None:
+        """Block until a callback arrives or the timeout passes; the report stays queued."""
+        try:
+            report = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.deferred.append(report)
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than max_connections: the rest get a quick 503."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class OriginServer:
+    """Serves the folder's recorded files at signed URLs and takes the CDN's callbacks."""
+
+    def __init__(self, config: Config, signer: UrlSigner, inbox: CallbackInbox,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.signer = signer
+        self.inbox = inbox
+        self.clock = clock
+        self.folder_real = os.path.realpath(config.folder)
+        serve = config.origin.serve
+        host = serve.listen_host if serve else config.callback.listen_host
+        port = serve.listen_port if serve else config.callback.listen_port
+        limit = serve.max_connections if serve else 64
+        try:
+            self.httpd = _BoundedHTTPServer((host, port), self._handler_class(), limit)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} "
+                              f"({'origin.serve.listen' if serve else 'callback.listen'}): "
+                              f"{exc.strerror or exc}") from None
+        if serve and serve.cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(serve.cert, serve.key)
+            except (OSError, ssl.SSLError) as exc:
+                self.httpd.server_close()
+                raise ConfigError(f"cannot load origin.serve.cert/key ({serve.cert}): {exc}") from None
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def start(self) -> "OriginServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True,
+                                        name="origin")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "OriginServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def lookup(self, relpath: str) -> tuple[int, int, int, str, str, int] | None:
+        """(size, mtime_ns, inode, sha256, state, attempts) from the ledger, on a connection of its own."""
+        try:
+            db = sqlite3.connect(str(self.config.ledger), timeout=5.0)
+            try:
+                return db.execute("SELECT size, mtime_ns, inode, sha256, state, attempts FROM files "
+                                  "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+
+    def _handler_class(self) -> type:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True     # else keep-alive answers stall ~40 ms each
+            timeout = ORIGIN_IDLE_TIMEOUT
+            server_version = f"cdn-push/{__version__}"
+            sys_version = ""
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+                log.debug("origin: %s %s", self.address_string(), format % args)
+
+            def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+                body = (text + "\n").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                path, _, query = self.path.partition("?")
+                if path.startswith("/o/") and server.config.origin.serve is not None:
+                    self.serve_file(path[3:])
+                elif path.startswith("/cb/") and self.command == "GET":
+                    self.take_callback(path[4:], query)
+                else:
+                    self.plain(404, "not found")
+
+            def do_POST(self) -> None:
+                self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
+
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+            def serve_file(self, rest: str) -> None:
+                expires, _, rest = rest.partition("/")
+                signature, _, encoded = rest.partition("/")
+                relpath = safe_relpath(encoded)
+                if relpath is None:
+                    self.plain(404, "not found")
+                    return
+                if not expires.isdigit() or not server.signer.verify(signature, "o", expires, relpath):
+                    self.plain(403, "bad signature")
+                    return
+                if int(expires) < server.clock():
+                    self.plain(403, "link expired")
+                    return
+                known = server.lookup(relpath)
+                target = os.path.join(server.folder_real, relpath)
+                real = os.path.realpath(target)
+                if known is None or os.path.commonpath([server.folder_real, real]) != server.folder_real:
+                    self.plain(404, "not found")
+                    return
+                size, mtime_ns, inode, sha256, _, _ = known
+                try:
+                    handle = open(real, "rb")
+                except OSError:
+                    self.plain(404, "not found")
+                    return
+                with handle:
+                    st = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(st.st_mode):
+                        self.plain(404, "not found")
+                        return
+                    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                        # Serving it would hand the CDN bytes that fail the chksum it was given.
+                        self.plain(409, "file changed since it was hashed; it will be submitted again")
+                        return
+                    self.send_content(handle, size, mtime_ns, sha256)
+
+            def send_content(self, handle: Any, size: int, mtime_ns: int, sha256: str) -> None:
+                wanted = parse_range(self.headers.get("Range"), size)
+                if wanted == "unsatisfiable":
+                    self.plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+                    return
+                start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
+                length = end - start + 1 if size else 0
+                self.send_response(206 if isinstance(wanted, tuple) else 200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(length))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{sha256}"')
+                self.send_header("Last-Modified", formatdate(mtime_ns / 1e9, usegmt=True))
+                if isinstance(wanted, tuple):
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                if self.command == "HEAD" or not length:
+                    return
+                self.wfile.flush()
+                sent = 0
+                while sent < length:       # zero-copy: the kernel moves the bytes
+                    count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
+                    if not count:
+                        self.close_connection = True
+                        return
+                    sent += count
+
+            def take_callback(self, rest: str, query: str) -> None:
+                attempt, _, rest = rest.partition("/")
+                token, _, encoded = rest.partition("/")
+                relpath = safe_relpath(encoded)
+                known = server.lookup(relpath) if relpath and attempt.isdigit() else None
+                if known is None:
+                    self.plain(404, "no such import")
+                    return
+                size, _, _, sha256, state, attempts = known
+                if not server.signer.verify(token, "cb", relpath, sha256, attempt):
+                    self.plain(403, "bad token")
+                    return
+                awaited = (state == STATE_SUBMITTED and attempts == int(attempt)) or (
+                    state == STATE_PENDING and attempts + 1 == int(attempt))
+                if not awaited:
+                    self.plain(404, "no import awaiting this callback")
+                    return
+                fields = dict(parse_qsl(query, keep_blank_values=True))
+                status = fields.get("status", "")
+                if status not in ("success", "fail"):
+                    self.plain(400, "status must be success or fail")
+                    return
+                reported_size = fields.get("size", "")
+                server.inbox.queue.put(CallbackReport(
+                    relpath=relpath, attempt=int(attempt), success=status == "success",
+                    size=int(reported_size) if reported_size.isdigit() else None,
+                    sha256=fields.get("sha-256", "").lower(), message=fields.get("message", "")[:500],
+                    received=server.clock()))
+                self.plain(200, "ok")
+
+        return Handler
+
+
+# ----------------------------------------------------------------------------
 # Pipeline
 # ----------------------------------------------------------------------------
 
@@ -1289,6 +1760,8 @@ class RunSummary:
     failed: int = 0
     conflicts: int = 0
     unreadable: int = 0
+    confirmed: int = 0
+    unconfirmed: int = 0
     bytes_hashed: int = 0
     interrupted: bool = False
     fatal: CdnPushError | None = None
@@ -1298,6 +1771,10 @@ class RunSummary:
         parts = [f"{self.new} new", f"{self.changed} changed", f"{self.unchanged} unchanged",
                  f"{self.waiting} waiting", f"{self.submitted} submitted", f"{self.rejected} rejected",
                  f"{self.failed} failed"]
+        if self.confirmed or self.unconfirmed:
+            parts.append(f"{self.confirmed} confirmed")
+        if self.unconfirmed:
+            parts.append(f"{self.unconfirmed} unconfirmed")
         if self.conflicts:
             parts.append(f"{self.conflicts} conflicts")
         if self.unreadable:
@@ -1310,7 +1787,8 @@ class RunSummary:
             return EXIT_CDN_UNAVAILABLE
         if self.fatal is not None:
             return EXIT_INCOMPLETE
-        if self.rejected or self.failed or self.conflicts or self.unreadable or self.interrupted:
+        if (self.rejected or self.failed or self.conflicts or self.unreadable or self.unconfirmed
+                or self.interrupted):
             return EXIT_INCOMPLETE
         return EXIT_OK
 
@@ -1331,7 +1809,8 @@ class Pipeline:
                  show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
                  out: Callable[[str], None] = print,
                  on_waiting: Callable[[str], None] = lambda relpath: None,
-                 heartbeat: Callable[[], None] = lambda: None) -> None:
+                 heartbeat: Callable[[], None] = lambda: None,
+                 signer: UrlSigner | None = None, inbox: CallbackInbox | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -1343,6 +1822,9 @@ class Pipeline:
         self.out = out
         self.on_waiting = on_waiting
         self.heartbeat = heartbeat
+        self.signer = signer
+        self.inbox = inbox
+        self.awaiting: set[str] = set()
         self.summary = RunSummary()
         self._redact = Redactor(config.secrets())
 
@@ -1357,6 +1839,8 @@ class Pipeline:
             self.scan_and_hash()
             if not self.dry_run and not self.stop.is_set():
                 self.submit_pending()
+                if self.callbacks_on:
+                    self.await_confirmations()
         except (CdnAuthError, CdnUnavailableError) as exc:
             self.summary.fatal = exc
         finally:
@@ -1470,7 +1954,8 @@ class Pipeline:
             log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
                         entry.relpath, row.last_error if row else "")
         elif decision in (DECISION_NEW, DECISION_CHANGED) and self.dry_run:
-            params = build_request(config, entry.relpath, entry.size, digest, overrides)
+            params = build_request(config, entry.relpath, entry.size, digest, overrides,
+                                   location=self.location_for(entry.relpath))
             params["location"] = mask_url(params["location"])
             extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
             self.out(f"would submit ({decision}): {name} size={entry.size} sha256={digest} "
@@ -1479,8 +1964,21 @@ class Pipeline:
 
     def _record(self, rows: list[LedgerRow]) -> None:
         if rows and not self.dry_run:
-            self.ledger.put_many(rows)
+            self.ledger.put_many(rows, commit_every=1)
         rows.clear()
+
+    @property
+    def callbacks_on(self) -> bool:
+        return self.config.callback.enabled and self.signer is not None and self.inbox is not None
+
+    def location_for(self, relpath: str) -> str:
+        serve = self.config.origin.serve
+        if serve is None:
+            return build_location(self.config.origin, relpath)
+        expires = int(self.clock() + serve.link_ttl)
+        if self.signer is None:     # dry run: no secret is created just to show what would go out
+            return f"{serve.public_url}/o/{expires}/<signature>/{quote_path(relpath)}"
+        return self.signer.location(serve.public_url, relpath, expires)
 
     # -- phase 2: submit -------------------------------------------------------
 
@@ -1548,7 +2046,12 @@ class Pipeline:
             log.info("waiting: %s changed after it was hashed; it goes in a later pass", row.path)
             return None
         overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
-        return build_request(self.config, row.path, row.size, row.sha256, overrides)
+        params = build_request(self.config, row.path, row.size, row.sha256, overrides,
+                               location=self.location_for(row.path))
+        if self.callbacks_on and self.signer is not None:
+            params[self.config.api.callback_param] = self.signer.callback(
+                self.config.callback.public_url, row.path, row.sha256, row.attempts + 1)
+        return params
 
     def _answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> None:
         attempts = row.attempts + 1
@@ -1563,12 +2066,88 @@ class Pipeline:
                 accepted_size=row.size, accepted_sha256=row.sha256))
             log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
                      else "already in the CDN:", params["name"], params["size"])
+            if answer.outcome == OUTCOME_ACCEPTED and self.callbacks_on:
+                self.awaiting.add(row.path)
         else:
             self.summary.rejected += 1
             self.ledger.put(dataclasses.replace(
                 row, state=STATE_REJECTED, attempts=attempts, last_error=self._redact(answer.message),
                 response=self._redact(answer.body)))
             log.warning("rejected %s: %s", params["name"], self._redact(answer.message))
+
+    # -- phase 3: confirmations ---------------------------------------------------
+
+    def apply_callbacks(self) -> int:
+        """Record what the CDN called back; returns how many reports changed a file."""
+        if self.inbox is None:
+            return 0
+        applied = 0
+        for report in self.inbox.take():
+            row = self.ledger.get(report.relpath)
+            if row is None:
+                continue
+            if row.state == STATE_PENDING and row.attempts + 1 == report.attempt:
+                if self.clock() - report.received < 300:   # our record of the answer is on its way
+                    self.inbox.deferred.append(report)
+                continue
+            if row.state != STATE_SUBMITTED or row.attempts != report.attempt:
+                log.debug("ignored a callback for %s (attempt %d, now %s)", row.path, report.attempt, row.state)
+                continue
+            self._confirm(row, report)
+            applied += 1
+        return applied
+
+    def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
+        if report.success and (report.size, report.sha256) == (row.size, row.sha256):
+            self.summary.confirmed += 1
+            self.ledger.put(dataclasses.replace(row, state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
+            self.awaiting.discard(row.path)
+            log.info("confirmed %s: the CDN verified size and sha-256", row.name)
+            return
+        if report.success:
+            message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
+                       f"but the file has size {row.size} and sha-256 {row.sha256}")
+            final = True
+        else:
+            message = f"the CDN could not import it: {report.message or 'no reason given'}"
+            final = row.attempts >= self.config.callback.max_attempts
+        message = self._redact(message)
+        if final:
+            self.summary.failed += 1
+            self.awaiting.discard(row.path)
+            self.ledger.put(dataclasses.replace(row, state=STATE_FAILED, last_error=message, retry_at=0.0,
+                                                accepted_name=None, accepted_size=None, accepted_sha256=None))
+            log.error("failed %s: %s", row.name, message)
+            return
+        delay = min(300.0, 5.0 * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
+        self.ledger.put(dataclasses.replace(row, state=STATE_PENDING, last_error=message,
+                                            retry_at=self.clock() + delay, accepted_name=None,
+                                            accepted_size=None, accepted_sha256=None))
+        log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", row.name, message, delay,
+                    row.attempts + 1, self.config.callback.max_attempts)
+
+    def await_confirmations(self) -> None:
+        """Serve and wait until every file submitted in this run is confirmed or failed."""
+        if not self.awaiting or self.inbox is None:
+            return
+        deadline = self.clock() + self.config.callback.wait_seconds
+        log.info("waiting up to %gs for the CDN to confirm %d files", self.config.callback.wait_seconds,
+                 len(self.awaiting))
+        bar = self._bar(total=len(self.awaiting), unit="file", desc="confirming")
+        while self.awaiting and not self.stop.is_set() and self.clock() < deadline:
+            before = len(self.awaiting)
+            self.apply_callbacks()
+            bar.update(before - len(self.awaiting))
+            if self.ledger.count_due_retries(self.clock()):
+                self.submit_pending()
+            self.heartbeat()
+            self.inbox.wait(min(0.5, max(0.0, deadline - self.clock())))
+        self.apply_callbacks()
+        bar.close()
+        self.summary.unconfirmed = len(self.awaiting)
+        if self.awaiting:
+            log.warning("%d files not confirmed by the CDN within %gs (callback.wait_seconds); they stay "
+                        "'submitted'", len(self.awaiting), self.config.callback.wait_seconds)
 
     def _failed(self, row: LedgerRow, message: str) -> None:
         self.summary.failed += 1
@@ -1581,15 +2160,32 @@ class Pipeline:
 # Runners
 # ----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def serving(config: Config) -> Iterator[tuple[UrlSigner | None, CallbackInbox | None]]:
+    """Run the built-in origin / callback receiver for as long as the block runs, if configured."""
+    if not config.serves_http:
+        yield None, None
+        return
+    secret, warnings = load_origin_secret(config.origin.secret_file or Path(str(config.ledger) + ".secret"),
+                                          os.environ)
+    for warning in warnings:
+        log.warning("%s", warning)
+    signer, inbox = UrlSigner(secret), CallbackInbox()
+    with OriginServer(config, signer, inbox) as server:
+        log.info("serving %s on port %d as %s", "files and callbacks" if config.origin.serve else "callbacks",
+                 server.port, config.callback.public_url)
+        yield signer, inbox
+
+
 def check_can_submit(config: Config) -> None:
     """What a real run needs beyond a valid file; a dry run needs none of it."""
     if not config.api.login:
         raise ConfigError(f"{config.source}: 'api.login' is required to submit (only --dry-run works without it)")
     if not config.api.password:
         raise ConfigError(f"{config.source}: no API password: set {ENV_API_PASSWORD} or 'api.password'")
-    if not config.origin.base_url:
-        raise ConfigError(f"{config.source}: 'origin.base_url' is required: the URL where the CDN "
-                          "can download the folder's files")
+    if not config.origin.base_url and config.origin.serve is None:
+        raise ConfigError(f"{config.source}: set 'origin.base_url' (the URL where the CDN can download "
+                          "the folder's files) or 'origin.serve' (cdn-push serves them itself)")
     if not config.api.verify_tls:
         log.warning("TLS certificate verification is off (api.verify_tls: false)")
 
@@ -1612,11 +2208,12 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
                                 dry_run=True, out=out)
             return pipeline.run_once()
     check_can_submit(config)
-    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
+    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger, \
+            serving(config) as (signer, inbox):
         client = CdnClient(config.api, pool_size=config.submit_workers, stop=stop)
         try:
             pipeline = Pipeline(config, ledger, client, stop=stop, show_progress=show_progress,
-                                retry_rejected=retry_rejected, out=out)
+                                retry_rejected=retry_rejected, out=out, signer=signer, inbox=inbox)
             return pipeline.run_once()
         finally:
             client.close()
@@ -1733,10 +2330,16 @@ class WatchService:
         self.cdn_paused_until = 0.0
         self.last_ping = 0.0
         self._trouble = WatchdogTroubleHandler(self.rescan_now)
+        self.signer: UrlSigner | None = None
+        self.inbox: CallbackInbox | None = None
 
     # -- life cycle ------------------------------------------------------------
 
     def run(self) -> int:
+        with serving(self.config) as (self.signer, self.inbox):
+            return self._run()
+
+    def _run(self) -> int:
         self.notifier.status("first pass over the folder")
         logging.getLogger("watchdog").addHandler(self._trouble)
         try:
@@ -1811,6 +2414,7 @@ class WatchService:
             ready = self.settled_entries()
             if ready and self.clock() >= self.cdn_paused_until:
                 self.process(ready)
+        self.confirm_and_retry()
         self.ping_if_due()
         left = deadline - self.clock()
         if left > 0 and not self.candidates:
@@ -1904,7 +2508,8 @@ class WatchService:
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.config, self.ledger, self.client, stop=self.stop, clock=self.wall,
-                        on_waiting=self._still_writing, heartbeat=self.ping_if_due)
+                        on_waiting=self._still_writing, heartbeat=self.ping_if_due,
+                        signer=self.signer, inbox=self.inbox)
 
     def ping_if_due(self) -> None:
         """Tell systemd's watchdog we are alive: from the loop and from long passes alike."""
@@ -1925,6 +2530,16 @@ class WatchService:
         pipeline = self._pipeline()
         pipeline.hash_and_decide(batches)
         self._submit(pipeline)
+
+    def confirm_and_retry(self) -> None:
+        """Apply the CDN's callbacks; submit again what it reported failed, once its backoff ran out."""
+        if self.inbox is None:
+            return
+        pipeline = self._pipeline()
+        pipeline.apply_callbacks()
+        if self.clock() >= self.cdn_paused_until and self.ledger.count_due_retries(self.wall()):
+            self._submit(pipeline)
+        self.ledger.commit()
 
     def full_pass(self) -> None:
         pipeline = self._pipeline()
@@ -1999,7 +2614,7 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
 
 
 def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
-    """A full local round trip: sample folder -> local origin -> CDN emulator."""
+    """A full local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks."""
     emulator_file = Path(__file__).resolve().parent / "tests" / "cdn_emulator.py"
     if not emulator_file.exists():
         raise ConfigError(f"the demo needs {emulator_file} (it ships in the project's tests/ folder)")
@@ -2010,7 +2625,7 @@ def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
     folder = workdir / "drop"
     samples = {
         "welcome.mp4": 256 * 1024,
-        "series/episode 01.mp4": 1024 * 1024 + 7,
+        "series/episode 01.mp4": 3 * 1024 * 1024 + 7,
         "series/épisode #2?.mp4": 300 * 1024,
         "trailers/100% + more.webm": 64 * 1024,
         "empty.txt": 0,
@@ -2024,40 +2639,46 @@ def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
     old = time.time() - 3600
     for path in folder.rglob("*"):
         os.utime(path, (old, old))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
 
-    origin = cdn_emulator.StaticOrigin(folder, username="origin", password="demo-origin-secret").start()
     emulator = cdn_emulator.CdnEmulator(login="demo", password="demo-api-secret").start()
     try:
         config = parse_config({
             "folder": str(folder), "ledger": str(workdir / "ledger.sqlite3"),
             "api": {"url": emulator.api_url, "login": "demo", "password": "demo-api-secret",
                     "retry": {"backoff_base": 0.1}},
-            "origin": {"base_url": origin.url, "username": "origin", "password": "demo-origin-secret"},
+            "origin": {"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}},
+            "callback": {"wait_seconds": 60},
             "name_prefix": "demo/", "scan": {"settle_seconds": 0},
             "rules": [{"match": "trailers/**", "fetch_prio": 1, "speed": "130%"}],
         }, env={}, base_dir=workdir, source="embedded demo config")
-        out(f"demo: pushing {folder} through origin {origin.url} into the CDN emulator at {emulator.api_url}")
+        out(f"demo: pushing {folder}\n      built-in origin and callbacks on http://127.0.0.1:{port}, "
+            f"CDN emulator at {emulator.api_url}")
         stop = threading.Event()
         first = run_one_shot(config, stop=stop, show_progress=sys.stderr.isatty(), out=out)
         out(first.line())
-        emulator.wait_idle(timeout=60)
         out("demo: what the CDN emulator downloaded and verified:")
         verified = 0
         for record in emulator.snapshot():
-            ok = record["state"] == "ready"
+            ok = record["state"] == "ready" and record["callback_result"] == "200"
             verified += ok
             out(f"  {record['state']:<7} {record['name']:<36} {record['size']:>9} bytes  "
-                f"sha-256 {record['sha256'][:16]}…  over {record['streams']} stream(s)"
-                f"{'  ' + record['message'] if record['message'] else ''}")
+                f"sha-256 {record['sha256'][:16]}…  {record['streams']} stream(s), callback "
+                f"{record['callback_result']}{'  ' + record['message'] if record['message'] else ''}")
+        with Ledger.open(config.ledger) as ledger:
+            counts = ledger.counts()
+        out("demo: the ledger: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         second = run_one_shot(config, stop=stop, show_progress=False, out=out)
         out("demo: second run (nothing changed): " + second.line())
-        all_good = first.exit_code() == EXIT_OK and verified == len(samples) and second.submitted == 0
-        out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(samples)} files verified by the CDN"
-            f"{'; work folder kept at ' + str(workdir) if keep else ''}")
+        all_good = (first.exit_code() == EXIT_OK and verified == len(samples) and second.submitted == 0
+                    and counts[STATE_CONFIRMED] == len(samples))
+        out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(samples)} files fetched, verified and "
+            f"confirmed{'; work folder kept at ' + str(workdir) if keep else ''}")
         return EXIT_OK if all_good else EXIT_INCOMPLETE
     finally:
         emulator.stop()
-        origin.stop()
         if not keep:
             import shutil
             shutil.rmtree(workdir, ignore_errors=True)

@@ -250,5 +250,5 @@ def test_demo_round_trip_in_a_subprocess():
     done = subprocess.run([sys.executable, str(ROOT / "cdn_push.py"), "demo"], capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
-    assert "demo: OK: 5 of 5 files verified by the CDN" in done.stdout
+    assert "demo: OK: 5 of 5 files fetched, verified and confirmed" in done.stdout
     assert "demo-api-secret" not in done.stdout + done.stderr
