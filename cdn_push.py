@@ -245,6 +245,7 @@ class CallbackConfig:
     listen_port: int = 0
     wait_seconds: float = 900.0
     max_attempts: int = 3
+    retry_delay: float = 10.0
 
     @property
     def enabled(self) -> bool:
@@ -307,7 +308,8 @@ CONFIG_KEYS: dict[str, Any] = {
     "origin": {"base_url": None, "username": None, "password": None, "secret_file": None,
                "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
                          "link_ttl": None, "max_connections": None}},
-    "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None},
+    "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
+                 "retry_delay": None},
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
     "rules": None,
     "scan": {"include": None, "exclude": None, "skip_hidden": None,
@@ -586,6 +588,8 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
 def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> CallbackConfig:
     wait_seconds = float(_number(raw.get("wait_seconds"), "callback.wait_seconds", 900.0))
     max_attempts = _number(raw.get("max_attempts"), "callback.max_attempts", 3, minimum=1, integer=True)
+    retry_delay = float(_number(raw.get("retry_delay"), "callback.retry_delay", 10.0))
+    extra = {"wait_seconds": wait_seconds, "max_attempts": max_attempts, "retry_delay": retry_delay}
     if raw.get("public_url"):
         public = _public_url(raw.get("public_url"), "callback.public_url")
         if serve is None:
@@ -595,12 +599,12 @@ def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> Callb
                 raise ConfigError("'callback.listen' is not used with 'origin.serve': callbacks arrive at "
                                   "the built-in origin")
             host, port = serve.listen_host, serve.listen_port
-        return CallbackConfig(public, host, port, wait_seconds, max_attempts)
+        return CallbackConfig(public, host, port, **extra)
     if raw.get("listen"):
         raise ConfigError("'callback.listen' needs 'callback.public_url'")
     if serve is not None:      # the built-in origin receives callbacks too
-        return CallbackConfig(serve.public_url, serve.listen_host, serve.listen_port, wait_seconds, max_attempts)
-    return CallbackConfig(wait_seconds=wait_seconds, max_attempts=max_attempts)
+        return CallbackConfig(serve.public_url, serve.listen_host, serve.listen_port, **extra)
+    return CallbackConfig(**extra)
 
 
 def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
@@ -2119,7 +2123,8 @@ class Pipeline:
                                                 accepted_name=None, accepted_size=None, accepted_sha256=None))
             log.error("failed %s: %s", row.name, message)
             return
-        delay = min(300.0, 5.0 * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
+        base = self.config.callback.retry_delay
+        delay = min(max(300.0, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
         self.ledger.put(dataclasses.replace(row, state=STATE_PENDING, last_error=message,
                                             retry_at=self.clock() + delay, accepted_name=None,
                                             accepted_size=None, accepted_sha256=None))
@@ -2605,7 +2610,9 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
             out(json.dumps({"ledger": str(config.ledger), "counts": counts, "files": files}, indent=2))
             return EXIT_OK
         total = sum(counts.values())
-        out(f"{total} files in {config.ledger}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        waiting_note = " (waiting for the CDN to call back)" if config.callback.enabled else ""
+        out(f"{total} files in {config.ledger}: " + ", ".join(
+            f"{n} {s}{waiting_note if s == STATE_SUBMITTED and n else ''}" for s, n in counts.items()))
         for row in ledger.all_rows(state):
             error = f"  ({row.last_error})" if row.last_error else ""
             out(f"{row.state:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {row.name}"

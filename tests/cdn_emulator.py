@@ -224,6 +224,7 @@ class CdnEmulator:
         self.requests: list[dict[str, str]] = []     # every authenticated file/add, in order
         self.answers: list[int] = []                 # HTTP status of every file/add answer
         self.fetch_order: list[str] = []
+        self.fetch_faults: list[str] = []            # next fetches fail with these messages
         self._faults: list[str] = []
         self._used_otps: set[str] = set()
         self._rng = random.Random(seed)
@@ -484,6 +485,10 @@ class CdnEmulator:
                 self.fetch_order.append(name)
             try:
                 try:
+                    with self._lock:
+                        fault = self.fetch_faults.pop(0) if self.fetch_faults else None
+                    if fault:
+                        raise FetchError(fault)
                     content_sha, size, streams = self._download(record)
                     if size != record.size:
                         raise FetchError("wrong file size")

@@ -101,3 +101,12 @@ def make_config(tmp_path: Path, raw_config: dict[str, Any]) -> Callable[..., cdn
         return cdn_push.parse_config({**raw_config, **sections}, env={}, base_dir=tmp_path)
 
     return make
+
+
+def free_port() -> int:
+    """A port that is free now, for servers whose public URL must be known before they start."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -374,3 +374,21 @@ def test_status_works_while_the_service_runs(capsys, drop, emulator, watch, writ
     status = json.loads(capsys.readouterr().out)
     assert status["counts"]["submitted"] == 2
     running.close()
+
+
+def test_the_service_serves_files_and_confirms_them(drop, emulator, watch):
+    from conftest import free_port
+    port = free_port()
+    running = watch(origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}},
+                    callback={"retry_delay": 0.2})
+    emulator.fetch_faults.append("404 error")
+    (drop / "served.mp4").write_bytes(b"served by cdn-push itself")
+
+    def confirmed():
+        with Ledger.open(running.ledger.path) as ledger:      # a connection of the test's own
+            row = ledger.get("served.mp4")
+        return row is not None and row.state == "confirmed"
+
+    wait_for(confirmed, what="served.mp4 confirmed after one failed fetch")
+    assert emulator.files["served.mp4"].imports == 2
+    assert running.close() == cdn_push.EXIT_OK

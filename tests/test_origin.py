@@ -1,0 +1,390 @@
+"""The built-in origin and the callback receiver: a real server on 127.0.0.1, real files, the real ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+import cdn_push
+from cdn_push import CallbackInbox, Ledger, OriginServer, Pipeline, UrlSigner
+from conftest import free_port, write_files
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+# -- the pure parts --------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, size, expected", [
+    (None, 100, None),
+    ("bytes=0-9", 100, (0, 9)),
+    ("bytes=90-", 100, (90, 99)),
+    ("bytes=-10", 100, (90, 99)),
+    ("bytes=-500", 100, (0, 99)),
+    ("bytes=50-5000", 100, (50, 99)),
+    ("bytes=100-", 100, "unsatisfiable"),
+    ("bytes=-0", 100, "unsatisfiable"),
+    ("bytes=9-0", 100, None),            # malformed: ignored
+    ("bytes=0-1,5-6", 100, None),        # several ranges: ignored, the whole file is sent
+    ("items=0-1", 100, None),
+    ("bytes=abc", 100, None),
+    ("bytes=0-0", 0, None),              # an empty file has no ranges to serve
+])
+def test_parse_range(header, size, expected):
+    assert cdn_push.parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize("encoded, expected", [
+    ("a.mp4", "a.mp4"),
+    ("dir/a%20b.mp4", "dir/a b.mp4"),
+    ("%C3%A9/%23%3F.mp4", "é/#?.mp4"),
+    ("../etc/passwd", None),
+    ("a/../../etc/passwd", None),
+    ("%2e%2e/etc/passwd", None),
+    ("a/%2E%2E/%2e%2e/x", None),
+    ("/etc/passwd", None),
+    ("a//b", None),
+    ("a%2Fb", None),                     # an encoded slash would hide a folder boundary
+    ("a%00b", None),
+    ("", None),
+])
+def test_safe_relpath(encoded, expected):
+    assert cdn_push.safe_relpath(encoded) == expected
+
+
+def test_signatures_bind_path_expiry_content_and_attempt():
+    signer = UrlSigner(SECRET)
+    location = signer.location("https://push.example.com", "a b/c.mp4", 2_000_000_000)
+    assert location.startswith("https://push.example.com/o/2000000000/") and location.endswith("/a%20b/c.mp4")
+    signature = location.split("/")[5]
+    assert signer.verify(signature, "o", "2000000000", "a b/c.mp4")
+    assert not signer.verify(signature, "o", "2000000001", "a b/c.mp4")
+    assert not signer.verify(signature, "o", "2000000000", "a b/d.mp4")
+    assert not UrlSigner(b"another secret, another world!!").verify(signature, "o", "2000000000", "a b/c.mp4")
+    callback = signer.callback("https://push.example.com", "x.mp4", "ab" * 32, 2)
+    assert "/cb/2/" in callback and callback.endswith("/x.mp4")
+
+
+def test_origin_secret_is_created_0600_and_reused(tmp_path):
+    path = tmp_path / "ledger.sqlite3.secret"
+    secret, warnings = cdn_push.load_origin_secret(path, {})
+    assert len(secret) == 64 and warnings == [] and (path.stat().st_mode & 0o777) == 0o600
+    assert cdn_push.load_origin_secret(path, {})[0] == secret
+    path.chmod(0o644)
+    assert "readable by other users" in cdn_push.load_origin_secret(path, {})[1][0]
+    from_env = "x" * 20
+    assert cdn_push.load_origin_secret(path, {cdn_push.ENV_ORIGIN_SECRET: from_env})[0] == from_env.encode()
+    with pytest.raises(cdn_push.ConfigError, match="at least 16"):
+        cdn_push.load_origin_secret(path, {cdn_push.ENV_ORIGIN_SECRET: "short"})
+
+
+# -- the server ---------------------------------------------------------------------------
+
+BIG = 24 * 1024 * 1024 + 11
+
+
+@pytest.fixture(scope="module")
+def big_content():
+    return os.urandom(BIG)
+
+
+@pytest.fixture
+def origin_setup(tmp_path, drop, make_config, big_content):
+    write_files(drop, {"a.mp4": b"0123456789" * 10, "dir/b c#.mp4": b"bee", "empty.bin": b"",
+                       "big.bin": big_content})
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret outside the folder")
+    os.symlink(outside, drop / "link-out.txt")
+    port = free_port()
+    config = make_config(origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}",
+                                           "max_connections": 8}})
+    with Ledger.open(config.ledger) as ledger:
+        Pipeline(config, ledger, None).scan_and_hash()
+        # the symlink's target, recorded as if it had been hashed, must still never be served
+        ledger.put(cdn_push.LedgerRow("link-out.txt", 25, 1, 1, "0" * 64, "link-out.txt", "submitted"))
+    signer, inbox = UrlSigner(SECRET), CallbackInbox()
+    server = OriginServer(config, signer, inbox).start()
+    yield config, signer, inbox, server
+    server.stop()
+
+
+def url_for(config, signer, relpath, expires=None):
+    return signer.location(config.origin.serve.public_url, relpath, expires or int(time.time()) + 600)
+
+
+def test_get_serves_the_file_with_validators(origin_setup):
+    config, signer, _, _ = origin_setup
+    answer = requests.get(url_for(config, signer, "dir/b c#.mp4"), timeout=5)
+    assert answer.status_code == 200 and answer.content == b"bee"
+    assert answer.headers["Content-Length"] == "3"
+    assert answer.headers["Accept-Ranges"] == "bytes"
+    assert answer.headers["ETag"] == f'"{hashlib.sha256(b"bee").hexdigest()}"'
+    assert answer.headers["Last-Modified"].endswith("GMT")
+    empty = requests.get(url_for(config, signer, "empty.bin"), timeout=5)
+    assert empty.status_code == 200 and empty.content == b""
+
+
+def test_head_has_headers_and_no_body(origin_setup):
+    config, signer, _, _ = origin_setup
+    answer = requests.head(url_for(config, signer, "a.mp4"), timeout=5)
+    assert answer.status_code == 200 and answer.headers["Content-Length"] == "100" and answer.content == b""
+
+
+@pytest.mark.parametrize("header, status, body, content_range", [
+    ("bytes=0-9", 206, b"0123456789", "bytes 0-9/100"),
+    ("bytes=95-", 206, b"56789", "bytes 95-99/100"),
+    ("bytes=-3", 206, b"789", "bytes 97-99/100"),
+    ("bytes=100-", 416, b"range not satisfiable\n", "bytes */100"),
+    ("bytes=oops", 200, b"0123456789" * 10, None),
+    ("bytes=0-1,4-5", 200, b"0123456789" * 10, None),
+])
+def test_ranges(origin_setup, header, status, body, content_range):
+    config, signer, _, _ = origin_setup
+    answer = requests.get(url_for(config, signer, "a.mp4"), headers={"Range": header}, timeout=5)
+    assert answer.status_code == status and answer.content == body
+    assert answer.headers.get("Content-Range") == content_range
+
+
+def test_tampered_expired_and_missing_signatures_get_403(origin_setup):
+    config, signer, _, _ = origin_setup
+    good = url_for(config, signer, "a.mp4")
+    base = config.origin.serve.public_url
+    parts = good.split("/")
+    tampered = "/".join(parts[:5] + [("0" if parts[5][0] != "0" else "1") + parts[5][1:]] + parts[6:])
+    other_file = good.replace("/a.mp4", "/empty.bin")
+    expired = url_for(config, signer, "a.mp4", expires=int(time.time()) - 1)
+    longer = "/".join(parts[:4] + [str(int(parts[4]) + 1000)] + parts[5:])
+    for url in (tampered, other_file, expired, longer, f"{base}/o/{parts[4]}//a.mp4".replace("//a", "/x/a"),
+                f"{base}/o/never/{parts[5]}/a.mp4"):
+        assert requests.get(url, timeout=5).status_code == 403, url
+
+
+def test_traversal_and_unknown_files_get_404_even_when_signed(origin_setup):
+    config, signer, _, _ = origin_setup
+    base = config.origin.serve.public_url
+    expires = str(int(time.time()) + 600)
+    for raw in ("../outside.txt", "%2e%2e/outside.txt", "dir/%2E%2E/%2e%2e/outside.txt", "/etc/passwd",
+                "dir%2F..%2F..%2Foutside.txt"):
+        signature = signer.sign("o", expires, raw)
+        answer = requests.get(f"{base}/o/{expires}/{signature}/{raw}", timeout=5)
+        assert answer.status_code == 404, raw
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as raw_socket:
+        raw_socket.sendall(f"GET /o/{expires}/x/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert b" 404 " in raw_socket.recv(200)
+    assert requests.get(url_for(config, signer, "link-out.txt"), timeout=5).status_code == 404
+    assert requests.get(url_for(config, signer, "dir"), timeout=5).status_code == 404
+    assert requests.get(url_for(config, signer, "not-in-ledger.mp4"), timeout=5).status_code == 404
+    assert requests.get(f"{base}/o/", timeout=5).status_code == 404
+    assert requests.get(f"{base}/", timeout=5).status_code == 404
+    assert requests.post(url_for(config, signer, "a.mp4"), timeout=5).status_code == 405
+
+
+def test_a_file_modified_after_hashing_is_not_served(origin_setup, drop):
+    config, signer, _, _ = origin_setup
+    (drop / "a.mp4").write_bytes(b"changed!" * 20)
+    answer = requests.get(url_for(config, signer, "a.mp4"), timeout=5)
+    assert answer.status_code == 409 and b"changed" in answer.content
+
+
+def test_fifty_concurrent_range_downloads_are_all_right(origin_setup, big_content):
+    config, signer, _, _ = origin_setup
+    url = url_for(config, signer, "big.bin")
+    step = BIG // 50
+
+    def fetch(i):
+        start = i * step
+        end = BIG - 1 if i == 49 else start + step - 1
+        with requests.get(url, headers={"Range": f"bytes={start}-{end}"}, timeout=60) as answer:
+            return answer.status_code, answer.content == big_content[start:end + 1]
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(fetch, range(50)))
+    # max_connections is 8 here: the rest are told to come back, and they do
+    retried = 0
+    for i, (status, ok) in enumerate(results):
+        while status == 503:
+            retried += 1
+            time.sleep(0.05)
+            status, ok = fetch(i)
+        assert status == 206 and ok, i
+    with requests.get(url, timeout=60) as whole:
+        assert hashlib.sha256(whole.content).digest() == hashlib.sha256(big_content).digest()
+
+
+def test_stalled_clients_cannot_starve_the_server(origin_setup):
+    config, signer, _, _ = origin_setup
+    host, port = "127.0.0.1", int(config.origin.serve.public_url.rsplit(":", 1)[1])
+    idle = [socket.create_connection((host, port)) for _ in range(7)]        # open, say nothing
+    slow = socket.create_connection((host, port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    path = url_for(config, signer, "big.bin").split(str(port), 1)[1]
+    slow.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    slow.recv(1)                                                                # then reads nothing
+    try:
+        extra = socket.create_connection((host, port))                         # one past the limit
+        assert extra.recv(100).startswith(b"HTTP/1.1 503")
+        extra.close()
+        idle.pop().close()
+        time.sleep(0.2)
+        answer = requests.get(url_for(config, signer, "a.mp4"), timeout=5)
+        assert answer.status_code == 200 and len(answer.content) == 100
+    finally:
+        for sock in idle + [slow]:
+            sock.close()
+
+
+# -- callbacks ---------------------------------------------------------------------------------
+
+def callback_url(config, signer, relpath, attempt, **params):
+    row_sha = hashlib.sha256(b"bee").hexdigest() if relpath == "dir/b c#.mp4" else None
+    with Ledger.open(config.ledger) as ledger:
+        row_sha = ledger.get(relpath).sha256
+    url = signer.callback(config.callback.public_url, relpath, row_sha, attempt)
+    return url + "?" + "&".join(f"{k.replace('_', '-')}={v}" for k, v in params.items())
+
+
+def mark_submitted(config, relpath, attempts=1):
+    with Ledger.open(config.ledger) as ledger:
+        row = ledger.get(relpath)
+        ledger.put(cdn_push.dataclasses.replace(row, state="submitted", attempts=attempts, accepted_name=row.name,
+                                                accepted_size=row.size, accepted_sha256=row.sha256))
+        return row
+
+
+def apply(config, inbox):
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None, signer=UrlSigner(SECRET), inbox=inbox)
+        pipeline.apply_callbacks()
+        return pipeline.summary, ledger.get("a.mp4")
+
+
+def test_success_callback_confirms_and_a_repeat_is_refused(origin_setup):
+    config, signer, inbox, _ = origin_setup
+    row = mark_submitted(config, "a.mp4")
+    url = callback_url(config, signer, "a.mp4", 1, status="success", size=100, sha_256=row.sha256)
+    assert requests.get(url, timeout=5).status_code == 200
+    summary, after = apply(config, inbox)
+    assert summary.confirmed == 1 and after.state == "confirmed"
+    assert requests.get(url, timeout=5).status_code == 404          # repeated: nothing awaits it
+    assert apply(config, inbox)[1].state == "confirmed"
+
+
+def test_success_with_other_size_or_sha_is_a_failure_saying_what_differed(origin_setup):
+    config, signer, inbox, _ = origin_setup
+    mark_submitted(config, "a.mp4")
+    url = callback_url(config, signer, "a.mp4", 1, status="success", size=99, sha_256="f" * 64)
+    assert requests.get(url, timeout=5).status_code == 200
+    summary, after = apply(config, inbox)
+    assert after.state == "failed" and "size 99" in after.last_error and "size 100" in after.last_error
+
+
+def test_fail_callback_schedules_a_resubmit_then_gives_up(origin_setup):
+    config, signer, inbox, _ = origin_setup
+    mark_submitted(config, "a.mp4", attempts=1)
+    assert requests.get(callback_url(config, signer, "a.mp4", 1, status="fail", message="404%20error"),
+                        timeout=5).status_code == 200
+    _, after = apply(config, inbox)
+    assert after.state == "pending" and after.retry_at > time.time() and "404 error" in after.last_error
+    mark_submitted(config, "a.mp4", attempts=3)
+    requests.get(callback_url(config, signer, "a.mp4", 3, status="fail", message="wrong%20file%20size"), timeout=5)
+    summary, after = apply(config, inbox)
+    assert after.state == "failed" and summary.failed == 1 and "wrong file size" in after.last_error
+
+
+@pytest.mark.parametrize("make, status", [
+    (lambda c, s: callback_url(c, s, "a.mp4", 1, status="success").replace("/cb/1/", "/cb/1/0"), 403),
+    (lambda c, s: callback_url(c, s, "a.mp4", 2, status="success"), 404),                  # not this attempt
+    (lambda c, s: c.callback.public_url + "/cb/1/" + "0" * 32 + "/nope.mp4?status=success", 404),
+    (lambda c, s: c.callback.public_url + "/cb/1/" + "0" * 32 + "/a.mp4?status=success", 403),
+    (lambda c, s: callback_url(c, s, "a.mp4", 1, status="maybe"), 400),
+])
+def test_forged_or_stale_callbacks_change_nothing(origin_setup, make, status):
+    config, signer, inbox, _ = origin_setup
+    mark_submitted(config, "a.mp4")
+    assert requests.get(make(config, signer), timeout=5).status_code == status
+    summary, after = apply(config, inbox)
+    assert after.state == "submitted" and summary.confirmed == summary.failed == 0
+
+
+# -- end to end: the emulator fetches from the built-in origin --------------------------------
+
+@pytest.fixture
+def serve_config(make_config):
+    def make(**extra):
+        port = free_port()
+        sections = {"callback": {"wait_seconds": 60, "retry_delay": 0.2}, **extra}
+        return make_config(origin={"serve": {"listen": f"127.0.0.1:{port}",
+                                             "public_url": f"http://127.0.0.1:{port}"}}, **sections)
+    return make
+
+
+def one_shot(config):
+    return cdn_push.run_one_shot(config, stop=threading.Event(), show_progress=False)
+
+
+def test_varied_folder_ends_confirmed_with_matching_sha256(drop, emulator, serve_config, big_content):
+    files = {"zero.bin": b"", "one.bin": b"1", "small dir/ä #?.mp4": os.urandom(5000),
+             "mid.mp4": os.urandom(3 * 1024 * 1024 + 1), "big.mp4": big_content}
+    write_files(drop, files)
+    config = serve_config()
+    summary = one_shot(config)
+    assert summary.exit_code() == cdn_push.EXIT_OK and summary.confirmed == len(files), summary.line()
+    assert "5 confirmed" in summary.line()
+    with Ledger.open(config.ledger) as ledger:
+        rows = {r.path: r for r in ledger.all_rows()}
+    for relpath, content in files.items():
+        assert rows[relpath].state == "confirmed"
+        assert emulator.files[relpath].sha256 == hashlib.sha256(content).hexdigest()
+        assert emulator.files[relpath].location.startswith(config.origin.serve.public_url + "/o/")
+    assert emulator.files["big.mp4"].streams == 3
+
+
+def test_fetch_failure_leads_to_resubmit_then_confirmed(drop, emulator, serve_config):
+    write_files(drop, {"a.mp4": b"a" * 1000})
+    emulator.fetch_faults.append("404 error")
+    config = serve_config()
+    summary = one_shot(config)
+    assert summary.exit_code() == cdn_push.EXIT_OK and summary.confirmed == 1
+    assert [r["name"] for r in emulator.requests] == ["a.mp4", "a.mp4"]
+    assert emulator.files["a.mp4"].imports == 2
+    with Ledger.open(config.ledger) as ledger:
+        row = ledger.get("a.mp4")
+    assert row.state == "confirmed" and row.attempts == 2
+
+
+def test_fetch_failing_every_time_ends_failed_with_the_message(drop, emulator, serve_config):
+    write_files(drop, {"a.mp4": b"a" * 10})
+    emulator.fetch_faults.extend(["wrong file size"] * 3)
+    config = serve_config()
+    summary = one_shot(config)
+    assert summary.failed == 1 and summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+    with Ledger.open(config.ledger) as ledger:
+        row = ledger.get("a.mp4")
+    assert row.state == "failed" and "wrong file size" in row.last_error and row.attempts == 3
+
+
+def test_unconfirmed_files_make_the_run_incomplete(drop, serve_config, emulator):
+    write_files(drop, {"a.mp4": b"a"})
+    emulator.hold()
+    config = serve_config(callback={"wait_seconds": 0.5})
+    summary = one_shot(config)
+    assert summary.unconfirmed == 1 and summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+    assert "1 unconfirmed" in summary.line()
+
+
+def test_callbacks_with_an_external_origin(drop, emulator, origin, make_config):
+    write_files(drop, {"x.mp4": b"external"})
+    port = free_port()
+    config = make_config(callback={"public_url": f"http://127.0.0.1:{port}", "listen": f"127.0.0.1:{port}",
+                                   "wait_seconds": 30})
+    summary = one_shot(config)
+    assert summary.confirmed == 1 and summary.exit_code() == 0
+    assert emulator.files["x.mp4"].location == origin.url.replace("http://", "http://fetcher:origin-S3cret-walrus"
+                                                                  "%2F%2B%40%3A@") + "/x.mp4"
