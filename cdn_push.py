@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 try:
@@ -112,6 +112,8 @@ TEMPORARY_PATTERNS = ("*.part", "*.tmp", "*.crdownload", "~$*")
 RSYNC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.S)
 
 HASH_BUFFER_SIZE = 128 * 1024   # measured: larger buffers are no faster
+HASH_BATCH_FILES = 64           # small files per hashing task
+HASH_ALONE_SIZE = 8 * 1024 * 1024   # files this big get a task of their own
 SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
@@ -785,8 +787,9 @@ class Redactor:
 # Ledger
 # ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class LedgerRow:
+class LedgerRow(NamedTuple):
+    """One file in the ledger: a NamedTuple, cheap enough for folders of millions of files."""
+
     path: str
     size: int
     mtime_ns: int
@@ -809,7 +812,7 @@ class LedgerRow:
         return self.path.rpartition("/")[0]
 
     def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self._asdict()
 
 
 LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "priority",
@@ -921,18 +924,31 @@ class Ledger:
         return self._row(found) if found else None
 
     def rows_in_dir(self, reldir: str) -> dict[str, LedgerRow]:
-        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
-        return {values[0]: self._row(values) for values in cursor}
+        return {path: self._row(values) for path, values in self.raw_rows_in_dir(reldir).items()}
 
-    def find_same_file(self, size: int, mtime_ns: int, inode: int) -> LedgerRow | None:
-        """A row, under any path, for the file with this size, mtime and inode: a moved file."""
-        found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE inode=? AND size=? AND "
-                          "mtime_ns=? AND sha256 IS NOT NULL LIMIT 1", (inode, size, mtime_ns)).fetchone()
-        return self._row(found) if found else None
+    def raw_rows_in_dir(self, reldir: str) -> dict[str, tuple[Any, ...]]:
+        """The folder's rows as plain tuples in LEDGER_COLUMNS order: cheap for the unchanged majority."""
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
+        return {values[0]: values for values in cursor}
+
+    def find_moved(self, entries: Sequence[FileEntry]) -> dict[str, str]:
+        """sha-256 of listed files that the ledger knows under another path (same size, mtime, inode)."""
+        found: dict[str, str] = {}
+        for start in range(0, len(entries), 500):
+            chunk = entries[start:start + 500]
+            by_stat = {(e.size, e.mtime_ns, e.inode): e.relpath for e in chunk}
+            cursor = self._run(f"SELECT path, size, mtime_ns, inode, sha256 FROM files WHERE sha256 IS NOT NULL "
+                               f"AND inode IN ({','.join('?' * len(chunk))})", [e.inode for e in chunk])
+            for path, size, mtime_ns, inode, sha256 in cursor:
+                relpath = by_stat.get((size, mtime_ns, inode))
+                if relpath is not None and relpath != path:
+                    log.debug("%s is %s moved: its sha-256 is known", relpath, path)
+                    found[relpath] = sha256
+        return found
 
     def put_many(self, rows: Iterable[LedgerRow], *, commit_every: int = SCAN_COMMIT_EVERY) -> None:
         now = self._clock()
-        values = [(*(getattr(r, c) for c in LEDGER_COLUMNS[:-1]), now, r.dir) for r in rows]
+        values = [(*r[:-1], now, r.path.rpartition("/")[0]) for r in rows]
         if not values:
             return
         columns = ",".join(LEDGER_COLUMNS) + ",dir"
@@ -1028,8 +1044,9 @@ class LedgerLock:
 # Scan and hash
 # ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):
+    """One file as listed: a NamedTuple, because a walk makes millions of them."""
+
     relpath: str
     path: str
     size: int
@@ -1044,15 +1061,18 @@ class FileChangedError(CdnPushError):
     """The file changed while it was read; it is left for the next pass."""
 
 
+TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY_PATTERNS]
+                                     + [RSYNC_TEMPORARY.pattern.lstrip("^").replace("$", r"\Z")]), re.S)
+
+
 def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
     """Why a path is not imported, or None; pure, so rules stay testable."""
-    name = relpath.rsplit("/", 1)[-1]
-    if scan.skip_hidden and name.startswith("."):
+    name = relpath.rpartition("/")[2]
+    if scan.skip_hidden and name[:1] == ".":
         return "hidden"
-    if scan.skip_temporary and not is_dir and (
-            RSYNC_TEMPORARY.match(name) or any(compile_glob(p).match(name) for p in TEMPORARY_PATTERNS)):
+    if scan.skip_temporary and not is_dir and TEMPORARY_NAME.match(name):
         return "temporary"
-    if any(glob_matches(p, relpath) for p in scan.exclude):
+    if scan.exclude and any(glob_matches(p, relpath) for p in scan.exclude):
         return "excluded"
     if not is_dir and scan.include and not any(glob_matches(p, relpath) for p in scan.include):
         return "not included"
@@ -1120,6 +1140,17 @@ def walk_folder(root: Path, scan: ScanConfig,
         stack.extend(sorted(subdirs, reverse=True))
 
 
+_buffers = threading.local()
+
+
+def _hash_buffer(size: int) -> bytearray:
+    """One reused buffer per hashing thread: allocating 128 KiB per small file costs more than its hash."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _buffers.buffer = bytearray(size)
+    return buffer
+
+
 def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
               buffer_size: int = HASH_BUFFER_SIZE) -> str:
     """sha-256 of the file, read with one reused buffer.
@@ -1132,22 +1163,35 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
         if not entry.same_stat(before.st_size, before.st_mtime_ns, before.st_ino):
             raise FileChangedError(f"{entry.relpath} changed since it was listed")
         digest = hashlib.sha256()
-        buffer = bytearray(buffer_size)
+        buffer = _hash_buffer(buffer_size)
         view = memoryview(buffer)
         total = 0
-        while True:
+        # Reading stops at the listed size; a file still growing shows in the fstat after.
+        while total < entry.size:
             count = handle.readinto(buffer)
             if not count:
                 break
             digest.update(view[:count])
             total += count
             progress(count)
-            if total > entry.size:   # still being written: stop rather than chase the writer
-                break
         after = os.fstat(handle.fileno())
     if total != entry.size or not entry.same_stat(after.st_size, after.st_mtime_ns, after.st_ino):
         raise FileChangedError(f"{entry.relpath} changed while it was hashed")
     return digest.hexdigest()
+
+
+def hash_files(entries: Sequence[FileEntry], progress: Callable[[int], None] = lambda n: None,
+                ) -> list[tuple[FileEntry, str | Exception]]:
+    """Hash several files in one task: (entry, sha-256) or (entry, the error that stopped it)."""
+    results: list[tuple[FileEntry, str | Exception]] = []
+    for entry in entries:
+        try:
+            results.append((entry, hash_file(entry, progress)))
+        except FileChangedError as exc:
+            results.append((entry, exc))
+        except OSError as exc:
+            results.append((entry, exc))
+    return results
 
 
 def current_stat(path: str) -> tuple[int, int, int] | None:
@@ -1742,15 +1786,15 @@ def row_after_decision(decision: str, entry: FileEntry, row: LedgerRow | None, n
     if decision in (DECISION_NEW, DECISION_CHANGED):
         content_same = (row.name, row.size, row.sha256) == (name, entry.size, sha256)
         attempts = row.attempts if content_same and row.state == STATE_PENDING else 0
-        return dataclasses.replace(row, state=STATE_PENDING, attempts=attempts, last_error=None, **seen)
+        return row._replace(state=STATE_PENDING, attempts=attempts, last_error=None, **seen)
     if decision == DECISION_UNCHANGED:
         state = row.state if row.state in ACCEPTED_STATES else STATE_SUBMITTED
-        return dataclasses.replace(row, state=state, last_error=None, **seen)
+        return row._replace(state=state, last_error=None, **seen)
     if decision == DECISION_CONFLICT:
-        return dataclasses.replace(
-            row, last_error="content changed but no_replace is set: the CDN keeps the old file; "
+        return row._replace(
+            last_error="content changed but no_replace is set: the CDN keeps the old file; "
                             "rename the file to import it as a new one", **seen)
-    return dataclasses.replace(row, **seen)
+    return row._replace(**seen)
 
 
 @dataclass
@@ -1882,65 +1926,83 @@ class Pipeline:
     def hash_and_decide(self, batches: Iterable[tuple[str, Iterable[FileEntry]]]) -> None:
         """Hash what the ledger cannot vouch for, decide each file, record the decisions.
 
-        `batches` are (relative folder, files in it): one ledger query per folder.
+        `batches` are (relative folder, files in it): one ledger query per folder. Small files
+        go to the hash workers in batches, since a task per small file costs more than its hash.
         """
         config = self.config
-        window = max(4, config.hash_workers * 4)
         bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
-        in_flight: dict[Future[str], tuple[FileEntry, LedgerRow | None]] = {}
+        in_flight: dict[Future[list[tuple[FileEntry, Any]]], dict[str, tuple[Any, ...] | None]] = {}
         decided: list[LedgerRow] = []
+        batch: dict[str, tuple[FileEntry, tuple[Any, ...] | None]] = {}
+        batch_bytes = 0
+        window = config.hash_workers * 2
 
-        def finish(done: Iterable[Future[str]]) -> None:
+        def finish(done: Iterable[Future[list[tuple[FileEntry, Any]]]]) -> None:
             for future in done:
-                entry, row = in_flight.pop(future)
+                raws = in_flight.pop(future)
                 self.heartbeat()
-                try:
-                    digest = future.result()
-                except FileChangedError:
-                    self.summary.waiting += 1
-                    self.on_waiting(entry.relpath)
-                    log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
-                    continue
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    self._problem(entry.relpath, f"cannot read: {exc.strerror or exc}")
-                    continue
-                self.summary.bytes_hashed += entry.size
-                decided.append(self._decide(entry, row, digest))
+                for entry, outcome in future.result():
+                    raw = raws[entry.relpath]
+                    if isinstance(outcome, str):
+                        self.summary.bytes_hashed += entry.size
+                        decided.append(self._decide(entry, LedgerRow(*raw) if raw else None, outcome))
+                    elif isinstance(outcome, FileChangedError):
+                        self.summary.waiting += 1
+                        self.on_waiting(entry.relpath)
+                        log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
+                    elif not isinstance(outcome, FileNotFoundError):
+                        self._problem(entry.relpath, f"cannot read: {outcome.strerror or outcome}")
+
+        def send(items: dict[str, tuple[FileEntry, tuple[Any, ...] | None]]) -> None:
+            future = pool.submit(hash_files, [entry for entry, _ in items.values()], bar.update)
+            in_flight[future] = {relpath: raw for relpath, (_, raw) in items.items()}
+            if len(in_flight) >= window:
+                finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
 
         with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
             for reldir, entries in batches:
                 self.heartbeat()
-                known = self.ledger.rows_in_dir(reldir)
+                known = self.ledger.raw_rows_in_dir(reldir)
+                unknown: list[tuple[FileEntry, tuple[Any, ...] | None]] = []
                 for entry in entries:
                     if self.stop.is_set():
                         break
-                    row = known.get(entry.relpath)
-                    digest = self._known_digest(entry, row)
-                    if digest is not None:
-                        decided.append(self._decide(entry, row, digest))
+                    raw = known.get(entry.relpath)
+                    if raw is not None and raw[4] and (raw[1], raw[2], raw[3]) == entry[2:]:
+                        if self._still_accepted(raw, entry.relpath):
+                            self.summary.unchanged += 1       # nothing to hash, decide or write
+                        else:
+                            decided.append(self._decide(entry, LedgerRow(*raw), raw[4]))
                     else:
-                        in_flight[pool.submit(hash_file, entry, bar.update)] = (entry, row)
-                        if len(in_flight) >= window:
-                            finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
-                    if len(decided) >= SCAN_COMMIT_EVERY:
-                        self._record(decided)
+                        unknown.append((entry, raw))
+                moved = self.ledger.find_moved([entry for entry, raw in unknown if raw is None])
+                for entry, raw in unknown:
+                    if entry.relpath in moved:
+                        decided.append(self._decide(entry, None, moved[entry.relpath]))
+                    elif entry.size >= HASH_ALONE_SIZE:
+                        send({entry.relpath: (entry, raw)})
+                    else:
+                        batch[entry.relpath] = (entry, raw)
+                        batch_bytes += entry.size
+                        if len(batch) >= HASH_BATCH_FILES or batch_bytes >= HASH_ALONE_SIZE:
+                            send(batch)
+                            batch, batch_bytes = {}, 0
+                if len(decided) >= SCAN_COMMIT_EVERY:
+                    self._record(decided)
                 if self.stop.is_set():
                     break
+            if batch:
+                send(batch)
             finish(list(wait(in_flight).done))
         self._record(decided)
         bar.close()
 
-    def _known_digest(self, entry: FileEntry, row: LedgerRow | None) -> str | None:
-        """The sha-256 the ledger already knows for this very file (same size, mtime, inode)."""
-        if row is not None and row.sha256 and entry.same_stat(row.size, row.mtime_ns, row.inode):
-            return row.sha256
-        moved = self.ledger.find_same_file(entry.size, entry.mtime_ns, entry.inode)
-        if moved is not None and moved.path != entry.relpath:
-            log.debug("%s is %s moved: its sha-256 is known", entry.relpath, moved.path)
-            return moved.sha256
-        return None
+    def _still_accepted(self, raw: tuple[Any, ...], relpath: str) -> bool:
+        """The ledger row says this exact content was accepted under this name and nothing is amiss."""
+        (_, size, _, _, sha256, name, state, _, _, last_error, _, accepted_name, accepted_size,
+         accepted_sha256, _, _) = raw
+        return (state in ACCEPTED_STATES and last_error is None and accepted_sha256 == sha256
+                and accepted_size == size and accepted_name == name == self.config.name_prefix + relpath)
 
     def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
         config = self.config
@@ -2041,7 +2103,7 @@ class Pipeline:
             if row.accepted_sha256 is None:
                 self.ledger.forget(row.path)
             else:
-                self.ledger.put(dataclasses.replace(row, state=STATE_SUBMITTED, sha256=row.accepted_sha256,
+                self.ledger.put(row._replace(state=STATE_SUBMITTED, sha256=row.accepted_sha256,
                                                     size=row.accepted_size or 0))
             return None
         if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
@@ -2064,8 +2126,8 @@ class Pipeline:
                                          message=f"already in the CDN and no_replace is set: {answer.message}")
         if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
             self.summary.submitted += 1
-            self.ledger.put(dataclasses.replace(
-                row, state=STATE_SUBMITTED, attempts=attempts, last_error=None,
+            self.ledger.put(row._replace(
+                state=STATE_SUBMITTED, attempts=attempts, last_error=None,
                 response=self._redact(answer.body), accepted_name=params["name"],
                 accepted_size=row.size, accepted_sha256=row.sha256))
             log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
@@ -2074,8 +2136,8 @@ class Pipeline:
                 self.awaiting.add(row.path)
         else:
             self.summary.rejected += 1
-            self.ledger.put(dataclasses.replace(
-                row, state=STATE_REJECTED, attempts=attempts, last_error=self._redact(answer.message),
+            self.ledger.put(row._replace(
+                state=STATE_REJECTED, attempts=attempts, last_error=self._redact(answer.message),
                 response=self._redact(answer.body)))
             log.warning("rejected %s: %s", params["name"], self._redact(answer.message))
 
@@ -2104,7 +2166,7 @@ class Pipeline:
     def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
         if report.success and (report.size, report.sha256) == (row.size, row.sha256):
             self.summary.confirmed += 1
-            self.ledger.put(dataclasses.replace(row, state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
+            self.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
             self.awaiting.discard(row.path)
             log.info("confirmed %s: the CDN verified size and sha-256", row.name)
             return
@@ -2119,13 +2181,13 @@ class Pipeline:
         if final:
             self.summary.failed += 1
             self.awaiting.discard(row.path)
-            self.ledger.put(dataclasses.replace(row, state=STATE_FAILED, last_error=message, retry_at=0.0,
+            self.ledger.put(row._replace(state=STATE_FAILED, last_error=message, retry_at=0.0,
                                                 accepted_name=None, accepted_size=None, accepted_sha256=None))
             log.error("failed %s: %s", row.name, message)
             return
         base = self.config.callback.retry_delay
         delay = min(max(300.0, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
-        self.ledger.put(dataclasses.replace(row, state=STATE_PENDING, last_error=message,
+        self.ledger.put(row._replace(state=STATE_PENDING, last_error=message,
                                             retry_at=self.clock() + delay, accepted_name=None,
                                             accepted_size=None, accepted_sha256=None))
         log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", row.name, message, delay,
@@ -2156,7 +2218,7 @@ class Pipeline:
 
     def _failed(self, row: LedgerRow, message: str) -> None:
         self.summary.failed += 1
-        self.ledger.put(dataclasses.replace(row, state=STATE_FAILED, attempts=row.attempts + 1,
+        self.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1,
                                             last_error=self._redact(message)))
         log.error("failed %s: %s; the next run tries again", row.path, self._redact(message))
 

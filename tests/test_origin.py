@@ -253,7 +253,7 @@ def callback_url(config, signer, relpath, attempt, **params):
 def mark_submitted(config, relpath, attempts=1):
     with Ledger.open(config.ledger) as ledger:
         row = ledger.get(relpath)
-        ledger.put(cdn_push.dataclasses.replace(row, state="submitted", attempts=attempts, accepted_name=row.name,
+        ledger.put(row._replace(state="submitted", attempts=attempts, accepted_name=row.name,
                                                 accepted_size=row.size, accepted_sha256=row.sha256))
         return row
 

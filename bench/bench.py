@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""cdn-push benchmark: every target beside a baseline measured in the same run, as ratios.
+
+    .venv/bin/python bench/bench.py              # all rows (needs ~5 GB free in $TMPDIR)
+    .venv/bin/python bench/bench.py --quick      # small sizes, a smoke run
+    .venv/bin/python bench/bench.py --rows 1,4,6 --million
+
+Not part of the test suite: timings are only compared with each other, never asserted.
+A row whose baseline tool is missing is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import cdn_push  # noqa: E402
+from cdn_push import Ledger, Pipeline  # noqa: E402
+
+
+@dataclass
+class Row:
+    number: int
+    target: str
+    baseline: str
+    baseline_s: float | None
+    ours_s: float | None
+    ratio: float | None
+    limit: str
+    ok: bool | None
+    rss_mb: float | None = None
+    note: str = ""
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best wall time of `repeat` runs: the run least disturbed by the rest of the machine."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sh(command: str) -> None:
+    subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_config(folder: Path, ledger: Path, **extra) -> cdn_push.Config:
+    data = {"folder": str(folder), "ledger": str(ledger), "scan": {"settle_seconds": 0},
+            "origin": {"base_url": "http://origin.example.com/v"},
+            "api": {"login": "bench", "password": "bench-secret", "retry": {"backoff_base": 0.05}}}
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return cdn_push.parse_config(data, env={}, base_dir=folder.parent)
+
+
+# -- child process: one scan pass, measured from outside ------------------------------------
+
+def child_scan(folder: str, ledger: str, hash_workers: int) -> None:
+    config = make_config(Path(folder), Path(ledger), workers={"hash": hash_workers})
+    with Ledger.open(config.ledger) as db:
+        pipeline = Pipeline(config, db, None)
+        pipeline.scan_and_hash()
+        summary = pipeline.summary
+    print(json.dumps({"new": summary.new, "unchanged": summary.unchanged, "bytes_hashed": summary.bytes_hashed,
+                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(folder: Path, ledger: Path, hash_workers: int = 2) -> tuple[float, dict]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--child-scan", str(folder), str(ledger), str(hash_workers)],
+                          capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- workloads -----------------------------------------------------------------------------
+
+def write_random(path: Path, size: int) -> None:
+    chunk = os.urandom(16 * 1024 * 1024)
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            handle.write(chunk[:min(left, len(chunk))])
+            left -= min(left, len(chunk))
+
+
+def small_tree(root: Path, count: int, per_dir: int = 100, empty: bool = False) -> None:
+    rng = random.Random(1)
+    blob = os.urandom(8192)
+    for i in range(count):
+        folder = root / f"d{i // per_dir:05}"
+        if i % per_dir == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        size = 0 if empty else rng.randint(1024, 8192)
+        with open(folder / f"f{i:07}.mp4", "wb") as handle:
+            handle.write(blob[:size])
+
+
+def entry_for(path: Path) -> cdn_push.FileEntry:
+    st = path.stat()
+    return cdn_push.FileEntry(path.name, str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+def rows_hashing(work: Path, big_mib: int, wanted: set[int]) -> list[Row]:
+    rows = []
+    big = work / "big"
+    big.mkdir(exist_ok=True)
+    files = [big / "one.bin", big / "two.bin"]
+    for path in files:
+        if not path.exists():
+            write_random(path, big_mib * 1024 * 1024)
+    for path in files:
+        cdn_push.hash_file(entry_for(path))              # warm the page cache
+    if 1 in wanted:
+        if shutil.which("openssl"):
+            base = timed(lambda: sh(f"openssl dgst -sha256 {files[0]}"))
+            ours = timed(lambda: cdn_push.hash_file(entry_for(files[0])))
+            rows.append(Row(1, f"hash one {big_mib} MiB file", "openssl dgst -sha256", base, ours, ours / base,
+                            "<= 1.00", ours / base <= 1.0))
+        else:
+            rows.append(Row(1, "hash one file", "openssl", None, None, None, "<= 1.00", None, note="openssl missing"))
+    if 2 in wanted:
+        sequential = timed(lambda: [cdn_push.hash_file(entry_for(p)) for p in files], repeat=2)
+
+        def parallel():
+            ledger = work / "two.sqlite3"
+            for leftover in work.glob("two.sqlite3*"):
+                leftover.unlink()
+            config = make_config(big, ledger, workers={"hash": 2})
+            with Ledger.open(ledger) as db:
+                Pipeline(config, db, None).scan_and_hash()
+
+        ours = timed(parallel, repeat=2)
+        rows.append(Row(2, f"hash two {big_mib} MiB files", "the same two, one after the other", sequential, ours,
+                        ours / sequential, "<= 0.55", ours / sequential <= 0.55))
+    return rows
+
+
+def rows_tree(work: Path, count: int, million: bool, wanted: set[int]) -> list[Row]:
+    rows = []
+    tree = work / f"tree{count}"
+    if not tree.exists():
+        print(f"  making {count} small files ...", flush=True)
+        small_tree(tree, count)
+    sh(f"find {tree} -type f -print0 | xargs -0 cat > /dev/null")   # page cache
+    ledger = work / "tree.sqlite3"
+    first_rss = None
+    if wanted & {3, 4, 5}:
+        if not shutil.which("sha256sum") or not shutil.which("xargs"):
+            rows.append(Row(3, "first pass", "find | xargs sha256sum", None, None, None, "<= 1.50", None,
+                            note="sha256sum or xargs missing"))
+        base = timed(lambda: sh(f"find {tree} -type f -print0 | xargs -0 -P2 sha256sum > /dev/null"))
+        firsts = []
+        for _ in range(2):
+            for leftover in work.glob("tree.sqlite3*"):
+                leftover.unlink()
+            elapsed, report = run_child(tree, ledger)
+            firsts.append((elapsed, report))
+        elapsed, report = min(firsts, key=lambda item: item[0])
+        first_rss = report["maxrss_mb"]
+        # As after a real run: the CDN accepted every file, so a rerun finds them all unchanged.
+        with Ledger.open(ledger) as db:
+            db._db.execute("UPDATE files SET state='submitted', accepted_name=name, accepted_size=size, "
+                           "accepted_sha256=sha256")
+            db.commit()
+        if 3 in wanted:
+            rows.append(Row(3, f"first pass, {count} small files (scan+hash+ledger)",
+                            "find | xargs -0 -P2 sha256sum", base, elapsed, elapsed / base, "<= 1.50",
+                            elapsed / base <= 1.5, first_rss, f"{report['new']} new"))
+        if 4 in wanted:
+            base = timed(lambda: sh(f"find {tree} -type f -printf '%s %T@\\n' > /dev/null"))
+            reruns = [run_child(tree, ledger) for _ in range(3)]
+            elapsed, report = min(reruns, key=lambda item: item[0])
+            rows.append(Row(4, f"rerun, {count} unchanged files", "find -printf '%s %T@'", base, elapsed,
+                            elapsed / base, "<= 3.00 and 0 bytes read",
+                            elapsed / base <= 3.0 and report["bytes_hashed"] == 0, report["maxrss_mb"],
+                            f"{report['bytes_hashed']} bytes of content read, {report['unchanged']} unchanged"))
+    if 5 in wanted:
+        rows.append(Row(5, f"peak RSS, first pass over {count} files", "limit 100 MB", 100.0, first_rss,
+                        first_rss / 100.0 if first_rss else None, "<= 1.00",
+                        first_rss is not None and first_rss <= 100, first_rss))
+        if million:
+            huge = work / "tree1M"
+            if not huge.exists():
+                print("  making 1,000,000 empty files ...", flush=True)
+                small_tree(huge, 1_000_000, per_dir=1000, empty=True)
+            for leftover in work.glob("huge.sqlite3*"):
+                leftover.unlink()
+            elapsed, report = run_child(huge, work / "huge.sqlite3")
+            ratio = report["maxrss_mb"] / first_rss
+            rows.append(Row(5, "peak RSS, first pass over 1,000,000 files", f"the {count}-file figure", first_rss,
+                            report["maxrss_mb"], ratio, "< 1.50", ratio < 1.5, report["maxrss_mb"],
+                            f"took {elapsed:.1f}s"))
+        else:
+            rows.append(Row(5, "peak RSS over 1,000,000 files", "", None, None, None, "< 1.50", None,
+                            note="skipped: pass --million"))
+    return rows
+
+
+def start_emulator(delay: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cdn_emulator.py"), "--port", str(port),
+                                "--login", "bench", "--password", "bench-secret", "--answer-delay", str(delay)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process.stdout.readline()
+    return process, f"http://127.0.0.1:{port}/api2"
+
+
+def rows_api(work: Path, wanted: set[int]) -> list[Row]:
+    rows = []
+    folder = work / "api"
+    if not folder.exists():
+        small_tree(folder, 1000, per_dir=100)
+    workers = 8
+    if 6 in wanted:
+        emulator, url = start_emulator(0.05)
+        try:
+            ledger = work / "api.sqlite3"
+            for leftover in work.glob("api.sqlite3*"):
+                leftover.unlink()
+            config = make_config(folder, ledger, api={"url": url}, workers={"submit": workers})
+            with Ledger.open(ledger) as db:
+                pipeline = Pipeline(config, db, cdn_push.CdnClient(config.api, pool_size=workers))
+                pipeline.scan_and_hash()
+                start = time.perf_counter()
+                pipeline.submit_pending()
+                elapsed = time.perf_counter() - start
+            ideal = workers / 0.05
+            rate = pipeline.summary.submitted / elapsed
+            rows.append(Row(6, f"submit 1000 files, API answers after 50 ms, {workers} workers",
+                            f"ideal {ideal:.0f} req/s", 1000 / ideal, elapsed, rate / ideal, ">= 0.80",
+                            rate / ideal >= 0.8, note=f"{rate:.0f} req/s"))
+        finally:
+            emulator.terminate()
+        emulator, url = start_emulator(0.0)
+        try:
+            limit = 40.0
+            ledger = work / "rate.sqlite3"
+            for leftover in work.glob("rate.sqlite3*"):
+                leftover.unlink()
+            sub = work / "api" / "d00000"
+            config = make_config(sub, ledger, api={"url": url, "rate_limit": limit}, workers={"submit": workers})
+            with Ledger.open(ledger) as db:
+                pipeline = Pipeline(config, db, cdn_push.CdnClient(config.api, pool_size=workers))
+                pipeline.scan_and_hash()
+                start = time.perf_counter()
+                pipeline.submit_pending()
+                elapsed = time.perf_counter() - start
+            # n requests spaced 1/limit apart take (n - 1)/limit seconds
+            rate = (pipeline.summary.submitted - 1) / elapsed
+            rows.append(Row(6, f"rate limit {limit:g} req/s", "configured rate", limit, rate, rate / limit,
+                            "0.95 .. 1.05", 0.95 <= rate / limit <= 1.05, note=f"{rate:.1f} req/s"))
+        finally:
+            emulator.terminate()
+    return rows
+
+
+def row_watch(work: Path, files: int = 200) -> Row:
+    folder = work / "watch"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for leftover in work.glob("watch.sqlite3*"):
+        leftover.unlink()
+    emulator, url = start_emulator(0.0)
+    config = make_config(folder, work / "watch.sqlite3", api={"url": url}, scan={"settle_seconds": 2})
+    stop = threading.Event()
+    ledger = Ledger.open(config.ledger)
+    service = cdn_push.WatchService(config, ledger, stop=stop)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    last_write: dict[str, float] = {}
+    rng = random.Random(3)
+
+    def writer(names: list[str]) -> None:
+        for name in names:
+            time.sleep(rng.uniform(0, 0.15))
+            with open(folder / name, "wb") as handle:
+                for _ in range(3):
+                    handle.write(os.urandom(4096))
+                    handle.flush()
+                    time.sleep(rng.uniform(0, 0.05))
+                last_write[name] = time.time()
+
+    names = [f"w{i:03}.mp4" for i in range(files)]
+    writers = [threading.Thread(target=writer, args=(names[i::4],)) for i in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    import requests
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        state = requests.get(url.rsplit("/", 1)[0] + "/_emulator/state", timeout=5).json()
+        if len(state) >= files:
+            break
+        time.sleep(0.2)
+    stop.set()
+    thread.join(30)
+    ledger.close()
+    emulator.terminate()
+    latencies = sorted(f["queued_at"] - last_write[f["name"]] for f in state if f["name"] in last_write)
+    p95 = latencies[int(len(latencies) * 0.95) - 1] if latencies else float("nan")
+    return Row(7, f"watch: last write -> import request, {files} files, settle 2 s", "limit 3 s (p95)", 3.0, p95,
+               p95 / 3.0, "<= 1.00", p95 <= 3.0 and len(latencies) == files,
+               note=f"median {statistics.median(latencies):.2f}s, {len(latencies)} of {files} imported")
+
+
+def row_origin(work: Path, big_mib: int) -> list[Row]:
+    path = work / "big" / "one.bin"
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not shutil.which("curl"):
+        return [Row(8, "built-in origin vs nginx", "nginx", None, None, None, ">= 0.80", None, note="curl missing")]
+    port = free_port()
+    config = make_config(path.parent, work / "origin.sqlite3",
+                         origin={"base_url": None, "serve": {"listen": f"127.0.0.1:{port}",
+                                                             "public_url": f"http://127.0.0.1:{port}"}})
+    for leftover in work.glob("origin.sqlite3*"):
+        leftover.unlink()
+    with Ledger.open(config.ledger) as db:
+        Pipeline(config, db, None).scan_and_hash()
+    signer = cdn_push.UrlSigner(b"bench-secret-bench-secret-bench!")
+    url = signer.location(config.origin.serve.public_url, "one.bin", int(time.time()) + 3600)
+    server = cdn_push.OriginServer(config, signer, cdn_push.CallbackInbox()).start()
+    rows = []
+    try:
+        ours = timed(lambda: sh(f"curl -sf -o /dev/null '{url}'"))
+        size = path.stat().st_size
+        expected = hashlib.sha256(path.read_bytes()).hexdigest()
+        third = size // 3
+        parts = [(0, third - 1), (third, 2 * third - 1), (2 * third, size - 1)]
+        outs = [work / f"part{i}" for i in range(3)]
+        procs = [subprocess.Popen(["curl", "-sf", "-r", f"{a}-{b}", "-o", str(out), url])
+                 for (a, b), out in zip(parts, outs)]
+        codes = [p.wait() for p in procs]
+        digest = hashlib.sha256()
+        for out in outs:
+            digest.update(out.read_bytes())
+            out.unlink()
+        ranges_ok = codes == [0, 0, 0] and digest.hexdigest() == expected
+        if not nginx:
+            rows.append(Row(8, f"origin: download {big_mib} MiB", "nginx (sendfile on)", None, ours, None, ">= 0.80",
+                            None, note="nginx missing (apt-get install nginx-light); "
+                                       f"3 range streams {'correct' if ranges_ok else 'WRONG'}"))
+            return rows
+        nport = free_port()
+        conf = work / "nginx.conf"
+        user = "user root;" if os.getuid() == 0 else ""   # its workers must read our temporary folder
+        conf.write_text(f"""daemon off; {user} worker_processes 1; pid {work}/nginx.pid; error_log /dev/null;
+events {{ worker_connections 64; }}
+http {{ access_log off; sendfile on; tcp_nopush on;
+  server {{ listen 127.0.0.1:{nport}; root {path.parent}; }} }}
+""")
+        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        try:
+            base = timed(lambda: sh(f"curl -sf -o /dev/null http://127.0.0.1:{nport}/one.bin"))
+        finally:
+            proc.terminate()
+            proc.wait()
+        throughput_ratio = base / ours
+        rows.append(Row(8, f"origin: one client downloads {big_mib} MiB", "nginx (sendfile on)", base, ours,
+                        throughput_ratio, ">= 0.80 (throughput)", throughput_ratio >= 0.8 and ranges_ok,
+                        note=f"3 concurrent range downloads {'correct' if ranges_ok else 'WRONG'}"))
+    finally:
+        server.stop()
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    def fmt(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    header = ["#", "target", "baseline", "baseline s", "cdn-push s", "ratio", "limit", "pass", "peak RSS MB", "note"]
+    lines = [[str(r.number), r.target, r.baseline, fmt(r.baseline_s), fmt(r.ours_s), fmt(r.ratio, 2), r.limit,
+              {True: "PASS", False: "FAIL", None: "skip"}[r.ok], fmt(r.rss_mb, 1), r.note] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child-scan":
+        child_scan(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which targets to run")
+    parser.add_argument("--big-mib", type=int, default=2048, help="size of each large file")
+    parser.add_argument("--files", type=int, default=100_000, help="small files for rows 3-5")
+    parser.add_argument("--million", action="store_true", help="row 5 over 1,000,000 files too")
+    parser.add_argument("--quick", action="store_true", help="small sizes: 64 MiB, 5,000 files")
+    parser.add_argument("--work", help="keep workloads in this folder (default: a temporary one)")
+    args = parser.parse_args()
+    if args.quick:
+        args.big_mib, args.files = 64, 5000
+    wanted = {int(n) for n in args.rows.split(",")}
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cdn-push-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cdn_push.configure_logging(-1, cdn_push.Redactor())
+    print(f"cdn-push {cdn_push.__version__} benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{os.uname().sysname} {os.uname().release}, work folder {work}", flush=True)
+    rows: list[Row] = []
+    try:
+        if wanted & {1, 2, 8}:
+            print("rows 1-2: hashing", flush=True)
+            rows += rows_hashing(work, args.big_mib, wanted)
+        if wanted & {3, 4, 5}:
+            print("rows 3-5: folder of small files", flush=True)
+            rows += rows_tree(work, args.files, args.million, wanted)
+        if 6 in wanted:
+            print("row 6: API latency", flush=True)
+            rows += rows_api(work, wanted)
+        if 7 in wanted:
+            print("row 7: watch latency", flush=True)
+            rows.append(row_watch(work))
+        if 8 in wanted:
+            print("row 8: built-in origin", flush=True)
+            rows += row_origin(work, args.big_mib)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print_table(sorted(rows, key=lambda r: r.number))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
