@@ -112,8 +112,7 @@ TEMPORARY_PATTERNS = ("*.part", "*.tmp", "*.crdownload", "~$*")
 RSYNC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.S)
 
 HASH_BUFFER_SIZE = 128 * 1024   # measured: larger buffers are no faster
-HASH_BATCH_FILES = 64           # small files per hashing task
-HASH_ALONE_SIZE = 8 * 1024 * 1024   # files this big get a task of their own
+HASH_INLINE_SIZE = 1024 * 1024  # smaller files are hashed on the scanning thread (see hash_and_decide)
 SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
@@ -1156,27 +1155,33 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
     """sha-256 of the file, read with one reused buffer.
 
     Raises FileChangedError if the file is not the one that was scanned, or changes
-    while it is read; OSError if it cannot be read.
+    while it is read; OSError if it cannot be read. Plain os calls: for small files the
+    io module's objects cost more than the hash.
     """
-    with open(entry.path, "rb") as handle:
-        before = os.fstat(handle.fileno())
-        if not entry.same_stat(before.st_size, before.st_mtime_ns, before.st_ino):
+    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        if (before.st_size, before.st_mtime_ns, before.st_ino) != (entry.size, entry.mtime_ns, entry.inode):
             raise FileChangedError(f"{entry.relpath} changed since it was listed")
         digest = hashlib.sha256()
-        buffer = _hash_buffer(buffer_size)
-        view = memoryview(buffer)
-        total = 0
+        view = memoryview(_hash_buffer(buffer_size))
+        total, size = 0, entry.size
         # Reading stops at the listed size; a file still growing shows in the fstat after.
-        while total < entry.size:
-            count = handle.readinto(buffer)
+        while total < size:
+            count = os.readv(fd, [view])
             if not count:
                 break
             digest.update(view[:count])
             total += count
-            progress(count)
-        after = os.fstat(handle.fileno())
-    if total != entry.size or not entry.same_stat(after.st_size, after.st_mtime_ns, after.st_ino):
+            if size > buffer_size:
+                progress(count)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if total != size or (after.st_size, after.st_mtime_ns, after.st_ino) != (size, entry.mtime_ns, entry.inode):
         raise FileChangedError(f"{entry.relpath} changed while it was hashed")
+    if size <= buffer_size and size:
+        progress(size)
     return digest.hexdigest()
 
 
@@ -1926,38 +1931,33 @@ class Pipeline:
     def hash_and_decide(self, batches: Iterable[tuple[str, Iterable[FileEntry]]]) -> None:
         """Hash what the ledger cannot vouch for, decide each file, record the decisions.
 
-        `batches` are (relative folder, files in it): one ledger query per folder. Small files
-        go to the hash workers in batches, since a task per small file costs more than its hash.
+        `batches` are (relative folder, files in it): one ledger query per folder. Files under
+        HASH_INLINE_SIZE are hashed on this thread: measured, handing them to worker threads
+        is slower, as the threads then mostly wait for each other on the GIL. Larger files go
+        to `workers.hash` threads, which hash in parallel since hashlib releases the GIL.
         """
         config = self.config
         bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
-        in_flight: dict[Future[list[tuple[FileEntry, Any]]], dict[str, tuple[Any, ...] | None]] = {}
+        in_flight: dict[Future[list[tuple[FileEntry, Any]]], tuple[Any, ...] | None] = {}
         decided: list[LedgerRow] = []
-        batch: dict[str, tuple[FileEntry, tuple[Any, ...] | None]] = {}
-        batch_bytes = 0
-        window = config.hash_workers * 2
+
+        def settle(entry: FileEntry, raw: tuple[Any, ...] | None, outcome: str | Exception) -> None:
+            if isinstance(outcome, str):
+                self.summary.bytes_hashed += entry.size
+                decided.append(self._decide(entry, LedgerRow(*raw) if raw else None, outcome))
+            elif isinstance(outcome, FileChangedError):
+                self.summary.waiting += 1
+                self.on_waiting(entry.relpath)
+                log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
+            elif not isinstance(outcome, FileNotFoundError):
+                self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
 
         def finish(done: Iterable[Future[list[tuple[FileEntry, Any]]]]) -> None:
             for future in done:
-                raws = in_flight.pop(future)
+                raw = in_flight.pop(future)
                 self.heartbeat()
                 for entry, outcome in future.result():
-                    raw = raws[entry.relpath]
-                    if isinstance(outcome, str):
-                        self.summary.bytes_hashed += entry.size
-                        decided.append(self._decide(entry, LedgerRow(*raw) if raw else None, outcome))
-                    elif isinstance(outcome, FileChangedError):
-                        self.summary.waiting += 1
-                        self.on_waiting(entry.relpath)
-                        log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
-                    elif not isinstance(outcome, FileNotFoundError):
-                        self._problem(entry.relpath, f"cannot read: {outcome.strerror or outcome}")
-
-        def send(items: dict[str, tuple[FileEntry, tuple[Any, ...] | None]]) -> None:
-            future = pool.submit(hash_files, [entry for entry, _ in items.values()], bar.update)
-            in_flight[future] = {relpath: raw for relpath, (_, raw) in items.items()}
-            if len(in_flight) >= window:
-                finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
+                    settle(entry, raw, outcome)
 
         with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
             for reldir, entries in batches:
@@ -1979,20 +1979,18 @@ class Pipeline:
                 for entry, raw in unknown:
                     if entry.relpath in moved:
                         decided.append(self._decide(entry, None, moved[entry.relpath]))
-                    elif entry.size >= HASH_ALONE_SIZE:
-                        send({entry.relpath: (entry, raw)})
+                    elif entry.size < HASH_INLINE_SIZE:
+                        settle(entry, raw, hash_files([entry], bar.update)[0][1])
                     else:
-                        batch[entry.relpath] = (entry, raw)
-                        batch_bytes += entry.size
-                        if len(batch) >= HASH_BATCH_FILES or batch_bytes >= HASH_ALONE_SIZE:
-                            send(batch)
-                            batch, batch_bytes = {}, 0
+                        in_flight[pool.submit(hash_files, [entry], bar.update)] = raw
+                        if len(in_flight) >= config.hash_workers * 2:
+                            finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
+                    if self.stop.is_set():
+                        break
                 if len(decided) >= SCAN_COMMIT_EVERY:
                     self._record(decided)
                 if self.stop.is_set():
                     break
-            if batch:
-                send(batch)
             finish(list(wait(in_flight).done))
         self._record(decided)
         bar.close()
