@@ -818,6 +818,10 @@ LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state"
                   "attempts", "last_error", "response", "accepted_name", "accepted_size",
                   "accepted_sha256", "retry_at", "updated_at")
 
+# What a rerun needs to see a file is unchanged; the CDN's stored answers stay on disk.
+QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "last_error",
+                 "accepted_name", "accepted_size", "accepted_sha256")
+
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
@@ -923,11 +927,12 @@ class Ledger:
         return self._row(found) if found else None
 
     def rows_in_dir(self, reldir: str) -> dict[str, LedgerRow]:
-        return {path: self._row(values) for path, values in self.raw_rows_in_dir(reldir).items()}
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
+        return {values[0]: self._row(values) for values in cursor}
 
     def raw_rows_in_dir(self, reldir: str) -> dict[str, tuple[Any, ...]]:
-        """The folder's rows as plain tuples in LEDGER_COLUMNS order: cheap for the unchanged majority."""
-        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
+        """The folder's rows as plain QUICK_COLUMNS tuples: cheap for the unchanged majority."""
+        cursor = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE dir=?", (reldir,))
         return {values[0]: values for values in cursor}
 
     def find_moved(self, entries: Sequence[FileEntry]) -> dict[str, str]:
@@ -1104,30 +1109,33 @@ def walk_folder(root: Path, scan: ScanConfig,
             continue
         files: list[FileEntry] = []
         subdirs: list[str] = []
+        prefix = reldir + "/" if reldir else ""
+        follow = scan.follow_symlinks
         with iterator:
             for item in iterator:
-                relpath = f"{reldir}/{item.name}" if reldir else item.name
+                relpath = prefix + item.name
+                if not relpath.isascii():
+                    try:
+                        relpath.encode("utf-8")
+                    except UnicodeEncodeError:
+                        on_problem(os.fsencode(relpath).decode("utf-8", "backslashreplace"),
+                                   "name is not valid UTF-8; rename the file to import it")
+                        continue
                 try:
-                    relpath.encode("utf-8")
-                except UnicodeEncodeError:
-                    on_problem(os.fsencode(relpath).decode("utf-8", "backslashreplace"),
-                               "name is not valid UTF-8; rename the file to import it")
-                    continue
-                try:
-                    is_link = item.is_symlink()
-                    if is_link:
-                        if not scan.follow_symlinks:
+                    if item.is_symlink():
+                        if not follow:
                             continue
                         target = os.path.realpath(item.path)
                         if os.path.commonpath([root_real, target]) != root_real:
                             on_problem(relpath, "symlink leads outside the folder; skipped")
                             continue
-                    st = item.stat(follow_symlinks=scan.follow_symlinks)
-                    if stat.S_ISDIR(st.st_mode):
+                    st = item.stat(follow_symlinks=follow)
+                    mode = st.st_mode
+                    if S_ISDIR(mode):
                         if skip_reason(relpath, scan, is_dir=True) is None:
                             subdirs.append(relpath)
                         continue
-                    if not stat.S_ISREG(st.st_mode) or skip_reason(relpath, scan) is not None:
+                    if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
                         continue
                 except FileNotFoundError:
                     continue
@@ -1139,6 +1147,7 @@ def walk_folder(root: Path, scan: ScanConfig,
         stack.extend(sorted(subdirs, reverse=True))
 
 
+S_ISDIR, S_ISREG = stat.S_ISDIR, stat.S_ISREG   # bound once: called for every entry of every walk
 _buffers = threading.local()
 
 
@@ -1944,7 +1953,7 @@ class Pipeline:
         def settle(entry: FileEntry, raw: tuple[Any, ...] | None, outcome: str | Exception) -> None:
             if isinstance(outcome, str):
                 self.summary.bytes_hashed += entry.size
-                decided.append(self._decide(entry, LedgerRow(*raw) if raw else None, outcome))
+                decided.append(self._decide(entry, self.ledger.get(entry.relpath) if raw else None, outcome))
             elif isinstance(outcome, FileChangedError):
                 self.summary.waiting += 1
                 self.on_waiting(entry.relpath)
@@ -1972,7 +1981,7 @@ class Pipeline:
                         if self._still_accepted(raw, entry.relpath):
                             self.summary.unchanged += 1       # nothing to hash, decide or write
                         else:
-                            decided.append(self._decide(entry, LedgerRow(*raw), raw[4]))
+                            decided.append(self._decide(entry, self.ledger.get(entry.relpath), raw[4]))
                     else:
                         unknown.append((entry, raw))
                 moved = self.ledger.find_moved([entry for entry, raw in unknown if raw is None])
@@ -1997,8 +2006,7 @@ class Pipeline:
 
     def _still_accepted(self, raw: tuple[Any, ...], relpath: str) -> bool:
         """The ledger row says this exact content was accepted under this name and nothing is amiss."""
-        (_, size, _, _, sha256, name, state, _, _, last_error, _, accepted_name, accepted_size,
-         accepted_sha256, _, _) = raw
+        _, size, _, _, sha256, name, state, last_error, accepted_name, accepted_size, accepted_sha256 = raw
         return (state in ACCEPTED_STATES and last_error is None and accepted_sha256 == sha256
                 and accepted_size == size and accepted_name == name == self.config.name_prefix + relpath)
 

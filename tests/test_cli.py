@@ -178,19 +178,6 @@ def test_no_secret_leaks_anywhere(capsys, tmp_path, drop, emulator, write_config
             assert form.encode() not in ledger_bytes, form
 
 
-def test_logging_under_systemd_has_no_timestamps(monkeypatch):
-    import io
-    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
-    stream = io.StringIO()
-    handler = cdn_push.configure_logging(0, cdn_push.Redactor(["topsecret"]), stream)
-    try:
-        cdn_push.log.info("hello %s", "topsecret")
-        cdn_push.log.debug("not shown at the default level")
-    finally:
-        cdn_push.log.removeHandler(handler)
-    assert stream.getvalue() == "INFO hello ***\n"
-
-
 # -- real subprocesses --------------------------------------------------------------
 
 def start_process(config: Path, *args: str) -> subprocess.Popen:
