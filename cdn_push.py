@@ -28,6 +28,7 @@ import fcntl
 import functools
 import hashlib
 import hmac
+import importlib.util
 import itertools
 import json
 import logging
@@ -54,18 +55,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 try:
-    import requests
-    import tenacity
     import yaml
-    from tqdm import tqdm
-    from watchdog.events import FileSystemEvent, FileSystemEventHandler
-    from watchdog.observers import Observer
-    from watchdog.observers.polling import PollingObserver
-except ImportError as missing:  # pragma: no cover - depends on the machine
-    raise SystemExit(
-        f"cdn-push needs the Python package {missing.name!r}: run ./install.sh "
-        "or pip install -r requirements.txt"
-    ) from None
+except ImportError:  # pragma: no cover - depends on the machine
+    raise SystemExit("cdn-push needs the Python package 'yaml' (PyYAML): run ./install.sh "
+                     "or pip install -r requirements.txt") from None
+
+# requests, tenacity, tqdm and watchdog are imported where they are used: a cron run over an
+# unchanged folder is dominated by interpreter start-up, and they are a third of it.
+for _package in ("requests", "tenacity", "tqdm", "watchdog"):
+    if importlib.util.find_spec(_package) is None:  # pragma: no cover - depends on the machine
+        raise SystemExit(f"cdn-push needs the Python package {_package!r}: run ./install.sh "
+                         "or pip install -r requirements.txt")
 
 __version__ = "0.1.0"
 
@@ -1325,12 +1325,14 @@ class CdnClient:
         self._stop = stop or threading.Event()
         self._local = threading.local()
         self._limiter = RateLimiter(api.rate_limit)
-        self._sessions: list[requests.Session] = []
+        self._sessions: list[Any] = []
         self._sessions_lock = threading.Lock()
 
-    def _session(self) -> requests.Session:
+    def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
+            import requests
+
             session = requests.Session()
             session.auth = (self.api.login, self.api.password.reveal())
             session.verify = self.api.ca_bundle or self.api.verify_tls
@@ -1350,6 +1352,8 @@ class CdnClient:
             self._sessions.clear()
 
     def _post_once(self, method: str, params: Mapping[str, str]) -> CdnAnswer:
+        import requests
+
         self._limiter.acquire()
         try:
             response = self._session().post(f"{self.api.url}/{method}", data=params,
@@ -1370,7 +1374,9 @@ class CdnClient:
             raise outcome
         return outcome
 
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+    def _wait(self, retry_state: Any) -> float:
+        import tenacity
+
         policy = self.api.retry
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         backoff = tenacity.wait_random_exponential(multiplier=policy.backoff_base,
@@ -1388,6 +1394,8 @@ class CdnClient:
 
     def add_file(self, params: Mapping[str, str]) -> CdnAnswer:
         """Send file/add; returns accepted, exists or rejected, or raises a CdnError."""
+        import tenacity
+
         policy = self.api.retry
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.max_seconds),
@@ -1893,6 +1901,8 @@ class Pipeline:
     def _bar(self, **kwargs: Any) -> Any:
         if not self.show_progress:
             return _NoBar()
+        from tqdm import tqdm
+
         return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
 
     def run_once(self) -> RunSummary:
@@ -2339,13 +2349,16 @@ class Candidate:
     seen: tuple[int, int, int] | None = None
 
 
-class EventCollector(FileSystemEventHandler):
-    """Runs in watchdog's thread and only queues events; the service loop does the work."""
+class EventCollector:
+    """watchdog's event handler: runs in its thread and only queues events for the service loop."""
 
     def __init__(self) -> None:
-        self.events: queue.SimpleQueue[FileSystemEvent] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
+    def dispatch(self, event: Any) -> None:
+        self.on_any_event(event)
+
+    def on_any_event(self, event: Any) -> None:
         self.events.put(event)
 
 
@@ -2434,6 +2447,9 @@ class WatchService:
 
     @staticmethod
     def _make_observer(polling: bool, interval: float) -> Any:
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
         return PollingObserver(timeout=interval) if polling else Observer()
 
     def start_watching(self) -> None:
@@ -2518,7 +2534,7 @@ class WatchService:
             return None
         return rel
 
-    def _note(self, event: FileSystemEvent) -> None:
+    def _note(self, event: Any) -> None:
         now = self.clock()
         kind = event.event_type
         src = self._relpath(event.src_path)
@@ -2779,7 +2795,12 @@ class TqdmHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is None:        # no progress bar was ever made: nothing to write around
+                self.stream.write(self.format(record) + "\n")
+                self.flush()
+            else:
+                tqdm.tqdm.write(self.format(record), file=self.stream)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
