@@ -818,9 +818,10 @@ LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state"
                   "attempts", "last_error", "response", "accepted_name", "accepted_size",
                   "accepted_sha256", "retry_at", "updated_at")
 
-# What a rerun needs to see a file is unchanged; the CDN's stored answers stay on disk.
-QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "last_error",
-                 "accepted_name", "accepted_size", "accepted_sha256")
+# What a rerun needs to see a file is unchanged, the acceptance test done by SQLite itself.
+QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name",
+                 "state IN ('submitted', 'confirmed') AND last_error IS NULL AND accepted_sha256 = sha256 "
+                 "AND accepted_size = size AND accepted_name = name")
 
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -2016,9 +2017,7 @@ class Pipeline:
 
     def _still_accepted(self, raw: tuple[Any, ...], relpath: str) -> bool:
         """The ledger row says this exact content was accepted under this name and nothing is amiss."""
-        _, size, _, _, sha256, name, state, last_error, accepted_name, accepted_size, accepted_sha256 = raw
-        return (state in ACCEPTED_STATES and last_error is None and accepted_sha256 == sha256
-                and accepted_size == size and accepted_name == name == self.config.name_prefix + relpath)
+        return bool(raw[6]) and raw[5] == self.config.name_prefix + relpath
 
     def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
         config = self.config
