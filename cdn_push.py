@@ -40,7 +40,6 @@ import re
 import signal
 import socket
 import sqlite3
-import ssl
 import stat
 import sys
 import tempfile
@@ -49,7 +48,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
@@ -1553,30 +1551,37 @@ class CallbackInbox:
         self.deferred.append(report)
 
 
-class _BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, but never more than max_connections: the rest get a quick 503."""
+@functools.cache
+def _bounded_server_class() -> type:
+    """Made on first use: http.server costs start-up time that runs without a server never need."""
+    from http.server import ThreadingHTTPServer
 
-    daemon_threads = True
-    allow_reuse_address = True
+    class BoundedHTTPServer(ThreadingHTTPServer):
+        """A thread per connection, but never more than max_connections: the rest get a quick 503."""
 
-    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
+        daemon_threads = True
+        allow_reuse_address = True
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
-                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
+        def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+            self._slots = threading.BoundedSemaphore(max_connections)
+            super().__init__(address, handler)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+                                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._slots.release()
+
+    return BoundedHTTPServer
 
 
 class OriginServer:
@@ -1594,12 +1599,14 @@ class OriginServer:
         port = serve.listen_port if serve else config.callback.listen_port
         limit = serve.max_connections if serve else 64
         try:
-            self.httpd = _BoundedHTTPServer((host, port), self._handler_class(), limit)
+            self.httpd = _bounded_server_class()((host, port), self._handler_class(), limit)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} "
                               f"({'origin.serve.listen' if serve else 'callback.listen'}): "
                               f"{exc.strerror or exc}") from None
         if serve and serve.cert:
+            import ssl
+
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             try:
                 context.load_cert_chain(serve.cert, serve.key)
@@ -1642,6 +1649,8 @@ class OriginServer:
             return None
 
     def _handler_class(self) -> type:
+        from http.server import BaseHTTPRequestHandler
+
         server = self
 
         class Handler(BaseHTTPRequestHandler):
