@@ -1581,6 +1581,10 @@ def _bounded_server_class() -> type:
             finally:
                 self._slots.release()
 
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # Clients that hang up mid-download are normal; a traceback on stderr is not.
+            log.debug("origin: connection from %s ended: %s", client_address[0], sys.exc_info()[1])
+
     return BoundedHTTPServer
 
 
