@@ -150,9 +150,7 @@ def rows_hashing(work: Path, big_mib: int, wanted: set[int]) -> list[Row]:
         sequential = timed(lambda: [cdn_push.hash_file(entry_for(p)) for p in files], repeat=2)
 
         def parallel():
-            ledger = work / "two.sqlite3"
-            for leftover in work.glob("two.sqlite3*"):
-                leftover.unlink()
+            ledger = fresh_ledger(work, "two.sqlite3")
             config = make_config(big, ledger, workers={"hash": 2})
             with Ledger.open(ledger) as db:
                 Pipeline(config, db, None).scan_and_hash()
@@ -179,9 +177,7 @@ def rows_tree(work: Path, count: int, million: bool, wanted: set[int]) -> list[R
         base = timed(lambda: sh(f"find {tree} -type f -print0 | xargs -0 -P2 sha256sum > /dev/null"))
         firsts = []
         for _ in range(2):
-            for leftover in work.glob("tree.sqlite3*"):
-                leftover.unlink()
-            elapsed, report = run_child(tree, ledger)
+            elapsed, report = run_child(tree, fresh_ledger(work, "tree.sqlite3"))
             firsts.append((elapsed, report))
         elapsed, report = min(firsts, key=lambda item: item[0])
         first_rss = report["maxrss_mb"]
@@ -211,9 +207,7 @@ def rows_tree(work: Path, count: int, million: bool, wanted: set[int]) -> list[R
             if not huge.exists():
                 print("  making 1,000,000 empty files ...", flush=True)
                 small_tree(huge, 1_000_000, per_dir=1000, empty=True)
-            for leftover in work.glob("huge.sqlite3*"):
-                leftover.unlink()
-            elapsed, report = run_child(huge, work / "huge.sqlite3")
+            elapsed, report = run_child(huge, fresh_ledger(work, "huge.sqlite3"))
             ratio = report["maxrss_mb"] / first_rss
             rows.append(Row(5, "peak RSS, first pass over 1,000,000 files", f"the {count}-file figure", first_rss,
                             report["maxrss_mb"], ratio, "< 1.50", ratio < 1.5, report["maxrss_mb"],
@@ -233,6 +227,23 @@ def start_emulator(delay: float) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}/api2"
 
 
+def fresh_ledger(work: Path, name: str) -> Path:
+    for leftover in work.glob(f"{name}*"):
+        leftover.unlink()
+    return work / name
+
+
+def timed_submit(folder: Path, ledger: Path, workers: int, **api) -> tuple[int, float]:
+    """Scan a folder into a fresh ledger, then time submitting everything: (files submitted, seconds)."""
+    config = make_config(folder, ledger, api=api, workers={"submit": workers})
+    with Ledger.open(ledger) as db:
+        pipeline = Pipeline(config, db, cdn_push.CdnClient(config.api, pool_size=workers))
+        pipeline.scan_and_hash()
+        start = time.perf_counter()
+        pipeline.submit_pending()
+        return pipeline.summary.submitted, time.perf_counter() - start
+
+
 def rows_api(work: Path, wanted: set[int]) -> list[Row]:
     rows = []
     folder = work / "api"
@@ -242,18 +253,9 @@ def rows_api(work: Path, wanted: set[int]) -> list[Row]:
     if 6 in wanted:
         emulator, url = start_emulator(0.05)
         try:
-            ledger = work / "api.sqlite3"
-            for leftover in work.glob("api.sqlite3*"):
-                leftover.unlink()
-            config = make_config(folder, ledger, api={"url": url}, workers={"submit": workers})
-            with Ledger.open(ledger) as db:
-                pipeline = Pipeline(config, db, cdn_push.CdnClient(config.api, pool_size=workers))
-                pipeline.scan_and_hash()
-                start = time.perf_counter()
-                pipeline.submit_pending()
-                elapsed = time.perf_counter() - start
+            submitted, elapsed = timed_submit(folder, fresh_ledger(work, "api.sqlite3"), workers, url=url)
             ideal = workers / 0.05
-            rate = pipeline.summary.submitted / elapsed
+            rate = submitted / elapsed
             rows.append(Row(6, f"submit 1000 files, API answers after 50 ms, {workers} workers",
                             f"ideal {ideal:.0f} req/s", 1000 / ideal, elapsed, rate / ideal, ">= 0.80",
                             rate / ideal >= 0.8, note=f"{rate:.0f} req/s"))
@@ -262,19 +264,9 @@ def rows_api(work: Path, wanted: set[int]) -> list[Row]:
         emulator, url = start_emulator(0.0)
         try:
             limit = 40.0
-            ledger = work / "rate.sqlite3"
-            for leftover in work.glob("rate.sqlite3*"):
-                leftover.unlink()
-            sub = work / "api" / "d00000"
-            config = make_config(sub, ledger, api={"url": url, "rate_limit": limit}, workers={"submit": workers})
-            with Ledger.open(ledger) as db:
-                pipeline = Pipeline(config, db, cdn_push.CdnClient(config.api, pool_size=workers))
-                pipeline.scan_and_hash()
-                start = time.perf_counter()
-                pipeline.submit_pending()
-                elapsed = time.perf_counter() - start
-            # n requests spaced 1/limit apart take (n - 1)/limit seconds
-            rate = (pipeline.summary.submitted - 1) / elapsed
+            submitted, elapsed = timed_submit(folder / "d00000", fresh_ledger(work, "rate.sqlite3"), workers,
+                                              url=url, rate_limit=limit)
+            rate = (submitted - 1) / elapsed       # n requests spaced 1/limit apart take (n - 1)/limit s
             rows.append(Row(6, f"rate limit {limit:g} req/s", "configured rate", limit, rate, rate / limit,
                             "0.95 .. 1.05", 0.95 <= rate / limit <= 1.05, note=f"{rate:.1f} req/s"))
         finally:
@@ -286,10 +278,8 @@ def row_watch(work: Path, files: int = 200) -> Row:
     folder = work / "watch"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    for leftover in work.glob("watch.sqlite3*"):
-        leftover.unlink()
     emulator, url = start_emulator(0.0)
-    config = make_config(folder, work / "watch.sqlite3", api={"url": url}, scan={"settle_seconds": 2})
+    config = make_config(folder, fresh_ledger(work, "watch.sqlite3"), api={"url": url}, scan={"settle_seconds": 2})
     stop = threading.Event()
     ledger = Ledger.open(config.ledger)
     service = cdn_push.WatchService(config, ledger, stop=stop)
@@ -339,11 +329,9 @@ def row_origin(work: Path, big_mib: int) -> list[Row]:
     if not shutil.which("curl"):
         return [Row(8, "built-in origin vs nginx", "nginx", None, None, None, ">= 0.80", None, note="curl missing")]
     port = free_port()
-    config = make_config(path.parent, work / "origin.sqlite3",
+    config = make_config(path.parent, fresh_ledger(work, "origin.sqlite3"),
                          origin={"base_url": None, "serve": {"listen": f"127.0.0.1:{port}",
                                                              "public_url": f"http://127.0.0.1:{port}"}})
-    for leftover in work.glob("origin.sqlite3*"):
-        leftover.unlink()
     with Ledger.open(config.ledger) as db:
         Pipeline(config, db, None).scan_and_hash()
     signer = cdn_push.UrlSigner(b"bench-secret-bench-secret-bench!")
