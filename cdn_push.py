@@ -115,7 +115,7 @@ SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
 MASK = "***"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 # ----------------------------------------------------------------------------
@@ -848,6 +848,33 @@ CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
 """
 
 
+# Forward migrations: MIGRATIONS[n] turns a version-n ledger into version n + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE files ADD COLUMN retry_at REAL NOT NULL DEFAULT 0",),
+}
+
+
+def ledger_advice(path: str, exc: BaseException) -> str:
+    """What went wrong with the ledger file, in words that say what to do about it."""
+    text = str(exc)
+    lowered = text.lower()
+    free = None
+    with contextlib.suppress(OSError):
+        vfs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        free = vfs.f_bavail * vfs.f_frsize
+    # SQLite often reports a full disk as a plain "disk I/O error": the free space tells.
+    if "disk is full" in lowered or "no space" in lowered or (
+            "i/o error" in lowered and free is not None and free < 1024 * 1024):
+        return f"the disk holding ledger {path} is full ({text}): free some space and run again"
+    if "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
+        return (f"ledger {path} cannot be written ({text}): check that the file, its folder and the "
+                "file system are writable by this user")
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return (f"ledger {path} is damaged ({text}): move it aside and run again (every file is then "
+                "hashed anew; the CDN answers that unchanged files already exist)")
+    return f"ledger {path}: {text}"
+
+
 class Ledger:
     """The SQLite record of every file: what it held when hashed and what the CDN accepted.
 
@@ -873,21 +900,41 @@ class Ledger:
             found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(found[0]) > SCHEMA_VERSION:
+            elif not str(found[0]).isdigit() or int(found[0]) > SCHEMA_VERSION:
                 db.close()
                 raise LedgerError(f"ledger {where} was written by a newer cdn-push (schema "
-                                  f"{found[0]}, this one knows {SCHEMA_VERSION}): upgrade cdn-push")
+                                  f"{found[0]}, this one knows {SCHEMA_VERSION}): upgrade cdn-push, or "
+                                  "move the ledger aside to start a new one")
+            elif int(found[0]) < SCHEMA_VERSION:
+                cls._migrate(db, where, int(found[0]))
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot use ledger {where}: {exc}; if the file is damaged, move it "
-                              "aside and run again (every file is then hashed and checked anew)") from None
+            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
         except OSError as exc:
             raise LedgerError(f"cannot create ledger {where}: {exc.strerror or exc}") from None
         db.execute("BEGIN")
         return cls(db, where, clock)
 
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, where: str, version: int) -> None:
+        """Bring an older ledger to SCHEMA_VERSION in one transaction: all steps or none."""
+        start = version
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("ledger %s upgraded from schema %d to %d", where, start, version)
+
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, LedgerError):
             self.commit()
+        with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
     def __enter__(self) -> "Ledger":
@@ -902,14 +949,15 @@ class Ledger:
                 return self._db.executemany(sql, args)
             return self._db.execute(sql, args)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+            raise LedgerError(ledger_advice(self.path, exc)) from None
 
     def commit(self) -> None:
         try:
-            self._db.execute("COMMIT")
+            if self._db.in_transaction:   # SQLite rolls back by itself after some errors (disk full)
+                self._db.execute("COMMIT")
             self._db.execute("BEGIN")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot write ledger {self.path}: {exc}") from None
+            raise LedgerError(ledger_advice(self.path, exc)) from None
         self._uncommitted = 0
 
     def _changed(self, rows: int, every: int) -> None:
@@ -1018,7 +1066,8 @@ class LedgerLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise LedgerError(f"cannot create lock file {self.path}: {exc.strerror or exc}") from None
+            raise LedgerError(f"cannot create lock file {self.path}: {exc.strerror or exc}; the ledger's "
+                              "folder must be writable by this user") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1332,9 +1381,11 @@ class CdnClient:
         if session is None:
             import requests
 
+            if not self.api.verify_tls:       # cdn-push warns once per run; urllib3 would per request
+                import urllib3
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             session = requests.Session()
             session.auth = (self.api.login, self.api.password.reveal())
-            session.verify = self.api.ca_bundle or self.api.verify_tls
             session.headers["User-Agent"] = f"cdn-push/{__version__}"
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size)
             session.mount("http://", adapter)
@@ -1355,8 +1406,9 @@ class CdnClient:
 
         self._limiter.acquire()
         try:
-            response = self._session().post(f"{self.api.url}/{method}", data=params,
-                                             timeout=self.api.timeout)
+            # verify per request: a session's setting loses to REQUESTS_CA_BUNDLE in the environment
+            response = self._session().post(f"{self.api.url}/{method}", data=params, timeout=self.api.timeout,
+                                            verify=self.api.ca_bundle or self.api.verify_tls)
             body = response.text
         except requests.Timeout:
             raise _TransientError(f"no answer within {self.api.timeout:g} s", connection=True) from None

@@ -50,6 +50,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass     # clients that time out or hang up are part of the tests, not news
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -209,7 +212,7 @@ class CdnEmulator:
                  answer_delay: float = 0.0, fault_rate: float = 0.0,
                  fault_choices: tuple[str, ...] = ("500", "502", "503", "429", "429:1"),
                  seed: int | None = None, base_path: str = "/api2",
-                 callback_param: str = "callback") -> None:
+                 callback_param: str = "callback", tls: tuple[str, str] | None = None) -> None:
         self.login, self.password = login, password
         self.callback_param = callback_param
         self.streams = streams
@@ -235,6 +238,13 @@ class CdnEmulator:
         self._seq = 0
         self._stopping = threading.Event()
         self._server = _Server((host, port), self._handler_class())
+        self.scheme = "http"
+        if tls:                      # (certificate, key) in PEM: the API over HTTPS
+            import ssl
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._threads = [threading.Thread(target=self._fetch_loop, daemon=True, name=f"fetch-{i}")
                          for i in range(fetch_workers)]
 
@@ -243,7 +253,7 @@ class CdnEmulator:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def api_url(self) -> str:
