@@ -804,10 +804,6 @@ class LedgerRow(NamedTuple):
     retry_at: float = 0.0
     updated_at: float = 0.0
 
-    @property
-    def dir(self) -> str:
-        return self.path.rpartition("/")[0]
-
     def as_json(self) -> dict[str, Any]:
         return self._asdict()
 
@@ -973,10 +969,6 @@ class Ledger:
         found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
         return self._row(found) if found else None
 
-    def rows_in_dir(self, reldir: str) -> dict[str, LedgerRow]:
-        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
-        return {values[0]: self._row(values) for values in cursor}
-
     def raw_rows_in_dir(self, reldir: str) -> dict[str, tuple[Any, ...]]:
         """The folder's rows as plain QUICK_COLUMNS tuples: cheap for the unchanged majority."""
         cursor = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE dir=?", (reldir,))
@@ -1104,9 +1096,6 @@ class FileEntry(NamedTuple):
     size: int
     mtime_ns: int
     inode: int
-
-    def same_stat(self, size: int, mtime_ns: int, inode: int) -> bool:
-        return (self.size, self.mtime_ns, self.inode) == (size, mtime_ns, inode)
 
 
 class FileChangedError(CdnPushError):
