@@ -245,3 +245,30 @@ def test_dropped_connection(emulator):
     emulator.inject("drop")
     with pytest.raises(requests.ConnectionError):
         add(emulator, location="http://h/a", name="a", size="1")
+
+
+def test_runs_on_its_own_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    port = free_port()
+    script = Path(__file__).with_name("cdn_emulator.py")
+    process = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--login", "cli",
+                                "--password", "cli-secret", "--origin-folder", str(tmp_path),
+                                "--origin-port", str(free_port())],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/api2" in first
+        assert process.stdout.readline().startswith("origin: http://127.0.0.1:")
+        answer = requests.post(f"http://127.0.0.1:{port}/api2/file/add", auth=("cli", "cli-secret"), timeout=5,
+                               data={"location": "http://127.0.0.1:9/x", "name": "x", "size": "1"})
+        assert answer.status_code == 200
+        state = requests.get(f"http://127.0.0.1:{port}/_emulator/state", timeout=5).json()
+        assert [f["name"] for f in state] == ["x"]
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -388,3 +388,45 @@ def test_callbacks_with_an_external_origin(drop, emulator, origin, make_config):
     assert summary.confirmed == 1 and summary.exit_code() == 0
     assert emulator.files["x.mp4"].location == origin.url.replace("http://", "http://fetcher:origin-S3cret-walrus"
                                                                   "%2F%2B%40%3A@") + "/x.mp4"
+
+
+def test_the_origin_speaks_tls_with_cert_and_key(tmp_path, drop, make_config):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    write_files(drop, {"a.mp4": b"over tls"})
+    port = free_port()
+    config = make_config(origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"https://127.0.0.1:{port}",
+                                           "cert": str(cert), "key": str(key)}})
+    with Ledger.open(config.ledger) as ledger:
+        Pipeline(config, ledger, None).scan_and_hash()
+    signer = UrlSigner(SECRET)
+    with OriginServer(config, signer, CallbackInbox()):
+        url = signer.location(config.origin.serve.public_url, "a.mp4", int(time.time()) + 60)
+        assert requests.get(url, verify=str(cert), timeout=5).content == b"over tls"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, verify=True, timeout=5)
+
+
+def test_bad_cert_or_busy_port_is_a_config_error(tmp_path, make_config):
+    port = free_port()
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("not a certificate")
+    config = make_config(origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"https://127.0.0.1:{port}",
+                                           "cert": str(bogus), "key": str(bogus)}})
+    with pytest.raises(cdn_push.ConfigError, match="origin.serve.cert"):
+        OriginServer(config, UrlSigner(SECRET), CallbackInbox())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = make_config(origin={"serve": {"listen": f"127.0.0.1:{busy}",
+                                               "public_url": f"http://127.0.0.1:{busy}"}})
+        with pytest.raises(cdn_push.ConfigError, match=f"cannot listen on 127.0.0.1:{busy}"):
+            OriginServer(config, UrlSigner(SECRET), CallbackInbox())
