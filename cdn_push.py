@@ -1969,7 +1969,8 @@ class Pipeline:
                 if self.callbacks_on:
                     self.await_confirmations()
         except (CdnAuthError, CdnUnavailableError) as exc:
-            self.summary.fatal = exc
+            if isinstance(exc, CdnAuthError) or not self.stop.is_set():   # a stop cuts retries short
+                self.summary.fatal = exc
         finally:
             if not self.dry_run:
                 self.ledger.commit()

@@ -227,3 +227,20 @@ def test_stop_event_ends_the_pass_between_files(drop, emulator, make_config):
     emulator.answer_delay = 0
     rest = run(config)
     assert rest.submitted == 20 - summary.submitted and len(emulator.requests) == 20
+
+
+def test_a_stop_during_a_retry_wait_ends_the_pass_quickly_as_interrupted(drop, emulator, make_config):
+    write_files(drop, {"a.mp4": b"a"})
+    emulator.inject(*["503"] * 20)
+    config = make_config(api={"url": emulator.api_url, "login": "tester", "password": "api-Pa55-w0rd-zebra",
+                              "retry": {"attempts": 10, "backoff_base": 5, "backoff_max": 30, "max_seconds": 120}})
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with Ledger.open(config.ledger) as ledger:
+        client = cdn_push.CdnClient(config.api, stop=stop)
+        summary = Pipeline(config, ledger, client, stop=stop).run_once()
+        client.close()
+    assert time.monotonic() - started < 5
+    assert summary.interrupted and summary.fatal is None
+    assert summary.exit_code() == cdn_push.EXIT_INCOMPLETE
