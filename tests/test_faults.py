@@ -376,13 +376,8 @@ def test_idle_and_trickling_clients_do_not_block_the_origin_or_grow_memory(live_
 # -- TLS -----------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def tls_emulator(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+def tls_emulator(self_signed_cert):
+    cert, key = self_signed_cert
     from cdn_emulator import CdnEmulator
     emulator = CdnEmulator(login=API_LOGIN, password=API_PASSWORD, tls=(str(cert), str(key))).start()
     emulator.hold()

@@ -390,16 +390,8 @@ def test_callbacks_with_an_external_origin(drop, emulator, origin, make_config):
                                                                   "%2F%2B%40%3A@") + "/x.mp4"
 
 
-def test_the_origin_speaks_tls_with_cert_and_key(tmp_path, drop, make_config):
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+def test_the_origin_speaks_tls_with_cert_and_key(self_signed_cert, drop, make_config):
+    cert, key = self_signed_cert
     write_files(drop, {"a.mp4": b"over tls"})
     port = free_port()
     config = make_config(origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"https://127.0.0.1:{port}",
