@@ -103,6 +103,7 @@ DECISION_CHANGED = "changed"
 DECISION_UNCHANGED = "unchanged"
 DECISION_CONFLICT = "conflict"
 DECISION_STILL_REJECTED = "still-rejected"
+DECISION_UNCONFIRMED = "unconfirmed"     # accepted long ago, never confirmed: submit again
 
 OVERRIDE_KEYS = ("protection", "speed", "buffer", "fetch_prio", "no_replace")
 TEMPORARY_PATTERNS = ("*.part", "*.tmp", "*.crdownload", "~$*")
@@ -815,7 +816,7 @@ LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state"
 # What a rerun needs to see a file is unchanged, the acceptance test done by SQLite itself.
 QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name",
                  "state IN ('submitted', 'confirmed') AND last_error IS NULL AND accepted_sha256 = sha256 "
-                 "AND accepted_size = size AND accepted_name = name")
+                 "AND accepted_size = size AND accepted_name = name", "state", "attempts", "updated_at")
 
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -1811,7 +1812,7 @@ class OriginServer:
                 if not server.signer.verify(token, "cb", relpath, sha256, attempt):
                     self.plain(403, "bad token")
                     return
-                awaited = (state == STATE_SUBMITTED and attempts == int(attempt)) or (
+                awaited = (state == STATE_SUBMITTED and 1 <= int(attempt) <= attempts) or (
                     state == STATE_PENDING and attempts + 1 == int(attempt))
                 if not awaited:
                     self.plain(404, "no import awaiting this callback")
@@ -1864,6 +1865,8 @@ def row_after_decision(decision: str, entry: FileEntry, row: LedgerRow | None, n
         content_same = (row.name, row.size, row.sha256) == (name, entry.size, sha256)
         attempts = row.attempts if content_same and row.state == STATE_PENDING else 0
         return row._replace(state=STATE_PENDING, attempts=attempts, last_error=None, **seen)
+    if decision == DECISION_UNCONFIRMED:    # attempts kept: they bound how often we ask again
+        return row._replace(state=STATE_PENDING, last_error=None, retry_at=0.0, **seen)
     if decision == DECISION_UNCHANGED:
         state = row.state if row.state in ACCEPTED_STATES else STATE_SUBMITTED
         return row._replace(state=state, last_error=None, **seen)
@@ -1887,6 +1890,7 @@ class RunSummary:
     unreadable: int = 0
     confirmed: int = 0
     unconfirmed: int = 0
+    resent: int = 0
     bytes_hashed: int = 0
     interrupted: bool = False
     fatal: CdnPushError | None = None
@@ -1896,6 +1900,8 @@ class RunSummary:
         parts = [f"{self.new} new", f"{self.changed} changed", f"{self.unchanged} unchanged",
                  f"{self.waiting} waiting", f"{self.submitted} submitted", f"{self.rejected} rejected",
                  f"{self.failed} failed"]
+        if self.resent:
+            parts.append(f"{self.resent} resent unconfirmed")
         if self.confirmed or self.unconfirmed:
             parts.append(f"{self.confirmed} confirmed")
         if self.unconfirmed:
@@ -2072,7 +2078,17 @@ class Pipeline:
 
     def _still_accepted(self, raw: tuple[Any, ...], relpath: str) -> bool:
         """The ledger row says this exact content was accepted under this name and nothing is amiss."""
-        return bool(raw[6]) and raw[5] == self.config.name_prefix + relpath
+        return (bool(raw[6]) and raw[5] == self.config.name_prefix + relpath
+                and not self._unconfirmed_due(raw[7], raw[8], raw[9]))
+
+    def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
+        """Accepted, but no callback within wait_seconds (the origin may have been gone): ask again.
+
+        Bounded by callback.max_attempts, so a file the CDN keeps as "already there" is left alone.
+        """
+        callback = self.config.callback
+        return (callback.enabled and state == STATE_SUBMITTED and attempts < callback.max_attempts
+                and self.clock() - updated_at >= callback.wait_seconds)
 
     def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
         config = self.config
@@ -2080,8 +2096,13 @@ class Pipeline:
         name = cdn_name(config.name_prefix, entry.relpath)
         decision = decide(row, name, entry.size, digest, no_replace=bool(overrides.get("no_replace")),
                           retry_rejected=self.retry_rejected)
+        if decision == DECISION_UNCHANGED and row is not None and self._unconfirmed_due(
+                row.state, row.attempts, row.updated_at):
+            decision = DECISION_UNCONFIRMED
+            log.info("%s was never confirmed by the CDN; submitting it again", name)
         counts = {DECISION_NEW: "new", DECISION_CHANGED: "changed", DECISION_UNCHANGED: "unchanged",
-                  DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected"}
+                  DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected",
+                  DECISION_UNCONFIRMED: "resent"}
         setattr(self.summary, counts[decision], getattr(self.summary, counts[decision]) + 1)
         if decision == DECISION_CONFLICT:
             log.warning("conflict: %s changed after it was imported as %s, and no_replace is set; "
@@ -2089,7 +2110,7 @@ class Pipeline:
         elif decision == DECISION_STILL_REJECTED:
             log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
                         entry.relpath, row.last_error if row else "")
-        elif decision in (DECISION_NEW, DECISION_CHANGED) and self.dry_run:
+        elif decision in (DECISION_NEW, DECISION_CHANGED, DECISION_UNCONFIRMED) and self.dry_run:
             params = build_request(config, entry.relpath, entry.size, digest, overrides,
                                    location=self.location_for(entry.relpath))
             params["location"] = mask_url(params["location"])
@@ -2226,7 +2247,9 @@ class Pipeline:
                 if self.clock() - report.received < 300:   # our record of the answer is on its way
                     self.inbox.deferred.append(report)
                 continue
-            if row.state != STATE_SUBMITTED or row.attempts != report.attempt:
+            current = row.attempts == report.attempt
+            # A success from an earlier attempt still proves the content arrived; a failure does not.
+            if row.state != STATE_SUBMITTED or not (current or (report.success and report.attempt < row.attempts)):
                 log.debug("ignored a callback for %s (attempt %d, now %s)", row.path, report.attempt, row.state)
                 continue
             self._confirm(row, report)

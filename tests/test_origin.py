@@ -422,3 +422,21 @@ def test_bad_cert_or_busy_port_is_a_config_error(tmp_path, make_config):
                                                "public_url": f"http://127.0.0.1:{busy}"}})
         with pytest.raises(cdn_push.ConfigError, match=f"cannot listen on 127.0.0.1:{busy}"):
             OriginServer(config, UrlSigner(SECRET), CallbackInbox())
+
+
+def test_a_file_left_unconfirmed_is_submitted_again_by_a_later_run(drop, emulator, serve_config):
+    """The first run stops waiting; the CDN then fails the fetch (cdn-push is gone); a later run
+    asks again and this time the file is fetched, verified and confirmed."""
+    write_files(drop, {"late.mp4": b"fetched on the second try"})
+    emulator.hold()
+    config = serve_config(callback={"wait_seconds": 0.3, "retry_delay": 0.2})
+    first = one_shot(config)
+    assert first.unconfirmed == 1
+    emulator.files["late.mp4"].state = "failed"          # as when the origin went away with cdn-push
+    emulator.release()
+    time.sleep(0.4)
+    second = one_shot(config)
+    assert second.resent == 1 and second.confirmed == 1 and second.exit_code() == cdn_push.EXIT_OK, second.line()
+    assert "1 resent unconfirmed" in second.line()
+    with Ledger.open(config.ledger) as ledger:
+        assert ledger.get("late.mp4").state == "confirmed"

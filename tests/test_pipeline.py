@@ -244,3 +244,32 @@ def test_a_stop_during_a_retry_wait_ends_the_pass_quickly_as_interrupted(drop, e
     assert time.monotonic() - started < 5
     assert summary.interrupted and summary.fatal is None
     assert summary.exit_code() == cdn_push.EXIT_INCOMPLETE
+
+
+@pytest.mark.parametrize("state, attempts, age, callbacks, expected", [
+    ("submitted", 1, 1000, True, "resent"),         # accepted, never confirmed, waited long enough
+    ("submitted", 1, 10, True, "unchanged"),        # still within callback.wait_seconds
+    ("submitted", 3, 1000, True, "unchanged"),      # asked max_attempts times: left alone
+    ("confirmed", 1, 1000, True, "unchanged"),
+    ("submitted", 1, 1000, False, "unchanged"),     # no callbacks: nothing to wait for
+])
+def test_unconfirmed_files_are_submitted_again_within_bounds(drop, make_config, state, attempts, age,
+                                                             callbacks, expected):
+    write_files(drop, {"a.mp4": b"a"})
+    extra = {"callback": {"public_url": "http://127.0.0.1:9", "listen": "127.0.0.1:9", "wait_seconds": 100,
+                          "max_attempts": 3}} if callbacks else {}
+    config = make_config(**extra)
+    st = (drop / "a.mp4").stat()
+    digest = hashlib.sha256(b"a").hexdigest()
+    now = time.time()
+    with Ledger.open(config.ledger, clock=lambda: now - age) as ledger:
+        ledger.put(LedgerRow("a.mp4", 1, st.st_mtime_ns, st.st_ino, digest, "a.mp4", state, attempts=attempts,
+                             accepted_name="a.mp4", accepted_size=1, accepted_sha256=digest))
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None)
+        pipeline.scan_and_hash()
+        row = ledger.get("a.mp4")
+    summary = pipeline.summary
+    assert (summary.resent, summary.unchanged) == ((1, 0) if expected == "resent" else (0, 1))
+    assert row.state == ("pending" if expected == "resent" else state)
+    assert row.attempts == attempts
