@@ -1232,18 +1232,12 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
     return digest.hexdigest()
 
 
-def hash_files(entries: Sequence[FileEntry], progress: Callable[[int], None] = lambda n: None,
-                ) -> list[tuple[FileEntry, str | Exception]]:
-    """Hash several files in one task: (entry, sha-256) or (entry, the error that stopped it)."""
-    results: list[tuple[FileEntry, str | Exception]] = []
-    for entry in entries:
-        try:
-            results.append((entry, hash_file(entry, progress)))
-        except FileChangedError as exc:
-            results.append((entry, exc))
-        except OSError as exc:
-            results.append((entry, exc))
-    return results
+def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: None) -> str | Exception:
+    """The file's sha-256, or the error that stopped reading it (FileChangedError, OSError)."""
+    try:
+        return hash_file(entry, progress)
+    except (FileChangedError, OSError) as exc:
+        return exc
 
 
 def current_stat(path: str) -> tuple[int, int, int] | None:
@@ -2019,7 +2013,7 @@ class Pipeline:
         """
         config = self.config
         bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
-        in_flight: dict[Future[list[tuple[FileEntry, Any]]], tuple[Any, ...] | None] = {}
+        in_flight: dict[Future[str | Exception], tuple[FileEntry, tuple[Any, ...] | None]] = {}
         decided: list[LedgerRow] = []
 
         def settle(entry: FileEntry, raw: tuple[Any, ...] | None, outcome: str | Exception) -> None:
@@ -2033,12 +2027,11 @@ class Pipeline:
             elif not isinstance(outcome, FileNotFoundError):
                 self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
 
-        def finish(done: Iterable[Future[list[tuple[FileEntry, Any]]]]) -> None:
+        def finish(done: Iterable[Future[str | Exception]]) -> None:
             for future in done:
-                raw = in_flight.pop(future)
+                entry, raw = in_flight.pop(future)
                 self.heartbeat()
-                for entry, outcome in future.result():
-                    settle(entry, raw, outcome)
+                settle(entry, raw, future.result())
 
         with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
             for reldir, entries in batches:
@@ -2061,9 +2054,9 @@ class Pipeline:
                     if entry.relpath in moved:
                         decided.append(self._decide(entry, None, moved[entry.relpath]))
                     elif entry.size < HASH_INLINE_SIZE:
-                        settle(entry, raw, hash_files([entry], bar.update)[0][1])
+                        settle(entry, raw, hash_outcome(entry, bar.update))
                     else:
-                        in_flight[pool.submit(hash_files, [entry], bar.update)] = raw
+                        in_flight[pool.submit(hash_outcome, entry, bar.update)] = (entry, raw)
                         if len(in_flight) >= config.hash_workers * 2:
                             finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
                     if self.stop.is_set():

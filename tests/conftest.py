@@ -125,3 +125,12 @@ def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True)
     return cert, key
+
+
+def start_cdn_push(*args: str):
+    """cdn_push.py as a real process: no CDN_PUSH_* or systemd variables from this one, no stdin."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_PUSH_", "NOTIFY_SOCKET"))}
+    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)

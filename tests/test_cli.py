@@ -16,7 +16,7 @@ import pytest
 
 import cdn_push
 from cdn_push import main
-from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, write_files
+from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, start_cdn_push, write_files
 
 
 def run_main(capsys, *args):
@@ -180,10 +180,7 @@ def test_no_secret_leaks_anywhere(capsys, tmp_path, drop, emulator, write_config
 # -- real subprocesses --------------------------------------------------------------
 
 def start_process(config: Path, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDN_PUSH_")}
-    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "--config", str(config), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+    return start_cdn_push("--config", str(config), *args)
 
 
 def wait_for(predicate, timeout=30.0):

@@ -23,7 +23,7 @@ import pytest
 
 import cdn_push
 from cdn_push import Ledger, Pipeline, main
-from conftest import API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, write_files
+from conftest import API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, start_cdn_push, write_files
 
 SOAK = int(os.environ.get("CDN_PUSH_SOAK", "0") or 0)
 
@@ -35,10 +35,7 @@ def run_main(capsys, *args):
 
 
 def start_run(config: Path, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDN_PUSH_")}
-    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "--config", str(config), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+    return start_cdn_push("--config", str(config), *args)
 
 
 def sha(content: bytes) -> str:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 import cdn_push
 from cdn_push import Ledger, WatchService
-from conftest import ROOT, write_files
+from conftest import ROOT, start_cdn_push, write_files
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -296,10 +295,7 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path, drop, emulator, make_co
 # -- the real process, with real signals ---------------------------------------------------
 
 def start_watch(config_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_PUSH_", "NOTIFY_SOCKET"))}
-    return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "watch", "--config", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+    return start_cdn_push("watch", "--config", str(config_path))
 
 
 def test_sigterm_during_a_burst_exits_0_and_a_restart_finishes(tmp_path, drop, emulator, write_config, raw_config):
