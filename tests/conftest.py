@@ -134,3 +134,14 @@ def start_cdn_push(*args: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_PUSH_", "NOTIFY_SOCKET"))}
     return subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+
+
+def assert_cdn_holds(emulator: CdnEmulator, files: dict[str, bytes], timeout: float = 60.0) -> None:
+    """The emulator downloaded exactly these files and verified each one's sha-256."""
+    import hashlib
+
+    assert emulator.wait_idle(timeout)
+    cdn = {f["name"]: f for f in emulator.snapshot()}
+    assert set(cdn) == set(files)
+    for name, content in files.items():
+        assert (cdn[name]["state"], cdn[name]["sha256"]) == ("ready", hashlib.sha256(content).hexdigest()), name

@@ -16,7 +16,7 @@ import pytest
 
 import cdn_push
 from cdn_push import main
-from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, start_cdn_push, write_files
+from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, assert_cdn_holds, start_cdn_push, write_files
 
 
 def run_main(capsys, *args):
@@ -205,11 +205,7 @@ def test_kill_mid_run_then_rerun_imports_everything_once(drop, emulator, write_c
     rerun = start_process(config)
     out, err = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, err
-    assert emulator.wait_idle(30)
-    snapshot = {f["name"]: f for f in emulator.snapshot()}
-    assert set(snapshot) == set(files)
-    for name, content in files.items():
-        assert (snapshot[name]["state"], snapshot[name]["sha256"]) == ("ready", hashlib.sha256(content).hexdigest())
+    assert_cdn_holds(emulator, files)
     # Only requests in flight at the kill (at most one per submit worker) were sent twice.
     assert len(emulator.requests) <= len(files) + 2
     ledger = cdn_push.Ledger.open(raw_config["ledger"])

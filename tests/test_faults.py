@@ -23,7 +23,7 @@ import pytest
 
 import cdn_push
 from cdn_push import Ledger, Pipeline, main
-from conftest import API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, start_cdn_push, write_files
+from conftest import API_LOGIN, assert_cdn_holds, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, start_cdn_push, write_files
 
 SOAK = int(os.environ.get("CDN_PUSH_SOAK", "0") or 0)
 
@@ -66,11 +66,7 @@ def test_random_sigkills_then_one_clean_run_lose_nothing(drop, emulator, write_c
     final = start_run(config)
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
-    assert emulator.wait_idle(60)
-    cdn = {f["name"]: f for f in emulator.snapshot()}
-    assert set(cdn) == set(files)
-    for name, content in files.items():
-        assert (cdn[name]["state"], cdn[name]["sha256"]) == ("ready", sha(content))
+    assert_cdn_holds(emulator, files)
     with Ledger.open(raw_config["ledger"]) as ledger:
         rows = {r.path: r for r in ledger.all_rows()}
     assert set(rows) == set(files)
