@@ -20,6 +20,7 @@ See README.md for the configuration reference and exit codes.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import difflib
@@ -27,6 +28,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import heapq
 import hmac
 import importlib.util
 import itertools
@@ -45,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -116,6 +118,8 @@ SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
 MASK = "***"
+ANSWER_GRACE = 300.0            # seconds a callback may wait for our record of the CDN's answer
+RESUBMIT_DELAY_MAX = 300.0      # longest wait before an import the CDN failed is sent again (unless retry_delay is longer)
 SCHEMA_VERSION = 2
 
 
@@ -239,7 +243,7 @@ class OriginConfig:
 
 @dataclass(frozen=True)
 class CallbackConfig:
-    """Where the CDN reports each import's end; None public_url: no callbacks."""
+    """Where the CDN reports each import's end; an empty public_url: no callbacks."""
     public_url: str = ""
     listen_host: str = ""
     listen_port: int = 0
@@ -762,6 +766,23 @@ def build_request(config: Config, relpath: str, size: int, sha256: str,
     return params
 
 
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in SHORT_ESCAPES:
+        return SHORT_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def printable(text: str) -> str:
+    """Untrusted text (file names, CDN answers, request paths) safe for a log line, the ledger or a
+    terminal: control characters, ANSI escapes and bidi overrides shown as escapes; pure."""
+    return UNPRINTABLE.sub(_escape, text) if UNPRINTABLE.search(text) else text
+
+
 class Redactor:
     """Replaces every known secret, raw or percent-encoded, by ***."""
 
@@ -813,10 +834,25 @@ LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state"
                   "attempts", "last_error", "response", "accepted_name", "accepted_size",
                   "accepted_sha256", "retry_at", "updated_at")
 
-# What a rerun needs to see a file is unchanged, the acceptance test done by SQLite itself.
+class QuickRow(NamedTuple):
+    """What a rerun needs to see a file is unchanged; `accepted` is worked out by SQLite itself."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str | None
+    name: str
+    accepted: bool
+    state: str
+    attempts: int
+    updated_at: float
+
+
 QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name",
-                 "state IN ('submitted', 'confirmed') AND last_error IS NULL AND accepted_sha256 = sha256 "
-                 "AND accepted_size = size AND accepted_name = name", "state", "attempts", "updated_at")
+                 f"state IN ({','.join(repr(s) for s in ACCEPTED_STATES)}) AND last_error IS NULL "
+                 "AND accepted_sha256 = sha256 AND accepted_size = size AND accepted_name = name",
+                 "state", "attempts", "updated_at")
 
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -840,7 +876,8 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
-CREATE INDEX IF NOT EXISTS files_by_state ON files (state, priority, path);
+DROP INDEX IF EXISTS files_by_state;
+CREATE INDEX IF NOT EXISTS files_by_queue ON files (state, priority DESC, path);
 CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
 """
 
@@ -970,10 +1007,29 @@ class Ledger:
         found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
         return self._row(found) if found else None
 
-    def raw_rows_in_dir(self, reldir: str) -> dict[str, tuple[Any, ...]]:
-        """The folder's rows as plain QUICK_COLUMNS tuples: cheap for the unchanged majority."""
+    def quick_rows_in_dir(self, reldir: str) -> dict[str, QuickRow]:
+        """The folder's rows, only what tells an unchanged file: cheap for the unchanged majority."""
         cursor = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE dir=?", (reldir,))
-        return {values[0]: values for values in cursor}
+        make = QuickRow._make
+        return {values[0]: make(values) for values in cursor}
+
+    def quick_row(self, path: str) -> QuickRow | None:
+        found = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
+        return QuickRow._make(found) if found else None
+
+    def next_pending(self, limit: int, skip: Callable[[str], bool] = lambda path: False,
+                     now: float | None = None) -> list[LedgerRow]:
+        """Up to `limit` pending rows due now, highest priority first, then by path, but not those
+        `skip` names. The files_by_queue index gives the order, so this reads only what it returns
+        and what it skips, whatever the number of pending rows."""
+        due = self._clock() if now is None else now
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND retry_at <= ? "
+                           "ORDER BY priority DESC, path", (STATE_PENDING, due))
+        try:
+            return [self._row(values) for values in itertools.islice(
+                (values for values in cursor if not skip(values[0])), limit)]
+        finally:
+            cursor.close()
 
     def find_moved(self, entries: Sequence[FileEntry]) -> dict[str, str]:
         """sha-256 of listed files that the ledger knows under another path (same size, mtime, inode)."""
@@ -1028,11 +1084,6 @@ class Ledger:
         due = self._clock() if now is None else now
         return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at <= ?",
                          (STATE_PENDING, due)).fetchone()[0]
-
-    def count_due_retries(self, now: float) -> int:
-        """Imports the CDN reported failed whose backoff has run out."""
-        return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at > 0 AND retry_at <= ?",
-                         (STATE_PENDING, now)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
@@ -1101,6 +1152,10 @@ class FileEntry(NamedTuple):
 
 class FileChangedError(CdnPushError):
     """The file changed while it was read; it is left for the next pass."""
+
+
+class HashInterrupted(CdnPushError):
+    """Hashing was cut short by a stop; the file is hashed again by the next pass."""
 
 
 TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY_PATTERNS]
@@ -1198,7 +1253,7 @@ def _hash_buffer(size: int) -> bytearray:
 
 
 def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
-              buffer_size: int = HASH_BUFFER_SIZE) -> str:
+              cancel: threading.Event | None = None, buffer_size: int = HASH_BUFFER_SIZE) -> str:
     """sha-256 of the file, read with one reused buffer.
 
     Raises FileChangedError if the file is not the one that was scanned, or changes
@@ -1222,6 +1277,8 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
             total += count
             if size > buffer_size:
                 progress(count)
+                if cancel is not None and cancel.is_set():
+                    raise HashInterrupted(f"{entry.relpath}: stopped while hashing")
         after = os.fstat(fd)
     finally:
         os.close(fd)
@@ -1232,11 +1289,12 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
     return digest.hexdigest()
 
 
-def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: None) -> str | Exception:
-    """The file's sha-256, or the error that stopped reading it (FileChangedError, OSError)."""
+def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
+                 cancel: threading.Event | None = None) -> str | Exception:
+    """The file's sha-256, or what stopped reading it (FileChangedError, HashInterrupted, OSError)."""
     try:
-        return hash_file(entry, progress)
-    except (FileChangedError, OSError) as exc:
+        return hash_file(entry, progress, cancel)
+    except (FileChangedError, HashInterrupted, OSError) as exc:
         return exc
 
 
@@ -1564,11 +1622,31 @@ class CallbackReport:
 
 
 class CallbackInbox:
-    """Hands callbacks from server threads to the one thread that writes the ledger."""
+    """Hands callbacks from server threads to the one thread that writes the ledger.
+
+    Once closed (the halt path), `put` refuses: the server then answers 503, so the CDN is
+    never told "ok" for a report that would not be recorded.
+    """
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[CallbackReport] = queue.SimpleQueue()
         self.deferred: list[CallbackReport] = []
+        self.wake: threading.Event | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, report: CallbackReport) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self.queue.put(report)
+        if self.wake is not None:
+            self.wake.set()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
     def take(self) -> list[CallbackReport]:
         reports, self.deferred = self.deferred, []
@@ -1817,12 +1895,15 @@ class OriginServer:
                     self.plain(400, "status must be success or fail")
                     return
                 reported_size = fields.get("size", "")
-                server.inbox.queue.put(CallbackReport(
+                accepted = server.inbox.put(CallbackReport(
                     relpath=relpath, attempt=int(attempt), success=status == "success",
                     size=int(reported_size) if reported_size.isdigit() else None,
                     sha256=fields.get("sha-256", "").lower(), message=fields.get("message", "")[:500],
                     received=server.clock()))
-                self.plain(200, "ok")
+                if accepted:
+                    self.plain(200, "ok")
+                else:
+                    self.plain(503, "shutting down; call again later", {"Retry-After": "60"})
 
         return Handler
 
@@ -1886,6 +1967,7 @@ class RunSummary:
     unconfirmed: int = 0
     resent: int = 0
     bytes_hashed: int = 0
+    hashed_files: int = 0
     interrupted: bool = False
     fatal: CdnPushError | None = None
     started: float = field(default_factory=time.monotonic)
@@ -1907,6 +1989,12 @@ class RunSummary:
         tail = " (interrupted)" if self.interrupted else ""
         return f"summary: {', '.join(parts)} in {time.monotonic() - self.started:.1f}s{tail}"
 
+    def since(self, before: "RunSummary") -> "RunSummary":
+        """What happened after `before` was copied from this summary (a watch service's one pass)."""
+        counted = {f.name: getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)
+                   if f.type in ("int", int)}
+        return RunSummary(**counted, started=before.started)
+
     def exit_code(self) -> int:
         if isinstance(self.fatal, (CdnAuthError, CdnUnavailableError)):
             return EXIT_CDN_UNAVAILABLE
@@ -1926,16 +2014,96 @@ class _NoBar:
         pass
 
 
+class SubmitJob(NamedTuple):
+    """One file/add request on its way to a submit worker."""
+
+    row: LedgerRow
+    params: dict[str, str]
+    fresh: bool
+
+
+class SubmitResult(NamedTuple):
+    job: SubmitJob
+    outcome: CdnAnswer | Exception
+
+
+class HashJob(NamedTuple):
+    entry: FileEntry
+    known: QuickRow | None
+    fresh: bool
+
+
+def queue_rank(priority: int, fresh: bool) -> tuple[int, int]:
+    """Submit order: a higher fetch_prio first, then fresh drops, then the backlog; pure."""
+    return -priority, 0 if fresh else 1
+
+
+class SubmitQueue:
+    """The priority queue between the thread that owns the ledger and the submit workers.
+
+    Only a few backlog rows are held at a time (the rest wait in the ledger), so a fresh drop
+    or a prio file put in now is the next job a free worker takes.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[tuple[int, int], int, SubmitJob]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def put(self, job: SubmitJob) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (queue_rank(job.row.priority, job.fresh), next(self._order), job))
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> SubmitJob | None:
+        """The most urgent job; None once closed, or when `timeout` passes with nothing queued."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._heap or self._closed, timeout) or self._closed:
+                return None
+            return heapq.heappop(self._heap)[2]
+
+    def clear(self) -> list[SubmitJob]:
+        with self._cond:
+            jobs = [item[2] for item in sorted(self._heap)]
+            self._heap.clear()
+            return jobs
+
+    def close(self) -> list[SubmitJob]:
+        """Workers stop taking jobs; the ones still queued are handed back."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        return self.clear()
+
+
+SCAN_SLICE = 0.05         # seconds of scanning and inline hashing per step, so events and answers wait little
+FLUSH_EVERY = 0.2         # seconds between two ledger transactions of hashed files
+
+
 class Pipeline:
-    """One pass: scan and hash into the ledger, then submit what is pending, by priority."""
+    """Scan, hash, submit and confirm as concurrent stages, driven by `step()` on one thread.
+
+    That thread owns the ledger. It walks the folder a slice at a time and hashes small files
+    itself (measured: worker threads only fight over the GIL for them); large files go to
+    `workers.hash` threads (hashlib releases the GIL) plus one spare lane kept for fresh
+    drops. Decisions are written to the ledger as `pending` in small transactions, so a kill
+    loses no hashing work. Submit workers take jobs from a SubmitQueue that this thread keeps
+    topped up from the ledger (never more than a few rows in memory); their answers and the
+    CDN's callbacks come back here to be recorded. `run_once()` is a one-shot run; the watch
+    service calls `step()` from its loop and feeds fresh drops with `add_fresh()`.
+    """
 
     def __init__(self, config: Config, ledger: Ledger, client: CdnClient | None, *,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
                  show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
                  out: Callable[[str], None] = print,
                  on_waiting: Callable[[str], None] = lambda relpath: None,
-                 heartbeat: Callable[[], None] = lambda: None,
-                 signer: UrlSigner | None = None, inbox: CallbackInbox | None = None) -> None:
+                 signer: UrlSigner | None = None, inbox: CallbackInbox | None = None,
+                 cdn_retry_pause: float | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -1946,133 +2114,323 @@ class Pipeline:
         self.retry_rejected = retry_rejected
         self.out = out
         self.on_waiting = on_waiting
-        self.heartbeat = heartbeat
         self.signer = signer
         self.inbox = inbox
-        self.awaiting: set[str] = set()
+        self.cdn_retry_pause = cdn_retry_pause     # None: the CDN being down ends the run
         self.summary = RunSummary()
+        self.awaiting: set[str] = set()
+        self.wake = threading.Event()
+        if inbox is not None:
+            inbox.wake = self.wake
         self._redact = Redactor(config.secrets())
+        # scan and hash
+        self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
+        self._scan_work: collections.deque[HashJob] = collections.deque()
+        self._fresh_work: collections.deque[HashJob] = collections.deque()
+        self._hashing: dict[Future[str | Exception], HashJob] = {}
+        self._hash_pool: ThreadPoolExecutor | None = None
+        self._cancel_hashing = threading.Event()
+        self._decided: list[tuple[LedgerRow, bool]] = []
+        self._hashing_paths: set[str] = set()   # being hashed or decided: their pending rows are stale
+        self._last_flush = time.monotonic()
+        self.pass_started: RunSummary | None = None
+        self.on_pass_done: Callable[[RunSummary], None] = lambda summary: None
+        # submit
+        self.feeding = True
+        self._queue = SubmitQueue()
+        self._results: queue.SimpleQueue[SubmitResult] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._queued: set[str] = set()          # in the queue or with a worker
+        self._set_aside: set[str] = set()       # pending, but the file changed after hashing
+        self._consecutive_failures = 0
+        self.paused_until = 0.0
+        self._retired_clients: list[CdnClient] = []
+        self._confirm_deadline: float | None = None
+        self._bars: dict[str, Any] = {}
 
-    def _bar(self, **kwargs: Any) -> Any:
-        if not self.show_progress:
-            return _NoBar()
-        from tqdm import tqdm
+    # -- progress ----------------------------------------------------------------
 
-        return tqdm(file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+    def _bar(self, name: str, **kwargs: Any) -> Any:
+        if name not in self._bars:
+            if not self.show_progress:
+                self._bars[name] = _NoBar()
+            else:
+                from tqdm import tqdm
+
+                self._bars[name] = tqdm(file=sys.stderr, dynamic_ncols=True, leave=False,
+                                        position=len(self._bars), **kwargs)
+        return self._bars[name]
+
+    def _hash_progress(self, count: int) -> None:
+        self._bar("hash", unit="B", unit_scale=True, unit_divisor=1024, desc="hashing").update(count)
+
+    def _close_bars(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+    # -- the whole run -------------------------------------------------------------
 
     def run_once(self) -> RunSummary:
+        """One pass over the folder with everything streaming; then wait for confirmations."""
         self.summary = RunSummary()
         try:
-            self.scan_and_hash()
-            if not self.dry_run and not self.stop.is_set():
-                self.submit_pending()
-                if self.callbacks_on:
-                    self.await_confirmations()
-        except (CdnAuthError, CdnUnavailableError) as exc:
-            if isinstance(exc, CdnAuthError) or not self.stop.is_set():   # a stop cuts retries short
-                self.summary.fatal = exc
+            self.start_scan()
+            while not self.finished():
+                self.step()
         finally:
-            if not self.dry_run:
-                self.ledger.commit()
+            self.halt()
         self.summary.interrupted = self.stop.is_set()
+        self._report_unconfirmed()
         return self.summary
 
-    # -- phase 1: scan and hash ------------------------------------------------
+    def finished(self) -> bool:
+        """Nothing left to scan, hash, record or send; and every confirmation in (or waited for)."""
+        if self.stop.is_set() or self.summary.fatal is not None:
+            return True
+        if self.busy():
+            return False
+        if not (self.callbacks_on and self.awaiting):
+            return True
+        if self._confirm_deadline is None:
+            self._confirm_deadline = self.clock() + self.config.callback.wait_seconds
+            log.info("waiting up to %gs for the CDN to confirm %d files", self.config.callback.wait_seconds,
+                     len(self.awaiting))
+        return self.clock() >= self._confirm_deadline
+
+    def busy(self) -> bool:
+        return bool(self.scanning or self._fresh_work or self._hashing or self._decided or self._queued
+                    or self._due_rows(1))
+
+    @property
+    def scanning(self) -> bool:
+        return self._walk is not None or bool(self._scan_work)
+
+    def step(self, timeout: float = 0.5) -> None:
+        """One turn: take answers, hashes and callbacks, scan a slice, record, feed the workers.
+
+        Waits up to `timeout` only when there is nothing to do; any answer, finished hash or
+        callback wakes it.
+        """
+        self.wake.clear()
+        worked = self._collect_hashes() + self._collect_answers() + self.apply_callbacks()
+        if not self.stop.is_set() and self.summary.fatal is None:
+            worked += self._hash_slice(SCAN_SLICE)
+        self._flush_decided()
+        worked += self._feed()
+        self._finish_pass_if_done()
+        if not worked:
+            self.wake.wait(timeout)
+
+    def halt(self) -> None:
+        """The one way out: stop producers, let requests in flight finish, record, commit."""
+        self._walk = None
+        for job in (*self._scan_work, *self._fresh_work):
+            self._hashing_paths.discard(job.entry.relpath)
+        self._scan_work.clear()
+        self._fresh_work.clear()
+        self._cancel_hashing.set()
+        if self._hash_pool is not None:
+            self._hash_pool.shutdown(wait=True)
+            self._hash_pool = None
+        self._collect_hashes()
+        self._flush_decided(force=True)
+        for job in self._queue.close():
+            self._queued.discard(job.row.path)
+        for worker in self._workers:
+            worker.join()
+        self._workers.clear()
+        self._collect_answers()
+        if self.inbox is not None:
+            self.inbox.close()        # from now on the CDN is told to call again later
+        self.apply_callbacks()
+        self._close_bars()
+        for client in self._retired_clients:
+            client.close()
+        if not self.dry_run:
+            self.ledger.commit()
+
+    def _report_unconfirmed(self) -> None:
+        self.summary.unconfirmed = len(self.awaiting) if self.callbacks_on else 0
+        if self.summary.unconfirmed and not self.stop.is_set() and self.summary.fatal is None:
+            log.warning("%d files not confirmed by the CDN within %gs (callback.wait_seconds); they stay "
+                        "'submitted'", len(self.awaiting), self.config.callback.wait_seconds)
+
+    # -- for tests and the benchmark: one stage at a time ---------------------------
+
+    def scan_and_hash(self) -> None:
+        """Walk and hash the whole folder into the ledger, submitting nothing."""
+        feeding, self.feeding = self.feeding, False
+        try:
+            self.start_scan()
+            while self.scanning or self._hashing or self._decided:
+                self.step(timeout=0.05)
+        finally:
+            self.feeding = feeding
+
+    def submit_pending(self) -> None:
+        """Submit what the ledger holds as pending and due; raises if the CDN cannot be used."""
+        while not self.stop.is_set() and self.summary.fatal is None and (self._queued or self._due_rows(1)):
+            self.step(timeout=0.05)
+        if self.summary.fatal is not None:
+            raise self.summary.fatal
+
+    # -- stage 1 and 2: scan and hash -----------------------------------------------
+
+    def start_scan(self) -> bool:
+        """Begin a pass over the whole folder; False if one is running already."""
+        if self.scanning:
+            return False
+        if not self.config.folder.is_dir():
+            raise ConfigError(f"'folder' {self.config.folder} is not a folder (from {self.config.source})")
+        self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
+        self.pass_started = dataclasses.replace(self.summary)
+        return True
+
+    def add_fresh(self, entries: Sequence[FileEntry]) -> None:
+        """Files that just settled (watch events): hashed and sent ahead of the pass's backlog."""
+        known = {entry.relpath: self.ledger.quick_row(entry.relpath) for entry in entries}
+        self._triage(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
 
     def _problem(self, relpath: str, why: str) -> None:
         self.summary.unreadable += 1
-        log.warning("skipped %s: %s", relpath, why)
+        log.warning("skipped %s: %s", printable(relpath), why)
 
-    def scan_and_hash(self) -> None:
-        """Walk the whole folder; files younger than settle_seconds wait for a later pass."""
-        config = self.config
-        if not config.folder.is_dir():
-            raise ConfigError(f"'folder' {config.folder} is not a folder (from {config.source})")
-        settle_before_ns = int((self.clock() - config.scan.settle_seconds) * 1e9)
+    def _hash_slice(self, budget: float) -> int:
+        """Scan and hash for about `budget` seconds; large files go to the hash threads."""
+        deadline = time.monotonic() + budget
+        done = 0
+        while time.monotonic() < deadline:
+            if self._fresh_work:
+                work, limit = self._fresh_work, self.config.hash_workers + 1
+            elif self._scan_work:
+                work, limit = self._scan_work, self.config.hash_workers
+            elif self._walk is not None:
+                done += self._next_folder()
+                continue
+            else:
+                break
+            job = work[0]
+            if job.entry.size < HASH_INLINE_SIZE:
+                work.popleft()
+                self._hashed(job, hash_outcome(job.entry, self._hash_progress))
+            elif len(self._hashing) < limit:
+                work.popleft()
+                self._hashing[self._hash_threads().submit(
+                    hash_outcome, job.entry, self._hash_progress, self._cancel_hashing)] = job
+            else:
+                break       # every hash thread is busy: their results wake the loop
+            done += 1
+        return done
 
-        def settled(entries: list[FileEntry]) -> Iterator[FileEntry]:
-            for entry in entries:
-                if entry.mtime_ns > settle_before_ns:
-                    self.summary.waiting += 1
-                    self.on_waiting(entry.relpath)
-                    log.debug("waiting: %s was modified less than %gs ago", entry.relpath,
-                              config.scan.settle_seconds)
-                else:
-                    yield entry
+    def _hash_threads(self) -> ThreadPoolExecutor:
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(self.config.hash_workers + 1, thread_name_prefix="hash")
+        return self._hash_pool
 
-        self.hash_and_decide((reldir, settled(entries))
-                             for reldir, entries in walk_folder(config.folder, config.scan, self._problem))
+    def _next_folder(self) -> int:
+        """Take the next folder of the walk; what the ledger vouches for is done with at once."""
+        assert self._walk is not None
+        batch = next(self._walk, None)
+        if batch is None:
+            self._walk = None
+            return 0
+        reldir, entries = batch
+        settle_before_ns = int((self.clock() - self.config.scan.settle_seconds) * 1e9)
+        settled = []
+        for entry in entries:
+            if entry.mtime_ns > settle_before_ns:
+                self._waiting(entry.relpath, f"modified less than {self.config.scan.settle_seconds:g}s ago")
+            else:
+                settled.append(entry)
+        self._triage(settled, self.ledger.quick_rows_in_dir(reldir), fresh=False)
+        return 1
 
-    def hash_and_decide(self, batches: Iterable[tuple[str, Iterable[FileEntry]]]) -> None:
-        """Hash what the ledger cannot vouch for, decide each file, record the decisions.
+    def _triage(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
+        """What the ledger vouches for is done with at once (unchanged, or moved: no hashing);
+        the rest goes to be hashed."""
+        unknown: list[FileEntry] = []
+        for entry in entries:
+            row = known.get(entry.relpath)
+            if row is None or row.sha256 is None or (row.size, row.mtime_ns, row.inode) != entry[2:]:
+                unknown.append(entry)
+            elif not self._unchanged(entry, row):
+                self._decided_row(self._decide(entry, self.ledger.get(entry.relpath), row.sha256), fresh)
+        moved = self.ledger.find_moved([e for e in unknown if e.relpath not in known])
+        work = self._fresh_work if fresh else self._scan_work
+        for entry in unknown:
+            if entry.relpath in moved:
+                self._decided_row(self._decide(entry, None, moved[entry.relpath]), fresh)
+            else:
+                work.append(HashJob(entry, known.get(entry.relpath), fresh))
+                self._hashing_paths.add(entry.relpath)
 
-        `batches` are (relative folder, files in it): one ledger query per folder. Files under
-        HASH_INLINE_SIZE are hashed on this thread: measured, handing them to worker threads
-        is slower, as the threads then mostly wait for each other on the GIL. Larger files go
-        to `workers.hash` threads, which hash in parallel since hashlib releases the GIL.
-        """
-        config = self.config
-        bar = self._bar(unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
-        in_flight: dict[Future[str | Exception], tuple[FileEntry, tuple[Any, ...] | None]] = {}
-        decided: list[LedgerRow] = []
+    def _unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
+        """The ledger vouches for this file: same stat, accepted as it is, nothing amiss."""
+        if (row is not None and row.sha256 and (row.size, row.mtime_ns, row.inode) == entry[2:]
+                and row.accepted and row.name == self.config.name_prefix + entry.relpath
+                and not self._unconfirmed_due(row.state, row.attempts, row.updated_at)):
+            self.summary.unchanged += 1
+            return True
+        return False
 
-        def settle(entry: FileEntry, raw: tuple[Any, ...] | None, outcome: str | Exception) -> None:
-            if isinstance(outcome, str):
-                self.summary.bytes_hashed += entry.size
-                decided.append(self._decide(entry, self.ledger.get(entry.relpath) if raw else None, outcome))
-            elif isinstance(outcome, FileChangedError):
-                self.summary.waiting += 1
-                self.on_waiting(entry.relpath)
-                log.info("waiting: %s is still changing; it goes in a later pass", entry.relpath)
-            elif not isinstance(outcome, FileNotFoundError):
-                self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
+    def _waiting(self, relpath: str, why: str) -> None:
+        self.summary.waiting += 1
+        self.on_waiting(relpath)
+        log.debug("waiting: %s was %s", printable(relpath), why)
 
-        def finish(done: Iterable[Future[str | Exception]]) -> None:
-            for future in done:
-                entry, raw = in_flight.pop(future)
-                self.heartbeat()
-                settle(entry, raw, future.result())
+    def _collect_hashes(self) -> int:
+        done = [future for future in self._hashing if future.done()]
+        for future in done:
+            self._hashed(self._hashing.pop(future), future.result())
+        return len(done)
 
-        with ThreadPoolExecutor(config.hash_workers, thread_name_prefix="hash") as pool:
-            for reldir, entries in batches:
-                self.heartbeat()
-                known = self.ledger.raw_rows_in_dir(reldir)
-                unknown: list[tuple[FileEntry, tuple[Any, ...] | None]] = []
-                for entry in entries:
-                    if self.stop.is_set():
-                        break
-                    raw = known.get(entry.relpath)
-                    if raw is not None and raw[4] and (raw[1], raw[2], raw[3]) == entry[2:]:
-                        if self._still_accepted(raw, entry.relpath):
-                            self.summary.unchanged += 1       # nothing to hash, decide or write
-                        else:
-                            decided.append(self._decide(entry, self.ledger.get(entry.relpath), raw[4]))
-                    else:
-                        unknown.append((entry, raw))
-                moved = self.ledger.find_moved([entry for entry, raw in unknown if raw is None])
-                for entry, raw in unknown:
-                    if entry.relpath in moved:
-                        decided.append(self._decide(entry, None, moved[entry.relpath]))
-                    elif entry.size < HASH_INLINE_SIZE:
-                        settle(entry, raw, hash_outcome(entry, bar.update))
-                    else:
-                        in_flight[pool.submit(hash_outcome, entry, bar.update)] = (entry, raw)
-                        if len(in_flight) >= config.hash_workers * 2:
-                            finish(wait(in_flight, return_when=FIRST_COMPLETED)[0])
-                    if self.stop.is_set():
-                        break
-                if len(decided) >= SCAN_COMMIT_EVERY:
-                    self._record(decided)
-                if self.stop.is_set():
-                    break
-            finish(list(wait(in_flight).done))
-        self._record(decided)
-        bar.close()
+    def _hashed(self, job: HashJob, outcome: str | Exception) -> None:
+        entry = job.entry
+        if not isinstance(outcome, str):
+            self._hashing_paths.discard(entry.relpath)
+        if isinstance(outcome, str):
+            self.summary.bytes_hashed += entry.size
+            self.summary.hashed_files += 1
+            row = self.ledger.get(entry.relpath) if job.known is not None else None
+            self._decided_row(self._decide(entry, row, outcome), job.fresh)
+        elif isinstance(outcome, FileChangedError):
+            self._waiting(entry.relpath, "still changing; it goes in a later pass")
+            log.info("waiting: %s is still changing; it goes in a later pass", printable(entry.relpath))
+        elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
+            self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
 
-    def _still_accepted(self, raw: tuple[Any, ...], relpath: str) -> bool:
-        """The ledger row says this exact content was accepted under this name and nothing is amiss."""
-        return (bool(raw[6]) and raw[5] == self.config.name_prefix + relpath
-                and not self._unconfirmed_due(raw[7], raw[8], raw[9]))
+    def _decided_row(self, row: LedgerRow, fresh: bool) -> None:
+        self._hashing_paths.add(row.path)
+        self._decided.append((row, fresh))
+
+    def _flush_decided(self, *, force: bool = False) -> None:
+        """Record decisions in one transaction; fresh and prio files go to the queue at once."""
+        if not self._decided:
+            return
+        urgent = any(fresh or row.priority for row, fresh in self._decided)
+        if not (force or urgent or len(self._decided) >= SCAN_COMMIT_EVERY
+                or time.monotonic() - self._last_flush >= FLUSH_EVERY):
+            return
+        decided, self._decided = self._decided, []
+        self._last_flush = time.monotonic()
+        for row, _ in decided:
+            self._hashing_paths.discard(row.path)
+            self._set_aside.discard(row.path)
+        if self.dry_run:
+            return
+        self.ledger.put_many([row for row, _ in decided], commit_every=1)
+        for row, fresh in decided:
+            if fresh and row.state == STATE_PENDING:
+                self._enqueue(row, fresh=True)
+
+    def _finish_pass_if_done(self) -> None:
+        if self.pass_started is not None and not self.scanning and not any(
+                not job.fresh for job in self._hashing.values()):
+            started, self.pass_started = self.pass_started, None
+            self.on_pass_done(started)
+
+    # -- the decide step ----------------------------------------------------------
 
     def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
         """Accepted, but no callback within wait_seconds (the origin may have been gone): ask again.
@@ -2092,30 +2450,29 @@ class Pipeline:
         if decision == DECISION_UNCHANGED and row is not None and self._unconfirmed_due(
                 row.state, row.attempts, row.updated_at):
             decision = DECISION_UNCONFIRMED
-            log.info("%s was never confirmed by the CDN; submitting it again", name)
+            log.info("%s was never confirmed by the CDN; submitting it again", printable(name))
         counts = {DECISION_NEW: "new", DECISION_CHANGED: "changed", DECISION_UNCHANGED: "unchanged",
                   DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected",
                   DECISION_UNCONFIRMED: "resent"}
         setattr(self.summary, counts[decision], getattr(self.summary, counts[decision]) + 1)
         if decision == DECISION_CONFLICT:
             log.warning("conflict: %s changed after it was imported as %s, and no_replace is set; "
-                        "not submitted", entry.relpath, name)
+                        "not submitted", printable(entry.relpath), printable(name))
         elif decision == DECISION_STILL_REJECTED:
             log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
-                        entry.relpath, row.last_error if row else "")
+                        printable(entry.relpath), printable(row.last_error or "") if row else "")
         elif decision in (DECISION_NEW, DECISION_CHANGED, DECISION_UNCONFIRMED) and self.dry_run:
-            params = build_request(config, entry.relpath, entry.size, digest, overrides,
-                                   location=self.location_for(entry.relpath))
-            params["location"] = mask_url(params["location"])
-            extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
-            self.out(f"would submit ({decision}): {name} size={entry.size} sha256={digest} "
-                     f"location={params['location']}{' ' + extras if extras else ''}")
+            self._show_dry_run(entry, name, digest, overrides, decision)
         return row_after_decision(decision, entry, row, name, digest, priority_of(overrides))
 
-    def _record(self, rows: list[LedgerRow]) -> None:
-        if rows and not self.dry_run:
-            self.ledger.put_many(rows, commit_every=1)
-        rows.clear()
+    def _show_dry_run(self, entry: FileEntry, name: str, digest: str, overrides: Mapping[str, Any],
+                      decision: str) -> None:
+        params = build_request(self.config, entry.relpath, entry.size, digest, overrides,
+                               location=self.location_for(entry.relpath))
+        params["location"] = mask_url(params["location"])
+        extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
+        self.out(f"would submit ({decision}): {printable(name)} size={entry.size} sha256={digest} "
+                 f"location={params['location']}{' ' + extras if extras else ''}")
 
     @property
     def callbacks_on(self) -> bool:
@@ -2130,70 +2487,75 @@ class Pipeline:
             return f"{serve.public_url}/o/{expires}/<signature>/{quote_path(relpath)}"
         return self.signer.location(serve.public_url, relpath, expires)
 
-    # -- phase 2: submit -------------------------------------------------------
+    # -- stage 3: submit -------------------------------------------------------------
 
-    def submit_pending(self) -> None:
-        if self.client is None:
-            raise CdnPushError("no CDN client to submit with")
-        total = self.ledger.count_pending()
-        if not total:
-            return
-        bar = self._bar(total=total, unit="file", desc="submitting")
-        in_flight: dict[Future[CdnAnswer], tuple[LedgerRow, dict[str, str]]] = {}
-        fatal: CdnPushError | None = None
-        consecutive_failures = 0
-        with ThreadPoolExecutor(self.config.submit_workers, thread_name_prefix="submit") as pool:
-            def collect(done: Iterable[Future[CdnAnswer]]) -> None:
-                nonlocal fatal, consecutive_failures
-                for future in done:
-                    row, params = in_flight.pop(future)
-                    bar.update(1)
-                    self.heartbeat()
-                    try:
-                        answer = future.result()
-                    except (CdnAuthError, CdnUnavailableError) as exc:
-                        fatal = fatal or exc
-                        continue
-                    except CdnError as exc:
-                        consecutive_failures += 1
-                        self._failed(row, str(exc))
-                        continue
-                    consecutive_failures = 0
-                    self._answered(row, params, answer)
+    def _due_rows(self, limit: int) -> list[LedgerRow]:
+        if self.client is None or self.dry_run:
+            return []
+        return self.ledger.next_pending(limit, self._not_for_feeding, now=self.clock())
 
-            for row in self.ledger.pending():
-                if self.stop.is_set() or fatal is not None:
-                    break
-                params = self._params_if_unchanged(row)
-                if params is None:
-                    bar.update(1)
-                    continue
-                in_flight[pool.submit(self.client.add_file, params)] = (row, params)
-                if len(in_flight) >= self.config.submit_workers * 2:
-                    collect(wait(in_flight, return_when=FIRST_COMPLETED)[0])
-                if consecutive_failures >= max(3, self.config.submit_workers * 2):
-                    fatal = CdnUnavailableError(
-                        f"the CDN failed {consecutive_failures} files in a row; stopping this run")
-            collect(wait(in_flight).done)
-        bar.close()
-        if fatal is not None:
-            raise fatal
+    def _not_for_feeding(self, path: str) -> bool:
+        return path in self._queued or path in self._set_aside or path in self._hashing_paths
+
+    def _feed(self) -> int:
+        """Keep the queue a little ahead of the workers, from the ledger, most urgent first."""
+        if (not self.feeding or self.client is None or self.dry_run or self.stop.is_set()
+                or self.summary.fatal is not None or time.monotonic() < self.paused_until):
+            return 0
+        room = self.config.submit_workers * 2 - len(self._queue)
+        fed = 0
+        if room > 0:
+            for row in self._due_rows(room):
+                fed += self._enqueue(row, fresh=False)
+        return fed
+
+    def _enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
+        if row.path in self._queued or self.client is None:
+            return 0
+        params = self._params_if_unchanged(row)
+        if params is None:
+            return 1
+        self._start_workers()
+        self._queued.add(row.path)
+        self._queue.put(SubmitJob(row, params, fresh))
+        return 1
+
+    def _start_workers(self) -> None:
+        while len(self._workers) < self.config.submit_workers:
+            worker = threading.Thread(target=self._submit_worker, daemon=True,
+                                      name=f"submit-{len(self._workers)}")
+            worker.start()
+            self._workers.append(worker)
+
+    def _submit_worker(self) -> None:
+        """A submit worker: take the most urgent job, send it, hand the answer back."""
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            client = self.client
+            try:
+                outcome: CdnAnswer | Exception = client.add_file(job.params) if client else CdnError("no client")
+            except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
+                outcome = exc
+            self._results.put(SubmitResult(job, outcome))
+            self.wake.set()
 
     def _params_if_unchanged(self, row: LedgerRow) -> dict[str, str] | None:
         """Request fields for a pending row, or None if the file moved on since it was hashed."""
         found = current_stat(str(self.config.folder / row.path))
         if found is None:
-            log.info("gone: %s disappeared before it was submitted", row.path)
+            log.info("gone: %s disappeared before it was submitted", printable(row.path))
             if row.accepted_sha256 is None:
                 self.ledger.forget(row.path)
             else:
                 self.ledger.put(row._replace(state=STATE_SUBMITTED, sha256=row.accepted_sha256,
-                                                    size=row.accepted_size or 0))
+                                             size=row.accepted_size or 0))
             return None
         if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
-            self.summary.waiting += 1
-            self.on_waiting(row.path)
-            log.info("waiting: %s changed after it was hashed; it goes in a later pass", row.path)
+            self._set_aside.add(row.path)
+            self._waiting(row.path, "changed after it was hashed")
+            log.info("waiting: %s changed after it was hashed; it goes in a later pass", printable(row.path))
             return None
         overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
         params = build_request(self.config, row.path, row.size, row.sha256, overrides,
@@ -2203,11 +2565,63 @@ class Pipeline:
                 self.config.callback.public_url, row.path, row.sha256, row.attempts + 1)
         return params
 
+    def _collect_answers(self) -> int:
+        count = 0
+        while True:
+            try:
+                job, outcome = self._results.get_nowait()
+            except queue.Empty:
+                return count
+            count += 1
+            self._queued.discard(job.row.path)
+            self._bar("submit", unit="file", desc="submitting").update(1)
+            self._take_answer(job, outcome)
+
+    def _take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
+        if isinstance(outcome, CdnAnswer):
+            self._consecutive_failures = 0
+            self._answered(job.row, job.params, outcome)
+        elif isinstance(outcome, CdnAuthError):
+            for queued in self._queue.clear():     # every other request would be refused too
+                self._queued.discard(queued.row.path)
+            self.summary.fatal = self.summary.fatal or outcome
+        elif isinstance(outcome, CdnUnavailableError):
+            if not self.stop.is_set():       # a stop cuts retries short: that is no outage
+                self._cdn_down(outcome)
+        elif isinstance(outcome, CdnError):
+            self._consecutive_failures += 1
+            self._failed(job.row, str(outcome))
+            if self._consecutive_failures >= max(3, self.config.submit_workers * 2):
+                self._cdn_down(CdnUnavailableError(
+                    f"the CDN failed {self._consecutive_failures} files in a row"))
+        else:
+            raise outcome
+
+    def _cdn_down(self, exc: CdnUnavailableError) -> None:
+        """One-shot: the run ends (exit 4). Watch: pause sending, keep scanning, try again later."""
+        self._consecutive_failures = 0
+        for job in self._queue.clear():
+            self._queued.discard(job.row.path)
+        if self.cdn_retry_pause is None:
+            if self.summary.fatal is None:
+                self.summary.fatal = exc
+            return
+        if time.monotonic() >= self.paused_until:
+            log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
+        self.paused_until = time.monotonic() + self.cdn_retry_pause
+
     def _answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> None:
         attempts = row.attempts + 1
         if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
             answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
                                          message=f"already in the CDN and no_replace is set: {answer.message}")
+        current = self.ledger.get(row.path) or row
+        if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
+            row = current   # hashed anew while the request was out: keep that, note what was sent
+            if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
+                self.ledger.put(row._replace(accepted_name=params["name"], accepted_size=int(params["size"]),
+                                             accepted_sha256=params["chksum"]))
+            return
         if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
             self.summary.submitted += 1
             self.ledger.put(row._replace(
@@ -2215,17 +2629,39 @@ class Pipeline:
                 response=self._redact(answer.body), accepted_name=params["name"],
                 accepted_size=row.size, accepted_sha256=row.sha256))
             log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
-                     else "already in the CDN:", params["name"], params["size"])
+                     else "already in the CDN:", printable(params["name"]), params["size"])
             if answer.outcome == OUTCOME_ACCEPTED and self.callbacks_on:
                 self.awaiting.add(row.path)
         else:
             self.summary.rejected += 1
-            self.ledger.put(row._replace(
-                state=STATE_REJECTED, attempts=attempts, last_error=self._redact(answer.message),
-                response=self._redact(answer.body)))
-            log.warning("rejected %s: %s", params["name"], self._redact(answer.message))
+            message = printable(self._redact(answer.message))
+            self.ledger.put(row._replace(state=STATE_REJECTED, attempts=attempts, last_error=message,
+                                         response=printable(self._redact(answer.body))))
+            log.warning("rejected %s: %s", printable(params["name"]), message)
 
-    # -- phase 3: confirmations ---------------------------------------------------
+    def _failed(self, row: LedgerRow, message: str) -> None:
+        self.summary.failed += 1
+        message = printable(self._redact(message))
+        self.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1, last_error=message))
+        log.error("failed %s: %s; the next run tries again", printable(row.path), message)
+
+    def reconfigure(self, config: Config, client: CdnClient) -> None:
+        """A reloaded configuration; the old client is closed when the pipeline halts."""
+        if self.client is not None:
+            self._retired_clients.append(self.client)
+        self.config, self.client = config, client
+        self._redact = Redactor(config.secrets())
+
+    def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
+        self.signer, self.inbox = signer, inbox
+        if inbox is not None:
+            inbox.wake = self.wake
+
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self.paused_until
+
+    # -- stage 4: confirmations ------------------------------------------------------
 
     def apply_callbacks(self) -> int:
         """Record what the CDN called back; returns how many reports changed a file."""
@@ -2237,13 +2673,14 @@ class Pipeline:
             if row is None:
                 continue
             if row.state == STATE_PENDING and row.attempts + 1 == report.attempt:
-                if self.clock() - report.received < 300:   # our record of the answer is on its way
+                if self.clock() - report.received < ANSWER_GRACE:   # our record of the answer is on its way
                     self.inbox.deferred.append(report)
                 continue
             current = row.attempts == report.attempt
             # A success from an earlier attempt still proves the content arrived; a failure does not.
             if row.state != STATE_SUBMITTED or not (current or (report.success and report.attempt < row.attempts)):
-                log.debug("ignored a callback for %s (attempt %d, now %s)", row.path, report.attempt, row.state)
+                log.debug("ignored a callback for %s (attempt %d, now %s)", printable(row.path), report.attempt,
+                          row.state)
                 continue
             self._confirm(row, report)
             applied += 1
@@ -2254,7 +2691,8 @@ class Pipeline:
             self.summary.confirmed += 1
             self.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
             self.awaiting.discard(row.path)
-            log.info("confirmed %s: the CDN verified size and sha-256", row.name)
+            self._bar("confirm", unit="file", desc="confirmed").update(1)
+            log.info("confirmed %s: the CDN verified size and sha-256", printable(row.name))
             return
         if report.success:
             message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
@@ -2263,50 +2701,20 @@ class Pipeline:
         else:
             message = f"the CDN could not import it: {report.message or 'no reason given'}"
             final = row.attempts >= self.config.callback.max_attempts
-        message = self._redact(message)
+        message = printable(self._redact(message))
         if final:
             self.summary.failed += 1
             self.awaiting.discard(row.path)
             self.ledger.put(row._replace(state=STATE_FAILED, last_error=message, retry_at=0.0,
-                                                accepted_name=None, accepted_size=None, accepted_sha256=None))
-            log.error("failed %s: %s", row.name, message)
+                                         accepted_name=None, accepted_size=None, accepted_sha256=None))
+            log.error("failed %s: %s", printable(row.name), message)
             return
         base = self.config.callback.retry_delay
-        delay = min(max(300.0, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
-        self.ledger.put(row._replace(state=STATE_PENDING, last_error=message,
-                                            retry_at=self.clock() + delay, accepted_name=None,
-                                            accepted_size=None, accepted_sha256=None))
-        log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", row.name, message, delay,
-                    row.attempts + 1, self.config.callback.max_attempts)
-
-    def await_confirmations(self) -> None:
-        """Serve and wait until every file submitted in this run is confirmed or failed."""
-        if not self.awaiting or self.inbox is None:
-            return
-        deadline = self.clock() + self.config.callback.wait_seconds
-        log.info("waiting up to %gs for the CDN to confirm %d files", self.config.callback.wait_seconds,
-                 len(self.awaiting))
-        bar = self._bar(total=len(self.awaiting), unit="file", desc="confirming")
-        while self.awaiting and not self.stop.is_set() and self.clock() < deadline:
-            before = len(self.awaiting)
-            self.apply_callbacks()
-            bar.update(before - len(self.awaiting))
-            if self.ledger.count_due_retries(self.clock()):
-                self.submit_pending()
-            self.heartbeat()
-            self.inbox.wait(min(0.5, max(0.0, deadline - self.clock())))
-        self.apply_callbacks()
-        bar.close()
-        self.summary.unconfirmed = len(self.awaiting)
-        if self.awaiting:
-            log.warning("%d files not confirmed by the CDN within %gs (callback.wait_seconds); they stay "
-                        "'submitted'", len(self.awaiting), self.config.callback.wait_seconds)
-
-    def _failed(self, row: LedgerRow, message: str) -> None:
-        self.summary.failed += 1
-        self.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1,
-                                            last_error=self._redact(message)))
-        log.error("failed %s: %s; the next run tries again", row.path, self._redact(message))
+        delay = min(max(RESUBMIT_DELAY_MAX, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
+        self.ledger.put(row._replace(state=STATE_PENDING, last_error=message, retry_at=self.clock() + delay,
+                                     accepted_name=None, accepted_size=None, accepted_sha256=None))
+        log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
+                    delay, row.attempts + 1, self.config.callback.max_attempts)
 
 
 # ----------------------------------------------------------------------------
@@ -2377,6 +2785,39 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
 CLOSE_GRACE = 0.5        # seconds a closed (or renamed-in) file must stay unchanged
 LOOP_TICK = 0.25         # seconds between two iterations of the watch loop
 CDN_RETRY_PAUSE = 60.0   # seconds before trying again after the CDN was unreachable
+STATUS_EVERY = 2.0       # seconds between two STATUS= lines to systemd
+RELOAD_WAIT = 60.0       # seconds `cdn_push.py reload` waits for the service to answer
+
+
+class ReloadRecord:
+    """'<ledger>.reload': the service writes each reload's outcome there for `cdn_push.py reload`."""
+
+    def __init__(self, ledger: Path) -> None:
+        self.path = Path(str(ledger) + ".reload")
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"count": 0}
+        return data if isinstance(data, dict) and isinstance(data.get("count"), int) else {"count": 0}
+
+    def write(self, ok: bool, message: str) -> None:
+        record = {"count": self.read()["count"] + 1, "pid": os.getpid(), "ok": ok, "message": message}
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("cannot record the reload's outcome in %s: %s", self.path, exc.strerror or exc)
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The top-level settings that differ between two configurations; pure, secrets compared not shown."""
+    return [f.name for f in dataclasses.fields(Config) if getattr(old, f.name) != getattr(new, f.name)
+            and f.name != "source"]
 
 
 class SystemdNotifier:
@@ -2410,6 +2851,10 @@ class SystemdNotifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
+    def reloading(self) -> None:
+        # MONOTONIC_USEC lets systemd >= 253 tell this reload from an earlier one.
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
 
 @dataclass
 class Candidate:
@@ -2422,14 +2867,17 @@ class Candidate:
 class EventCollector:
     """watchdog's event handler: runs in its thread and only queues events for the service loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: threading.Event | None = None) -> None:
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.wake = wake
 
     def dispatch(self, event: Any) -> None:
         self.on_any_event(event)
 
     def on_any_event(self, event: Any) -> None:
         self.events.put(event)
+        if self.wake is not None:
+            self.wake.set()
 
 
 class WatchdogTroubleHandler(logging.Handler):
@@ -2454,9 +2902,11 @@ def watch_limit_message(exc: OSError) -> str:
 
 
 class WatchService:
-    """Full pass, then watch the folder and import each file once it stops changing.
+    """Watch the folder and import each file once it stops changing, with full passes alongside.
 
-    `iteration()` is one turn of the loop; `run()` repeats it until `stop` is set.
+    `iteration()` is one turn of the loop; `run()` repeats it until `stop` is set. Event
+    intake, settling, the periodic rescan and confirmations all feed one Pipeline, whose
+    `step()` each turn runs; a rescan is another producer for it, never a pause.
     """
 
     def __init__(self, config: Config, ledger: Ledger, *, stop: threading.Event,
@@ -2476,33 +2926,35 @@ class WatchService:
         self.clock, self.wall = clock, wall
         self.client_factory = client_factory or (
             lambda c: CdnClient(c.api, pool_size=c.submit_workers, stop=stop))
-        self.client = self.client_factory(config)
+        self.pipeline = Pipeline(config, ledger, self.client_factory(config), stop=stop, clock=wall,
+                                 on_waiting=self._still_writing, cdn_retry_pause=CDN_RETRY_PAUSE)
+        self.pipeline.on_pass_done = self._pass_done
         self.candidates: dict[str, Candidate] = {}
-        self.collector = EventCollector()
+        self.collector = EventCollector(self.pipeline.wake)
         self.observer: Any = None
         self.polling = config.scan.poll
         self.rescan_now = threading.Event()
-        self.next_rescan = 0.0
-        self.cdn_paused_until = 0.0
-        self.last_ping = 0.0
+        self.rescan_after_pass = False
+        self.passes = self.passes_done = 0
+        self.next_rescan = math.inf
+        self.last_ping = self.last_status = -math.inf
         self._trouble = WatchdogTroubleHandler(self.rescan_now)
-        self.signer: UrlSigner | None = None
-        self.inbox: CallbackInbox | None = None
+        self.reloads = ReloadRecord(config.ledger)
 
     # -- life cycle ------------------------------------------------------------
 
     def run(self) -> int:
-        with serving(self.config) as (self.signer, self.inbox):
+        with serving(self.config) as (signer, inbox):
+            self.pipeline.serve_with(signer, inbox)
             return self._run()
 
     def _run(self) -> int:
-        self.notifier.status("first pass over the folder")
         logging.getLogger("watchdog").addHandler(self._trouble)
         try:
             self.start_watching()      # before the pass, so nothing written meanwhile is missed
-            self.full_pass()
-            self.notifier.ready(f"watching {self.config.folder}")
-            log.info("watching %s (%s)", self.config.folder,
+            self.start_pass()
+            self.notifier.ready(self.status_line())
+            log.info("watching %s (%s); the first pass runs alongside", self.config.folder,
                      "polling every %gs" % self.config.scan.poll_interval if self.polling else "inotify")
             while not self.stop.is_set():
                 self.iteration()
@@ -2510,8 +2962,7 @@ class WatchService:
             self.notifier.stopping()
             log.info("stopping: finishing requests in flight")
             self.stop_watching()
-            self.client.close()
-            self.ledger.commit()
+            self.pipeline.halt()
             logging.getLogger("watchdog").removeHandler(self._trouble)
         return EXIT_OK
 
@@ -2546,51 +2997,58 @@ class WatchService:
             self.observer.join(timeout=5)
             self.observer = None
 
-    def _schedule_rescan(self) -> None:
+    def start_pass(self) -> None:
+        """A full pass over the folder, alongside everything else; after the running one if any."""
+        if self.pipeline.start_scan():
+            self.passes += 1
+        else:
+            self.rescan_after_pass = True
+        self.next_rescan = math.inf          # scheduled when this pass is done
+
+    def _pass_done(self, before: RunSummary) -> None:
+        self.passes_done += 1
+        log.info("pass done: %s", self.pipeline.summary.since(before).line().removeprefix("summary: "))
         interval = self.config.scan.rescan_interval
         self.next_rescan = self.clock() + interval * random.uniform(0.9, 1.1)
+        if self.rescan_after_pass:
+            self.rescan_after_pass = False
+            self.next_rescan = self.clock()
 
     # -- one turn of the loop -------------------------------------------------------
 
     def iteration(self, tick: float = LOOP_TICK) -> None:
-        """Take events, import what has settled, rescan when due, ping systemd."""
+        """Take events, hand settled files to the pipeline, start a rescan when due, step, ping."""
         if self.reload.is_set():
             self.reload.clear()
             self.reload_config()
-        deadline = self.clock() + tick
-        self.drain_events(timeout=tick)
+        self.drain_events()
         if self.observer is not None and not self.observer.is_alive() and not self.stop.is_set():
             log.error("the folder watcher stopped; restarting it and rescanning")
             self.stop_watching()
             self.start_watching()
             self.rescan_now.set()
-        if self.rescan_now.is_set() or self.clock() >= self.next_rescan:
-            if self.rescan_now.is_set():
-                log.warning("rescanning the whole folder: the watcher may have missed events")
+        if self.rescan_now.is_set():
             self.rescan_now.clear()
-            self.full_pass()
-        else:
-            ready = self.settled_entries()
-            if ready and self.clock() >= self.cdn_paused_until:
-                self.process(ready)
-        self.confirm_and_retry()
+            log.warning("rescanning the whole folder: the watcher may have missed events")
+            self.start_pass()
+        elif self.clock() >= self.next_rescan:
+            self.start_pass()
+        ready = self.settled_entries()
+        if ready:
+            self.pipeline.add_fresh(ready)
+        self.pipeline.step(timeout=tick)
+        if isinstance(self.pipeline.summary.fatal, CdnAuthError):
+            raise self.pipeline.summary.fatal        # refused credentials stop the service (exit 4)
         self.ping_if_due()
-        left = deadline - self.clock()
-        if left > 0 and not self.candidates:
-            self.stop.wait(left)
 
-    def drain_events(self, timeout: float) -> None:
+    def drain_events(self) -> None:
         """Fold queued events into candidates (debounced per path)."""
-        try:
-            event = self.collector.events.get(timeout=timeout)
-        except queue.Empty:
-            return
         while True:
-            self._note(event)
             try:
                 event = self.collector.events.get_nowait()
             except queue.Empty:
                 return
+            self._note(event)
 
     def _relpath(self, path: str | bytes) -> str | None:
         path = os.fsdecode(path)
@@ -2619,6 +3077,8 @@ class WatchService:
         if kind in ("deleted", "moved") and src:
             self.candidates.pop(src, None)
         target = dest if kind == "moved" else src
+        if kind == "opened" and target in self.candidates:
+            self.candidates[target].closed = False      # opened again: wait for its close
         if target is None or kind in ("deleted", "opened", "closed_no_write"):
             return
         if skip_reason(target, self.config.scan) is not None or any(
@@ -2626,8 +3086,9 @@ class WatchService:
             return
         candidate = self.candidates.setdefault(target, Candidate(last_event=now))
         candidate.last_event = now
-        # A close after writing, or a rename into the final name, says the writer is done.
-        candidate.closed = kind in ("closed", "moved")
+        # A close after writing, or a rename into the final name, says the writer is done; a chmod
+        # or touch after that (a "modified" event) does not take it back.
+        candidate.closed = candidate.closed or kind in ("closed", "moved")
 
     @staticmethod
     def _parents(relpath: str) -> Iterator[str]:
@@ -2665,88 +3126,69 @@ class WatchService:
                 ready.append(FileEntry(relpath, path, *found))
         return ready
 
-    def _pipeline(self) -> Pipeline:
-        return Pipeline(self.config, self.ledger, self.client, stop=self.stop, clock=self.wall,
-                        on_waiting=self._still_writing, heartbeat=self.ping_if_due,
-                        signer=self.signer, inbox=self.inbox)
-
     def ping_if_due(self) -> None:
-        """Tell systemd's watchdog we are alive: from the loop and from long passes alike."""
+        """Tell systemd's watchdog we are alive (from the loop only), and what we are doing."""
+        now = self.clock()
         interval = self.notifier.watchdog_interval
-        if interval and self.clock() - self.last_ping >= interval:
+        if interval and now - self.last_ping >= interval:
             self.notifier.watchdog()
-            self.last_ping = self.clock()
+            self.last_ping = now
+        if now - self.last_status >= STATUS_EVERY:
+            self.notifier.status(self.status_line())
+            self.last_status = now
+
+    def status_line(self) -> str:
+        summary = self.pipeline.summary
+        doing = (f"{'first' if self.passes <= 1 else 'full'} pass: {summary.hashed_files} files hashed "
+                 f"({summary.bytes_hashed / 1e9:.1f} GB)" if self.pipeline.scanning else "idle")
+        paused = " | CDN unreachable, trying again soon" if self.pipeline.paused else ""
+        return (f"watching {self.config.folder} | {doing} | {summary.submitted} submitted, "
+                f"{summary.confirmed} confirmed, {len(self.candidates)} settling{paused}")
 
     def _still_writing(self, relpath: str) -> None:
         """A file too young for this pass: watch it until it settles, events or not."""
         self.candidates.setdefault(relpath, Candidate(last_event=0.0))
 
-    def process(self, entries: list[FileEntry]) -> None:
-        """Hash, decide and submit these files through the same pipeline as a one-shot run."""
-        entries.sort(key=lambda e: e.relpath)
-        batches = [(reldir, list(group)) for reldir, group in
-                   itertools.groupby(entries, key=lambda e: e.relpath.rpartition("/")[0])]
-        pipeline = self._pipeline()
-        pipeline.hash_and_decide(batches)
-        self._submit(pipeline)
-
-    def confirm_and_retry(self) -> None:
-        """Apply the CDN's callbacks; submit again what it reported failed, once its backoff ran out."""
-        if self.inbox is None:
-            return
-        pipeline = self._pipeline()
-        pipeline.apply_callbacks()
-        if self.clock() >= self.cdn_paused_until and self.ledger.count_due_retries(self.wall()):
-            self._submit(pipeline)
-        self.ledger.commit()
-
-    def full_pass(self) -> None:
-        pipeline = self._pipeline()
-        pipeline.scan_and_hash()
-        self._submit(pipeline)
-        summary = pipeline.summary
-        log.info("pass done: %s", summary.line().removeprefix("summary: "))
-        self._schedule_rescan()
-
-    def _submit(self, pipeline: Pipeline) -> None:
-        if self.stop.is_set():
-            return
-        try:
-            pipeline.submit_pending()
-        except CdnAuthError:
-            raise
-        except CdnUnavailableError as exc:
-            if self.stop.is_set():
-                return
-            self.cdn_paused_until = self.clock() + CDN_RETRY_PAUSE
-            log.error("%s; trying again in %gs", exc, CDN_RETRY_PAUSE)
-            self.next_rescan = min(self.next_rescan, self.cdn_paused_until)
-        finally:
-            self.ledger.commit()
+    # -- reload (SIGHUP, or `cdn_push.py reload`) ------------------------------------
 
     def reload_config(self) -> None:
+        self.notifier.reloading()
+        try:
+            ok, message = self._reload()
+        finally:
+            self.notifier.ready(self.status_line())
+        (log.info if ok else log.error)("%s", message)
+        self.reloads.write(ok, message)
+
+    def _reload(self) -> tuple[bool, str]:
         if self.load is None:
-            return
+            return False, "configuration not reloaded: this service was started without a file"
         try:
             new = self.load()
         except CdnPushError as exc:
-            log.error("configuration not reloaded, keeping the running one: %s", exc)
-            return
-        if new.ledger != self.config.ledger:
-            log.error("configuration not reloaded: 'ledger' cannot change while running; restart instead")
-            return
+            return False, f"configuration not reloaded, keeping the running one: {exc}"
+        fixed = {"ledger": (new.ledger, self.config.ledger),
+                 "origin.serve": (new.origin.serve, self.config.origin.serve),
+                 "callback.listen": ((new.callback.listen_host, new.callback.listen_port),
+                                     (self.config.callback.listen_host, self.config.callback.listen_port)),
+                 "callback.public_url": (new.callback.public_url, self.config.callback.public_url)}
+        for key, (after, before) in fixed.items():
+            if after != before:
+                return False, f"configuration not reloaded: '{key}' cannot change while running; restart instead"
+        changed = config_changes(self.config, new)
         restart = (new.folder, new.scan.poll, new.scan.poll_interval) != (
             self.config.folder, self.config.scan.poll, self.config.scan.poll_interval)
-        self.client.close()
         self.config = new
-        self.client = self.client_factory(new)
+        self.pipeline.reconfigure(new, self.client_factory(new))
         if restart:
             self.stop_watching()
             self.candidates.clear()
             self.polling = new.scan.poll
             self.start_watching()
-        self.rescan_now.set()
-        log.info("configuration reloaded from %s", new.source)
+        if changed:
+            self.start_pass()     # rules, names or the folder may now mean other files
+        return True, (f"configuration reloaded from {new.source}: "
+                      f"{', '.join(changed) + ' changed' if changed else 'nothing changed'}")
 
 
 def show_status(config: Config, *, as_json: bool, state: str | None,

@@ -24,8 +24,8 @@ def test_rows_survive_reopening_and_are_grouped_by_folder(tmp_path):
     with Ledger.open(path) as ledger:
         ledger.put_many([row("a.mp4"), row("d/b.mp4"), row("d/c.mp4"), row("d/e/f.mp4")])
     with Ledger.open(path) as ledger:
-        assert set(ledger.raw_rows_in_dir("d")) == {"d/b.mp4", "d/c.mp4"}
-        assert set(ledger.raw_rows_in_dir("")) == {"a.mp4"}
+        assert set(ledger.quick_rows_in_dir("d")) == {"d/b.mp4", "d/c.mp4"}
+        assert set(ledger.quick_rows_in_dir("")) == {"a.mp4"}
         assert ledger.get("d/e/f.mp4").sha256 == "a" * 64
         assert ledger.get("missing") is None
 

@@ -39,7 +39,7 @@ def names(emulator):
 class Running:
     """A WatchService in a background thread, as systemd would run it in the foreground."""
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, wait_for_first_pass=True, **kwargs):
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.ledger = Ledger.open(config.ledger)
@@ -53,6 +53,8 @@ class Running:
         assert self.ready.wait(20), "service never became ready"
         if self.error:
             raise self.error
+        if wait_for_first_pass:     # READY comes before the first pass, which then runs alongside
+            wait_for(lambda: self.service.passes_done or self.error, what="the first pass")
 
     def _run(self):
         try:
@@ -83,14 +85,14 @@ def watch(make_config):
 
     yield start
     for running in started:
-        if running.thread.is_alive():
+        if running.thread.is_alive() or running.error:
             running.close()
 
 
 def test_first_pass_then_new_files_are_imported_within_seconds(drop, emulator, watch):
     write_files(drop, {"old.mp4": b"old"})
     running = watch()
-    assert names(emulator) == ["old.mp4"]
+    wait_for(lambda: names(emulator) == ["old.mp4"], what="the first pass, which runs after READY")
     written = time.monotonic()
     (drop / "new.mp4").write_bytes(b"new content")
     wait_for(lambda: "new.mp4" in names(emulator), what="new.mp4 submitted")
@@ -195,7 +197,7 @@ def test_deleted_before_settling_is_never_submitted(drop, emulator, watch):
 def test_moved_file_is_imported_under_its_new_name_without_hashing_again(drop, emulator, watch, monkeypatch):
     write_files(drop, {"inbox/a.mp4": os.urandom(5000)})
     running = watch()
-    assert names(emulator) == ["inbox/a.mp4"]
+    wait_for(lambda: names(emulator) == ["inbox/a.mp4"], what="the first pass")
     hashed = []
     real = cdn_push.hash_file
     monkeypatch.setattr(cdn_push, "hash_file", lambda entry, *a: hashed.append(entry.relpath) or real(entry, *a))
@@ -350,7 +352,8 @@ def test_systemd_unit_is_complete_and_verifies(tmp_path):
                           check=True).stdout
     for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "ReadWritePaths=/var/lib/cdn-push",
-                 "ExecReload=/bin/kill -HUP $MAINPID", "User=cdn-push",
+                 f"ExecReload={ROOT}/.venv/bin/python {ROOT}/cdn_push.py reload --config /etc/cdn-push/config.yaml --pid $MAINPID",
+                 "RestartPreventExitStatus=2 4", "User=cdn-push",
                  f"ExecStart={ROOT}/.venv/bin/python {ROOT}/cdn_push.py watch --config /etc/cdn-push/config.yaml"):
         assert line in unit, line
     assert not re.search(r"@[A-Z_]+@", unit)
@@ -366,6 +369,8 @@ def test_status_works_while_the_service_runs(capsys, drop, emulator, watch, writ
     config_path = write_config(scan={"settle_seconds": 1})
     write_files(drop, {"a.mp4": b"a", "b.mp4": b"b"})
     running = watch()
+    wait_for(lambda: len(names(emulator)) == 2, what="the first pass")
+    wait_for(lambda: running.service.pipeline.summary.submitted == 2, what="answers recorded")
     assert cdn_push.main(["--config", str(config_path), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["counts"]["submitted"] == 2
