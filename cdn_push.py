@@ -1437,6 +1437,10 @@ class CdnClient:
                 self._sessions.append(session)
         return session
 
+    def prepare(self) -> None:
+        """Make this thread's session ahead of its first request."""
+        self._session()
+
     def close(self) -> None:
         with self._sessions_lock:
             for session in self._sessions:
@@ -2066,6 +2070,18 @@ class SubmitQueue:
                 return None
             return heapq.heappop(self._heap)[2]
 
+    def give_way(self, rank: tuple[int, int]) -> SubmitJob | None:
+        """Take out the least urgent job if it ranks below `rank` (it goes back to the ledger's backlog)."""
+        with self._cond:
+            if not self._heap:
+                return None
+            worst = max(self._heap)
+            if worst[0] <= rank:
+                return None
+            self._heap.remove(worst)
+            heapq.heapify(self._heap)
+            return worst[2]
+
     def clear(self) -> list[SubmitJob]:
         with self._cond:
             jobs = [item[2] for item in sorted(self._heap)]
@@ -2133,6 +2149,7 @@ class Pipeline:
         self._decided: list[tuple[LedgerRow, bool]] = []
         self._hashing_paths: set[str] = set()   # being hashed or decided: their pending rows are stale
         self._last_flush = time.monotonic()
+        self._flush_soon = False
         self.pass_started: RunSummary | None = None
         self.on_pass_done: Callable[[RunSummary], None] = lambda summary: None
         # submit
@@ -2214,10 +2231,12 @@ class Pipeline:
         """
         self.wake.clear()
         worked = self._collect_hashes() + self._collect_answers() + self.apply_callbacks()
+        scanned = 0
         if not self.stop.is_set() and self.summary.fatal is None:
-            worked += self._hash_slice(SCAN_SLICE)
-        self._flush_decided()
-        worked += self._feed()
+            scanned = self._hash_slice(SCAN_SLICE)
+        # While the scan streams small files, decisions go to the ledger in batches; otherwise at once.
+        self._flush_decided(force=not scanned)
+        worked += scanned + self._feed()
         self._finish_pass_if_done()
         if not worked:
             self.wake.wait(timeout)
@@ -2285,6 +2304,8 @@ class Pipeline:
             raise ConfigError(f"'folder' {self.config.folder} is not a folder (from {self.config.source})")
         self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
         self.pass_started = dataclasses.replace(self.summary)
+        if self.feeding and self.client is not None and not self.dry_run:
+            self._start_workers()
         return True
 
     def add_fresh(self, entries: Sequence[FileEntry]) -> None:
@@ -2300,7 +2321,7 @@ class Pipeline:
         """Scan and hash for about `budget` seconds; large files go to the hash threads."""
         deadline = time.monotonic() + budget
         done = 0
-        while time.monotonic() < deadline:
+        while done == 0 or time.monotonic() < deadline:      # at least one file or folder a step
             if self._fresh_work:
                 work, limit = self._fresh_work, self.config.hash_workers + 1
             elif self._scan_work:
@@ -2316,12 +2337,17 @@ class Pipeline:
                 self._hashed(job, hash_outcome(job.entry, self._hash_progress))
             elif len(self._hashing) < limit:
                 work.popleft()
-                self._hashing[self._hash_threads().submit(
-                    hash_outcome, job.entry, self._hash_progress, self._cancel_hashing)] = job
+                future = self._hash_threads().submit(hash_outcome, job.entry, self._hash_progress,
+                                                     self._cancel_hashing)
+                future.add_done_callback(self._wake_up)
+                self._hashing[future] = job
             else:
                 break       # every hash thread is busy: their results wake the loop
             done += 1
         return done
+
+    def _wake_up(self, *_: Any) -> None:
+        self.wake.set()
 
     def _hash_threads(self) -> ThreadPoolExecutor:
         if self._hash_pool is None:
@@ -2383,6 +2409,7 @@ class Pipeline:
         done = [future for future in self._hashing if future.done()]
         for future in done:
             self._hashed(self._hashing.pop(future), future.result())
+        self._flush_soon = self._flush_soon or bool(done)    # a large file: worth its own transaction
         return len(done)
 
     def _hashed(self, job: HashJob, outcome: str | Exception) -> None:
@@ -2408,12 +2435,12 @@ class Pipeline:
         """Record decisions in one transaction; fresh and prio files go to the queue at once."""
         if not self._decided:
             return
-        urgent = any(fresh or row.priority for row, fresh in self._decided)
+        urgent = self._flush_soon or any(fresh or row.priority for row, fresh in self._decided)
         if not (force or urgent or len(self._decided) >= SCAN_COMMIT_EVERY
                 or time.monotonic() - self._last_flush >= FLUSH_EVERY):
             return
         decided, self._decided = self._decided, []
-        self._last_flush = time.monotonic()
+        self._last_flush, self._flush_soon = time.monotonic(), False
         for row, _ in decided:
             self._hashing_paths.discard(row.path)
             self._set_aside.discard(row.path)
@@ -2504,9 +2531,14 @@ class Pipeline:
             return 0
         room = self.config.submit_workers * 2 - len(self._queue)
         fed = 0
-        if room > 0:
-            for row in self._due_rows(room):
-                fed += self._enqueue(row, fresh=False)
+        for row in self._due_rows(max(room, 1)):
+            if room <= 0:     # full: a more urgent row (a fetch_prio rule) still goes ahead
+                displaced = self._queue.give_way(queue_rank(row.priority, False))
+                if displaced is None:
+                    break
+                self._queued.discard(displaced.row.path)
+            fed += self._enqueue(row, fresh=False)
+            room -= 1
         return fed
 
     def _enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
@@ -2529,6 +2561,8 @@ class Pipeline:
 
     def _submit_worker(self) -> None:
         """A submit worker: take the most urgent job, send it, hand the answer back."""
+        if self.client is not None:
+            self.client.prepare()      # imports and a session now, not on the first file's way out
         while True:
             job = self._queue.get()
             if job is None:
@@ -3191,6 +3225,59 @@ class WatchService:
                       f"{', '.join(changed) + ' changed' if changed else 'nothing changed'}")
 
 
+def lock_is_held(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None] = print,
+                   wait: float = RELOAD_WAIT) -> int:
+    """`cdn_push.py reload`: SIGHUP to the running service, then wait for what it made of it.
+
+    The configuration was already loaded (and found valid) by `main`, so a broken file fails here,
+    before the service is disturbed; the service may still refuse a change (the ledger, listeners).
+    """
+    lock = Path(str(config.ledger) + ".lock")
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        text = ""
+    holder = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+    if holder is not None and not lock_is_held(lock):
+        holder = None       # a pid left behind by a service that has ended: never signal it
+    if holder is None or (pid is not None and holder != pid):
+        raise CdnPushError(f"no running cdn-push uses ledger {config.ledger} (its lock names "
+                           f"{'process ' + str(holder) if holder else 'no process'}); if you changed "
+                           "'ledger', restart the service instead")
+    pid = holder
+    record = ReloadRecord(config.ledger)
+    before = record.read()["count"]
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CdnPushError(f"no process {pid}: is the watch service running?") from None
+    except PermissionError:
+        raise CdnPushError(f"not allowed to signal process {pid}: run this as the service's user "
+                           "(sudo -u cdn-push ...) or use 'systemctl reload cdn-push'") from None
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        answer = record.read()
+        if answer["count"] > before:
+            out(str(answer.get("message", "")))
+            return EXIT_OK if answer.get("ok") else EXIT_INCOMPLETE
+        time.sleep(0.05)
+    raise CdnPushError(f"process {pid} did not report a reload within {wait:g}s; see its log")
+
+
 def show_status(config: Config, *, as_json: bool, state: str | None,
                 out: Callable[[str], None] = print) -> int:
     if not config.ledger.exists():
@@ -3336,51 +3423,101 @@ def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) ->
 # CLI
 # ----------------------------------------------------------------------------
 
-EPILOG = f"""\
-commands:
-  run       one pass: hash the folder, submit new and changed files (default)
-  watch     service: one pass, then import each new or changed file as it settles
-  status    show what the ledger knows (--json for scripts)
-  demo      local round trip: sample folder -> local origin -> CDN emulator
-
-examples:
-  python cdn_push.py                         # run with ./config.yaml
-  python cdn_push.py --config /etc/cdn-push/config.yaml -q
-  python cdn_push.py --dry-run               # what would be submitted
-  python cdn_push.py status --json
-  python cdn_push.py watch --config /etc/cdn-push/config.yaml   # systemd service
-  */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
-
+EXIT_CODES_HELP = f"""\
 exit codes:
-  {EXIT_OK} all done   {EXIT_INCOMPLETE} some files rejected/failed   {EXIT_USAGE} usage or config error
+  {EXIT_OK} all done   {EXIT_INCOMPLETE} some files rejected/failed/unconfirmed   {EXIT_USAGE} usage or config error
   {EXIT_LOCKED} another instance running   {EXIT_CDN_UNAVAILABLE} CDN unreachable or credentials refused
   {EXIT_LEDGER} ledger unusable
 
-environment: {ENV_CONFIG}, {ENV_API_PASSWORD}, {ENV_ORIGIN_PASSWORD}
+environment: {ENV_CONFIG}, {ENV_API_PASSWORD}, {ENV_ORIGIN_PASSWORD}, {ENV_ORIGIN_SECRET}
 """
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("one pass: hash the folder, submit new and changed files (the default)", """\
+examples:
+  python cdn_push.py                         # run with ./config.yaml
+  python cdn_push.py run --config /etc/cdn-push/config.yaml -q
+  python cdn_push.py run --dry-run           # what would be submitted; changes nothing
+  */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
+"""),
+    "watch": ("service: watch the folder and import each file as it settles, full passes alongside", """\
+examples:
+  python cdn_push.py watch --config /etc/cdn-push/config.yaml   # what the systemd unit runs
+  python cdn_push.py watch --poll            # NFS/SMB mounts, where inotify events do not arrive
+"""),
+    "status": ("show what the ledger knows", """\
+examples:
+  python cdn_push.py status
+  python cdn_push.py status --state rejected
+  python cdn_push.py status --json | jq '.counts'
+"""),
+    "reload": ("make a running watch service reread its configuration and wait for the outcome", """\
+examples:
+  python cdn_push.py reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
+  systemctl reload cdn-push                  # the unit runs this command
+"""),
+    "demo": ("local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks", """\
+examples:
+  python cdn_push.py demo
+  python cdn_push.py demo --keep             # keep the work folder, its config and ledger
+"""),
+}
+
+
+def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On both levels, so they work before or after the command; SUPPRESS keeps one from erasing the other.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("-c", "--config", metavar="PATH", default=default,
+                        help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
+    parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="more logging")
+    parser.add_argument("-q", "--quiet", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="only warnings and errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdn_push.py", description="Push a folder of video files into the video CDN and record "
-        "what it accepted.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "watch", "status", "demo"),
-                        help="what to do (default: run)")
-    parser.add_argument("-c", "--config", metavar="PATH",
-                        help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
-    parser.add_argument("-n", "--dry-run", action="store_true",
-                        help="hash and show what would be submitted; change nothing")
-    parser.add_argument("--retry-rejected", action="store_true",
-                        help="submit files the CDN rejected before, even if unchanged")
-    parser.add_argument("--poll", action="store_true",
-                        help="watch: poll instead of inotify (NFS/SMB mounts, where events do not arrive)")
-    parser.add_argument("--json", action="store_true", help="status: print JSON")
-    parser.add_argument("--state", choices=STATES, help="status: only files in this state")
-    parser.add_argument("--keep", action="store_true", help="demo: keep the work folder")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+        "what it accepted.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "".join(f"  {name:<8}  {text}\n" for name, (text, _) in COMMANDS.items())
+        + "\n" + COMMANDS["run"][1] + "\n" + EXIT_CODES_HELP + "\n'python cdn_push.py COMMAND --help' "
+        "shows each command's options.")
+    _common_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"cdn-push {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = {name: commands.add_parser(name, help=text, description=text, epilog=examples + "\n" + EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+           for name, (text, examples) in COMMANDS.items()}
+    for command in sub.values():
+        _common_options(command, top=False)
+    sub["run"].add_argument("-n", "--dry-run", action="store_true",
+                            help="hash and show what would be submitted; change nothing")
+    sub["run"].add_argument("--retry-rejected", action="store_true",
+                            help="submit files the CDN rejected before, even if unchanged")
+    sub["watch"].add_argument("--poll", action="store_true",
+                              help="poll instead of inotify (NFS/SMB mounts, where events do not arrive)")
+    sub["status"].add_argument("--json", action="store_true", help="print JSON")
+    sub["status"].add_argument("--state", choices=STATES, help="only files in this state")
+    sub["reload"].add_argument("--pid", type=int, help="the service's process id (default: from the ledger's lock)")
+    sub["demo"].add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.set_defaults(commands=sub)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`run` is the command when none is named: `cdn_push.py --dry-run` means `cdn_push.py run --dry-run`."""
+    argv = list(argv)
+    takes_value = False
+    for token in argv:
+        if (token in COMMANDS and not takes_value) or token in ("-h", "--help", "--version"):
+            break
+        takes_value = token in ("-c", "--config")
+    else:
+        argv.insert(0, "run")
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # said by the command's own parser, so the usage line shown is that command's
+        (args.commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 @contextlib.contextmanager
@@ -3410,7 +3547,7 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     redactor = Redactor([os.environ.get(ENV_API_PASSWORD, ""), os.environ.get(ENV_ORIGIN_PASSWORD, "")])
@@ -3427,13 +3564,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             redactor.add(loaded.secrets())
             for warning in warnings:
                 log.warning("%s", warning)
-            if args.poll:
+            if getattr(args, "poll", False):
                 loaded = dataclasses.replace(loaded, scan=dataclasses.replace(loaded.scan, poll=True))
             return loaded
 
         config = load()
         if args.command == "status":
             return show_status(config, as_json=args.json, state=args.state)
+        if args.command == "reload":
+            return request_reload(config, args.pid)
         if args.command == "watch":
             reload = threading.Event()
             with stop_on_signals(stop, reload):

@@ -382,6 +382,129 @@ http {{ access_log off; sendfile on; tcp_nopush on;
     return rows
 
 
+# -- rows 9-11: the streaming pipeline ---------------------------------------------------------
+
+def in_process_emulator(delay: float):
+    from cdn_emulator import CdnEmulator
+
+    emulator = CdnEmulator(login="bench", password="bench-secret", answer_delay=delay).start()
+    emulator.hold()            # the fetch queue waits: only the API's answers are measured
+    return emulator
+
+
+def big_files(folder: Path, count: int, size: int) -> None:
+    if folder.exists() and len(list(folder.iterdir())) == count:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    old = time.time() - 3600
+    for i in range(count):
+        write_random(folder / f"v{i:02}.mp4", size)
+        os.utime(folder / f"v{i:02}.mp4", (old, old))
+
+
+def one_shot(folder: Path, ledger: Path, url: str, **sections) -> tuple[float, cdn_push.RunSummary]:
+    config = make_config(folder, ledger, api={"url": url}, **sections)
+    with Ledger.open(ledger) as db:
+        client = cdn_push.CdnClient(config.api, pool_size=config.submit_workers)
+        start = time.time()
+        summary = Pipeline(config, db, client).run_once()
+        client.close()
+    return start, summary
+
+
+def row_first_import(work: Path, size_mib: int) -> Row:
+    folder = work / "first"
+    big_files(folder, 24, size_mib * 1024 * 1024)
+    emulator = in_process_emulator(0.0)
+    try:
+        start, summary = one_shot(folder, fresh_ledger(work, "first.sqlite3"), emulator.api_url)
+        end = time.time()
+        first = min(f["queued_at"] for f in emulator.snapshot())
+    finally:
+        emulator.stop()
+    share = (first - start) / (end - start)
+    return Row(9, f"first pass, 24 x {size_mib} MiB: first import request", "whole pass", end - start,
+               first - start, share, "<= 0.10", share <= 0.10 and summary.submitted == 24,
+               note=f"first request after {first - start:.2f}s of {end - start:.2f}s")
+
+
+def row_drop_during_backlog(work: Path, backlog: int = 200, drops: int = 20) -> Row:
+    folder = work / "backlog"
+    shutil.rmtree(folder, ignore_errors=True)
+    small_tree(folder, backlog, per_dir=backlog)
+    old = time.time() - 3600
+    for path in folder.rglob("*.mp4"):
+        os.utime(path, (old, old))
+    emulator = in_process_emulator(0.2)
+    settle = 1.0
+    config = make_config(folder, fresh_ledger(work, "backlog.sqlite3"), api={"url": emulator.api_url},
+                         scan={"settle_seconds": settle}, workers={"submit": 2})
+    stop = threading.Event()
+    ledger = Ledger.open(config.ledger)
+    service = cdn_push.WatchService(config, ledger, stop=stop)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    closed: dict[str, float] = {}
+    try:
+        while len(emulator.requests) < 10:          # the backlog is being sent
+            time.sleep(0.01)
+        for i in range(drops):
+            name = f"drop{i:02}.mp4"
+            with open(folder / name, "wb") as handle:
+                handle.write(os.urandom(50_000))
+            closed[name] = time.time()
+            time.sleep(0.4)
+        deadline = time.time() + 60
+        while time.time() < deadline and not set(closed) <= {f["name"] for f in emulator.snapshot()}:
+            time.sleep(0.05)
+        arrived = {f["name"]: f["queued_at"] for f in emulator.snapshot()}
+        left = backlog + drops - len(arrived)
+    finally:
+        stop.set()
+        thread.join(60)
+        ledger.close()
+        emulator.stop()
+    latencies = sorted(arrived[name] - at for name, at in closed.items() if name in arrived)
+    p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)] if latencies else float("nan")
+    limit = settle + 1.5
+    return Row(10, f"watch: drop during a {backlog}-file backlog (0.2 s API, 2 workers), p95 of {drops}",
+               f"settle + 1.5 s", limit, p95, p95 / limit, "<= 1.00",
+               p95 <= limit and len(latencies) == drops,
+               note=f"median {statistics.median(latencies):.2f}s; {left} backlog files still queued at the end")
+
+
+def row_overlap(work: Path, size_mib: int) -> Row:
+    folder = work / "overlap"
+    big_files(folder, 16, size_mib * 1024 * 1024)
+    emulator = in_process_emulator(0.25)
+    try:
+        sections = {"workers": {"hash": 2, "submit": 4}}
+        hash_config = make_config(folder, fresh_ledger(work, "overlap-hash.sqlite3"), **sections)
+        with Ledger.open(hash_config.ledger) as db:
+            started = time.perf_counter()
+            Pipeline(hash_config, db, None).scan_and_hash()
+            hash_only = time.perf_counter() - started
+        submit_config = make_config(folder, hash_config.ledger, api={"url": emulator.api_url}, **sections)
+        with Ledger.open(submit_config.ledger) as db:
+            pipeline = Pipeline(submit_config, db, cdn_push.CdnClient(submit_config.api, pool_size=4))
+            started = time.perf_counter()
+            pipeline.submit_pending()
+            submit_only = time.perf_counter() - started
+        emulator.stop()
+        emulator = in_process_emulator(0.25)
+        started = time.perf_counter()
+        _, summary = one_shot(folder, fresh_ledger(work, "overlap.sqlite3"), emulator.api_url, **sections)
+        both = time.perf_counter() - started
+    finally:
+        emulator.stop()
+    ratio = both / max(hash_only, submit_only)
+    return Row(11, f"overlap: 16 x {size_mib} MiB, 0.25 s API, 4 workers", "max(hash only, submit only)",
+               max(hash_only, submit_only), both, ratio, "<= 1.15", ratio <= 1.15 and summary.submitted == 16,
+               note=f"hash only {hash_only:.2f}s, submit only {submit_only:.2f}s, sum {hash_only + submit_only:.2f}s")
+
+
+
 def print_table(rows: list[Row]) -> None:
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -401,7 +524,7 @@ def main() -> int:
         child_scan(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which targets to run")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11", help="which targets to run")
     parser.add_argument("--big-mib", type=int, default=2048, help="size of each large file")
     parser.add_argument("--files", type=int, default=100_000, help="small files for rows 3-5")
     parser.add_argument("--million", action="store_true", help="row 5 over 1,000,000 files too")
@@ -433,6 +556,15 @@ def main() -> int:
         if 8 in wanted:
             print("row 8: built-in origin", flush=True)
             rows += row_origin(work, args.big_mib)
+        if 9 in wanted:
+            print("row 9: time to the first import request", flush=True)
+            rows.append(row_first_import(work, 8 if args.quick else 192))
+        if 10 in wanted:
+            print("row 10: a drop during a backlog", flush=True)
+            rows.append(row_drop_during_backlog(work))
+        if 11 in wanted:
+            print("row 11: hashing and submitting overlap", flush=True)
+            rows.append(row_overlap(work, 8 if args.quick else 128))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -273,3 +273,173 @@ def test_unconfirmed_files_are_submitted_again_within_bounds(drop, make_config, 
     assert (summary.resent, summary.unchanged) == ((1, 0) if expected == "resent" else (0, 1))
     assert row.state == ("pending" if expected == "resent" else state)
     assert row.attempts == attempts
+
+
+# -- the stages: queue order, streaming, the halt path (deterministic) ------------------------------
+
+def job(path, priority=0, fresh=False):
+    row = LedgerRow(path=path, size=1, mtime_ns=1, inode=1, sha256=SHA_A, name=path, state="pending",
+                    priority=priority)
+    return cdn_push.SubmitJob(row, {"name": path}, fresh)
+
+
+def test_submit_queue_order_is_prio_then_fresh_then_backlog_in_order():
+    queue = cdn_push.SubmitQueue()
+    for item in (job("b1"), job("b2"), job("fresh1", fresh=True), job("p1", priority=1), job("b3"),
+                 job("p5", priority=5), job("fresh2", fresh=True), job("p1-fresh", priority=1, fresh=True)):
+        queue.put(item)
+    order = [queue.get(timeout=0).row.path for _ in range(len(queue))]
+    assert order == ["p5", "p1-fresh", "p1", "fresh1", "fresh2", "b1", "b2", "b3"]
+    assert queue.get(timeout=0) is None
+
+
+def test_a_closed_submit_queue_hands_back_what_it_held_and_releases_waiting_workers():
+    queue = cdn_push.SubmitQueue()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(queue.get()))
+    waiter.start()
+    queue.close()
+    waiter.join(5)
+    assert got == [None]
+    queue = cdn_push.SubmitQueue()
+    queue.put(job("a"))
+    assert [j.row.path for j in queue.close()] == ["a"] and queue.get(timeout=0) is None
+
+
+@pytest.mark.parametrize("priority, fresh, rank", [(0, False, (0, 1)), (0, True, (0, 0)), (3, False, (-3, 1))])
+def test_queue_rank(priority, fresh, rank):
+    assert cdn_push.queue_rank(priority, fresh) == rank
+
+
+class GatedClient:
+    """A CDN client whose answers the test releases one at a time; records what was sent, in order."""
+
+    def __init__(self):
+        self.sent = []
+        self.gate = threading.Semaphore(0)
+        self.lock = threading.Lock()
+
+    def prepare(self):
+        pass
+
+    def add_file(self, params):
+        with self.lock:
+            self.sent.append(params["name"])
+        self.gate.acquire()
+        return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", "ok")
+
+    def close(self):
+        pass
+
+
+def step_until(pipeline, predicate, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pipeline.step(timeout=0.01)
+
+
+def test_the_first_request_leaves_before_the_pass_ends_and_a_fresh_file_overtakes_the_backlog(drop, make_config):
+    write_files(drop, {f"backlog/{i:02}.mp4": b"b%d" % i for i in range(20)})
+    config = make_config(workers={"hash": 1, "submit": 1}, rules=[{"match": "urgent/**", "fetch_prio": 2}])
+    client = GatedClient()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client)
+        pipeline.start_scan()
+        step_until(pipeline, lambda: client.sent, "the first request")
+        assert client.sent == ["backlog/00.mp4"]
+        step_until(pipeline, lambda: not pipeline.scanning, "the scan")
+        write_files(drop, {"fresh.mp4": b"fresh", "urgent/x.mp4": b"x"})
+        pipeline.add_fresh([cdn_push.FileEntry("fresh.mp4", str(drop / "fresh.mp4"),
+                                               *cdn_push.current_stat(str(drop / "fresh.mp4")))])
+        pipeline.start_scan()       # a rescan finds urgent/x.mp4, which a fetch_prio rule matches
+        step_until(pipeline, lambda: not pipeline.scanning and "urgent/x.mp4" in ledger_paths(ledger), "rescan")
+        for expected_length in range(2, 5):
+            client.gate.release()
+            step_until(pipeline, lambda: len(client.sent) >= expected_length, "the next request")
+        assert client.sent[:4] == ["backlog/00.mp4", "urgent/x.mp4", "fresh.mp4", "backlog/01.mp4"]
+        for _ in range(30):
+            client.gate.release()
+        step_until(pipeline, lambda: not pipeline.busy(), "everything sent")
+        pipeline.halt()
+        assert pipeline.summary.submitted == 22
+        assert {row.state for row in ledger.all_rows()} == {"submitted"}
+
+
+def ledger_paths(ledger):
+    return {row.path for row in ledger.all_rows()}
+
+
+def test_stop_during_the_scan_keeps_what_was_hashed_and_a_rerun_finishes(drop, emulator, make_config,
+                                                                        monkeypatch):
+    write_files(drop, {f"d{i // 50}/f{i:03}.mp4": b"x%d" % i for i in range(300)})
+    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)     # one file per step: the stop lands mid-scan
+    config = make_config(workers={"hash": 1, "submit": 1})
+    stop = threading.Event()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None, stop=stop)
+        pipeline.start_scan()
+        step_until(pipeline, lambda: pipeline.summary.hashed_files >= 120, "some hashing")
+        stop.set()
+        pipeline.halt()
+        kept = ledger_paths(ledger)
+        assert pipeline.scanning is False
+    assert len(kept) == pipeline.summary.hashed_files and 120 <= len(kept) < 300
+    monkeypatch.undo()
+    summary = run(config)
+    assert summary.hashed_files == 300 - len(kept) and summary.submitted == 300
+    assert_names(emulator, {f"d{i // 50}/f{i:03}.mp4" for i in range(300)})
+
+
+def assert_names(emulator, names):
+    assert {r["name"] for r in emulator.requests} == names
+
+
+def test_stop_while_a_large_file_is_hashed_cuts_the_hash_short(drop, make_config):
+    big = drop / "big.mp4"
+    with open(big, "wb") as handle:
+        handle.truncate(512 * 1024 * 1024)      # sparse: reads fast, but takes many buffers
+    old = time.time() - 3600
+    import os
+    os.utime(big, (old, old))
+    config = make_config(workers={"hash": 1, "submit": 1})
+    started = threading.Event()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None)
+        real = pipeline._hash_progress
+        pipeline._hash_progress = lambda n: (started.set(), real(n))
+        pipeline.start_scan()
+        step_until(pipeline, started.is_set, "hashing under way")
+        began = time.monotonic()
+        pipeline.stop.set()
+        pipeline.halt()
+        assert time.monotonic() - began < 2.0
+        assert ledger.get("big.mp4") is None and pipeline.summary.hashed_files == 0
+
+
+def test_stop_while_requests_are_out_lets_them_finish_and_records_their_answers(drop, make_config):
+    write_files(drop, {f"{i}.mp4": b"%d" % i for i in range(6)})
+    config = make_config(workers={"hash": 1, "submit": 2})
+    client = GatedClient()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client)
+        pipeline.start_scan()
+        step_until(pipeline, lambda: len(client.sent) == 2, "two requests out")
+        pipeline.stop.set()
+        halted = threading.Thread(target=pipeline.halt)
+        halted.start()
+        client.gate.release(2)
+        halted.join(10)
+        assert not halted.is_alive()
+        states = {row.path: row.state for row in ledger.all_rows()}
+    assert client.sent == ["0.mp4", "1.mp4"]
+    assert [states[f"{i}.mp4"] for i in range(6)] == ["submitted"] * 2 + ["pending"] * 4
+
+
+def test_a_full_queue_gives_way_to_a_more_urgent_job_only():
+    queue = cdn_push.SubmitQueue()
+    for item in (job("b1"), job("fresh", fresh=True), job("b2")):
+        queue.put(item)
+    assert queue.give_way(cdn_push.queue_rank(0, False)) is None          # same rank: no
+    assert queue.give_way(cdn_push.queue_rank(1, False)).row.path == "b2"  # the last of the backlog
+    assert [queue.get(timeout=0).row.path for _ in range(2)] == ["fresh", "b1"]

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -79,7 +80,8 @@ def watch(make_config):
     def start(**sections):
         sections.setdefault("scan", {"settle_seconds": 1, "rescan_interval": 3600})
         kwargs = sections.pop("service_kwargs", {})
-        running = Running(make_config(**sections), **kwargs)
+        first_pass = sections.pop("wait_for_first_pass", True)
+        running = Running(make_config(**sections), wait_for_first_pass=first_pass, **kwargs)
         started.append(running)
         return running
 
@@ -393,3 +395,224 @@ def test_the_service_serves_files_and_confirms_them(drop, emulator, watch):
     wait_for(confirmed, what="served.mp4 confirmed after one failed fetch")
     assert emulator.files["served.mp4"].imports == 2
     assert running.close() == cdn_push.EXIT_OK
+
+
+# -- the loop itself, turned by hand: a fake clock, a fake observer, no sleeps -------------------------
+
+class FakeObserver:
+    def __init__(self):
+        self.alive = True
+        self.started = 0
+
+    def schedule(self, handler, path, recursive):
+        self.handler = handler
+
+    def start(self):
+        self.started += 1
+        self.alive = True
+
+    def stop(self):
+        self.alive = False
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return self.alive
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+class Event:
+    def __init__(self, event_type, src_path, is_directory=False, dest_path=""):
+        self.event_type, self.src_path, self.is_directory, self.dest_path = (event_type, str(src_path),
+                                                                             is_directory, str(dest_path))
+
+
+class RecordingClient:
+    def __init__(self):
+        self.sent = []
+
+    def prepare(self):
+        pass
+
+    def add_file(self, params):
+        self.sent.append(params["name"])
+        return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", "ok")
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def loop(drop, make_config):
+    made = []
+
+    def make(**sections):
+        sections.setdefault("scan", {"settle_seconds": 30, "rescan_interval": 3600})
+        config = make_config(**sections)
+        ledger = Ledger.open(config.ledger)
+        client, observer = RecordingClient(), FakeObserver()
+        clock, wall = Clock(1000.0), Clock(time.time())
+        service = WatchService(config, ledger, stop=threading.Event(), observer_factory=lambda p, i: observer,
+                               clock=clock, wall=wall, client_factory=lambda c: client)
+        service.start_watching()
+        service.start_pass()
+        made.append(service)
+        turn(service, lambda: service.passes_done == 1, "the first pass")
+        return service, client, clock, wall, observer
+
+    yield make
+    for service in made:
+        service.pipeline.halt()
+        service.ledger.close()
+
+
+def turn(service, predicate, what, turns=500):
+    """Turn the loop until `predicate`; the only waiting is for the submit worker threads."""
+    for _ in range(turns):
+        if predicate():
+            return
+        service.iteration(tick=0.01)
+    raise AssertionError(f"{what} did not happen in {turns} turns")
+
+
+def write_now(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def test_loop_close_after_write_goes_after_the_grace_not_before(drop, loop):
+    service, client, clock, wall, _ = loop()
+    write_now(drop / "a.mp4", b"a")
+    for kind in ("created", "modified", "closed"):
+        service.collector.on_any_event(Event(kind, drop / "a.mp4"))
+    service.iteration(tick=0)                      # first look: size and mtime noted
+    clock.advance(cdn_push.CLOSE_GRACE / 2)
+    service.iteration(tick=0)
+    assert "a.mp4" in service.candidates and client.sent == []
+    clock.advance(cdn_push.CLOSE_GRACE)
+    turn(service, lambda: client.sent == ["a.mp4"], "a.mp4 sent")
+
+
+@pytest.mark.parametrize("events, fast", [
+    (("created", "modified", "closed"), True),
+    (("created", "modified", "closed", "modified"), True),          # chmod/touch after the close
+    (("created", "modified", "closed", "opened", "modified"), False),   # opened again: wait for it
+    (("created", "modified"), False),                                # no close: settle_seconds
+    (("moved",), True),                                              # renamed into place
+])
+def test_loop_settling_by_events(drop, loop, events, fast):
+    service, client, clock, wall, _ = loop()
+    write_now(drop / "b.mp4", b"b")
+    for kind in events:
+        dest = drop / "b.mp4" if kind == "moved" else ""
+        service.collector.on_any_event(Event(kind, drop / (".b.tmp" if kind == "moved" else "b.mp4"),
+                                             dest_path=dest))
+    service.iteration(tick=0)
+    clock.advance(cdn_push.CLOSE_GRACE + 0.01)
+    service.iteration(tick=0)
+    assert ("b.mp4" not in service.candidates) is fast
+    if not fast:
+        clock.advance(30)
+        wall.advance(31)                              # the file is older than settle_seconds now too
+        service.iteration(tick=0)
+        assert "b.mp4" not in service.candidates
+    turn(service, lambda: client.sent == ["b.mp4"], "b.mp4 sent")
+
+
+def test_loop_rescans_when_due_and_after_the_watcher_died(drop, loop):
+    service, client, clock, wall, observer = loop(scan={"settle_seconds": 30, "rescan_interval": 100})
+    assert 90 <= service.next_rescan - clock() <= 110
+    write_now(drop / "quiet.mp4", b"no event for this one")
+    wall.advance(60)
+    clock.advance(111)
+    turn(service, lambda: client.sent == ["quiet.mp4"], "the rescan")
+    assert service.passes == 2
+    observer.alive = False
+    write_now(drop / "missed.mp4", b"missed")
+    wall.advance(60)
+    turn(service, lambda: "missed.mp4" in client.sent, "the rescan after a restart")
+    assert observer.started == 2 and service.passes == 3
+
+
+def test_loop_a_rescan_asked_during_a_pass_runs_after_it(drop, loop, monkeypatch):
+    service, client, clock, wall, _ = loop()
+    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)
+    write_files(drop, {f"d{i}/f.mp4": b"%d" % i for i in range(20)})
+    service.start_pass()
+    service.iteration(tick=0)
+    assert service.pipeline.scanning
+    service.rescan_now.set()
+    service.iteration(tick=0)
+    assert service.rescan_after_pass and service.passes == 2
+    turn(service, lambda: service.passes == 3, "the second rescan")
+    turn(service, lambda: len(client.sent) == 20, "all sent once")
+    assert sorted(client.sent) == sorted(f"d{i}/f.mp4" for i in range(20))
+
+
+# -- streaming end to end: fresh drops overtake the backlog, confirmations during a pass ---------------
+
+def test_a_drop_during_a_long_backlog_is_imported_first(drop, emulator, watch):
+    write_files(drop, {f"backlog/{i:02}.mp4": b"b%d" % i for i in range(40)})
+    emulator.answer_delay = 0.1
+    watch(workers={"hash": 1, "submit": 1}, wait_for_first_pass=False)
+    wait_for(lambda: len(emulator.requests) >= 3, what="the backlog under way")
+    (drop / "urgent.mp4").write_bytes(b"an editor's upload")
+    wait_for(lambda: "urgent.mp4" in names(emulator), what="urgent.mp4 submitted")
+    position = names(emulator).index("urgent.mp4")
+    assert position < 10 and len(emulator.requests) < 40
+
+
+def test_callbacks_confirm_files_while_the_first_pass_still_submits(drop, emulator, watch):
+    from conftest import free_port
+    write_files(drop, {f"f{i:02}.mp4": os.urandom(2000) for i in range(30)})
+    emulator.answer_delay = 0.1
+    port = free_port()
+    running = watch(workers={"hash": 1, "submit": 1}, wait_for_first_pass=False,
+                    origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}})
+
+    def confirmed():
+        with Ledger.open(running.ledger.path) as ledger:
+            return ledger.counts()["confirmed"]
+
+    wait_for(lambda: confirmed() >= 3, what="confirmations")
+    assert len(emulator.requests) < 30          # the pass is still sending
+    wait_for(lambda: confirmed() == 30, timeout=60, what="every file confirmed")
+    assert running.close() == cdn_push.EXIT_OK
+
+
+def test_reload_command_waits_for_the_outcome(tmp_path, drop, emulator, write_config, raw_config):
+    config = write_config(scan={"settle_seconds": 1})
+    process = start_watch(config)
+    try:
+        wait_for(lambda: Path(raw_config["ledger"] + ".lock").exists()
+                 and Path(raw_config["ledger"] + ".lock").read_text().strip().isdigit(), what="the lock")
+        reload = lambda: subprocess.run([sys.executable, str(ROOT / "cdn_push.py"), "reload", "--config",
+                                         str(config)], capture_output=True, text=True, timeout=60)
+        config.write_text(yaml.safe_dump({**raw_config, "name_prefix": "v2/", "scan": {"settle_seconds": 1}}))
+        done = reload()
+        assert done.returncode == 0, done.stderr
+        assert "configuration reloaded" in done.stdout and "name_prefix changed" in done.stdout
+        config.write_text(yaml.safe_dump({**raw_config, "ledger": str(tmp_path / "other.sqlite3")}))
+        done = reload()
+        assert done.returncode == 1 and "restart the service instead" in done.stderr
+        config.write_text("folder: [broken\n")
+        done = reload()
+        assert done.returncode == cdn_push.EXIT_USAGE and "line 2" in done.stderr
+        assert process.poll() is None
+        write_files(drop, {"after.mp4": b"after reloads"})
+        wait_for(lambda: "v2/after.mp4" in names(emulator), what="the reloaded name_prefix in use")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
