@@ -31,6 +31,7 @@ import hashlib
 import heapq
 import hmac
 import importlib.util
+import io
 import itertools
 import json
 import logging
@@ -39,6 +40,7 @@ import os
 import queue
 import random
 import re
+import select
 import signal
 import socket
 import sqlite3
@@ -230,6 +232,13 @@ class ServeConfig:
     key: str | None = None
     link_ttl: float = 7 * 86400.0
     max_connections: int = 64
+    header_timeout: float = 15.0    # TLS handshake plus request line and headers, in all
+    idle_timeout: float = 15.0      # between requests on a kept connection; longest stall of a download
+
+    @property
+    def max_per_client(self) -> int:
+        """No one address may take more than half the slots: the CDN and its callbacks always get in."""
+        return max(1, self.max_connections // 2)
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,8 @@ class Config:
     submit_workers: int = 4
     source: str = "<config>"
     callback: CallbackConfig = field(default_factory=CallbackConfig)
+    # Files that hold secrets or state and lie inside the folder: (relative path, the key naming it).
+    private_files: tuple[tuple[str, str], ...] = ()
 
     def secrets(self) -> list[str]:
         return [s.reveal() for s in (self.api.password, self.origin.password) if s]
@@ -311,7 +322,8 @@ CONFIG_KEYS: dict[str, Any] = {
                       "backoff_max": None}},
     "origin": {"base_url": None, "username": None, "password": None, "secret_file": None,
                "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
-                         "link_ttl": None, "max_connections": None}},
+                         "link_ttl": None, "max_connections": None, "header_timeout": None,
+                         "idle_timeout": None}},
     "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
                  "retry_delay": None},
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
@@ -412,9 +424,30 @@ def _overrides(value: Any, key: str) -> dict[str, Any]:
     return result
 
 
+def _url_parts(url: str, key: str) -> Any:
+    """urlsplit, with a malformed URL (an unclosed [, a bad port) reported as the key's error."""
+    try:
+        parts = urlsplit(url)
+        parts.port   # noqa: B018 - raises for a port that is not a number
+        return parts
+    except ValueError as exc:
+        raise ConfigError(f"'{key}' is not a valid URL ({exc}): {shown_url(url)}") from None
+
+
+def shown_url(url: str) -> str:
+    """A URL as an error message may show it: any user:password@ masked, control characters escaped."""
+    head, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        if "@" in netloc:
+            netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+        url = f"{head}{sep}{netloc}{slash}{path}"
+    return repr(printable(url))
+
+
 def _split_userinfo(url: str, key: str) -> tuple[str, str, str]:
     """Return the URL without user:password@, and the (unquoted) user and password."""
-    parts = urlsplit(url)
+    parts = _url_parts(url, key)
     if "@" not in parts.netloc:
         return url, "", ""
     userinfo, _, hostport = parts.netloc.rpartition("@")
@@ -435,9 +468,9 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
 
     api_raw = _mapping(data.get("api"), "api")
     api_url = _string(api_raw.get("url"), "api.url") or DEFAULT_API_URL
-    api_parts = urlsplit(api_url)
+    api_parts = _url_parts(api_url, "api.url")
     if api_parts.scheme not in ("http", "https") or not api_parts.hostname:
-        raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {api_url!r}")
+        raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {shown_url(api_url)}")
     if "@" in api_parts.netloc:
         raise ConfigError("'api.url' must not hold a login or password: use api.login and api.password")
     password = env.get(ENV_API_PASSWORD) or _string(api_raw.get("password"), "api.password")
@@ -469,7 +502,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
     origin_user = _string(origin_raw.get("username"), "origin.username")
     origin_password = env.get(ENV_ORIGIN_PASSWORD) or _string(origin_raw.get("password"), "origin.password")
     if base_url:
-        scheme = urlsplit(base_url).scheme
+        scheme = _url_parts(base_url, "origin.base_url").scheme
         if scheme not in ORIGIN_SCHEMES:
             raise ConfigError(
                 f"'origin.base_url' must start with one of {', '.join(s + '://' for s in ORIGIN_SCHEMES)}; "
@@ -479,8 +512,8 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
             raise ConfigError("'origin.base_url' names a user and so does 'origin.username': keep one")
         origin_user = origin_user or inline_user
         origin_password = origin_password or inline_password
-        if not urlsplit(base_url).hostname:
-            raise ConfigError(f"'origin.base_url' has no host: {base_url!r}")
+        if not _url_parts(base_url, "origin.base_url").hostname:
+            raise ConfigError(f"'origin.base_url' has no host: {shown_url(base_url)}")
         if scheme == "rsync+ssh" and not (origin_user and origin_password):
             raise ConfigError("'origin.base_url' with rsync+ssh:// needs origin.username and origin.password")
         if scheme == "s3" and not (origin_user and origin_password):
@@ -548,25 +581,48 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
 
     if origin.secret_file is None:
         origin = dataclasses.replace(origin, secret_file=ledger.with_name(ledger.name + ".secret"))
-    return Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
-                  defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
-                  submit_workers=submit_workers, source=source, callback=callback)
+    config = Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
+                    defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
+                    submit_workers=submit_workers, source=source, callback=callback)
+    return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
+
+
+def private_candidates(config: Config) -> list[tuple[str, str]]:
+    """Every file cdn-push itself reads secrets from or keeps state in, with the key that names it."""
+    ledger = str(config.ledger)
+    found = [(config.source, "the configuration file")] if os.path.isfile(config.source) else []
+    found += [(ledger + suffix, "ledger") for suffix in ("", "-wal", "-shm", "-journal", ".lock", ".reload")]
+    found += [(str(config.origin.secret_file), "origin.secret_file"), (config.api.ca_bundle, "api.ca_bundle")]
+    if config.origin.serve is not None:
+        found += [(config.origin.serve.cert, "origin.serve.cert"), (config.origin.serve.key, "origin.serve.key")]
+    return [(path, key) for path, key in found if path]
+
+
+def private_files_in(folder: Path, candidates: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Those of `candidates` that lie inside `folder`, as (relative path, key)."""
+    root = os.path.realpath(folder)
+    inside = []
+    for path, key in candidates:
+        real = os.path.realpath(path)
+        if real.startswith(root + os.sep):
+            inside.append((os.path.relpath(real, root).replace(os.sep, "/"), key))
+    return tuple(inside)
 
 
 def _listen_address(value: Any, key: str) -> tuple[str, int]:
     text = _string(value, key, required=True)
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"'{key}' must be host:port such as 0.0.0.0:8080, not {text!r}")
+    if not sep or not ascii_number(port, 5) or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"'{key}' must be host:port such as 0.0.0.0:8080, not {printable(text)!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _public_url(value: Any, key: str) -> str:
     text = _string(value, key, required=True).rstrip("/")
-    parts = urlsplit(text)
+    parts = _url_parts(text, key)
     if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query:
         raise ConfigError(f"'{key}' must be the http(s) URL at which the CDN reaches cdn-push, "
-                          f"such as https://push.example.com:8080, not {text!r}")
+                          f"such as https://push.example.com:8080, not {shown_url(text)}")
     return text
 
 
@@ -586,6 +642,9 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
         link_ttl=float(_number(raw.get("link_ttl"), "origin.serve.link_ttl", 7 * 86400.0, minimum=60)),
         max_connections=_number(raw.get("max_connections"), "origin.serve.max_connections", 64,
                                 minimum=4, integer=True),
+        header_timeout=float(_number(raw.get("header_timeout"), "origin.serve.header_timeout", 15.0,
+                                     minimum=0.1)),
+        idle_timeout=float(_number(raw.get("idle_timeout"), "origin.serve.idle_timeout", 15.0, minimum=0.1)),
     )
 
 
@@ -651,8 +710,7 @@ def _holds_password(raw: Any) -> bool:
     if isinstance(origin, Mapping):
         if origin.get("password"):
             return True
-        with contextlib.suppress(ValueError):
-            return urlsplit(str(origin.get("base_url") or "")).password is not None
+        return "@" in str(origin.get("base_url") or "")
     return False
 
 
@@ -777,6 +835,11 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
+def ascii_number(text: str, digits: int) -> bool:
+    """ASCII digits only, at most `digits` of them: int() would also take '²', '٣' or a 5000-digit number."""
+    return 0 < len(text) <= digits and text.isascii() and text.isdigit()
+
+
 def printable(text: str) -> str:
     """Untrusted text (file names, CDN answers, request paths) safe for a log line, the ledger or a
     terminal: control characters, ANSI escapes and bidi overrides shown as escapes; pure."""
@@ -888,6 +951,46 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+def make_private_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parents 0700, whatever the umask: the state is nobody else's."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
+def owned_by_another(path: Path) -> str:
+    """'is owned by X, but cdn-push runs as Y: ...' when the file is another user's, else ''."""
+    import pwd
+
+    owner, me = path.stat().st_uid, os.geteuid()
+    if owner == me:
+        return ""
+    name = lambda uid: next((p.pw_name for p in [pwd.getpwuid(uid)]), str(uid)) if uid in {  # noqa: E731
+        p.pw_uid for p in pwd.getpwall()} else str(uid)
+    return (f"is owned by user {name(owner)}, but cdn-push runs as {name(me)}: run it as {name(owner)} "
+            f"(sudo -u {name(owner)} ...), as the service does")
+
+
+def prepare_private_file(path: Path, key: str) -> None:
+    """A state file of ours: created 0600 in 0700 folders; another user's is refused, not taken over."""
+    try:
+        make_private_dirs(path.parent)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        foreign = owned_by_another(path)
+        if foreign:
+            raise LedgerError(f"the {key} {path} {foreign}")
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except PermissionError as exc:
+        raise LedgerError(f"cannot use the {key} {path}: {exc.strerror}; "
+                          f"{owned_by_another(path) if path.exists() else 'check its folder'}") from None
+
+
 def ledger_advice(path: str, exc: BaseException) -> str:
     """What went wrong with the ledger file, in words that say what to do about it."""
     text = str(exc)
@@ -926,7 +1029,7 @@ class Ledger:
         where = str(path)
         try:
             if where != ":memory:":
-                Path(where).parent.mkdir(parents=True, exist_ok=True)
+                prepare_private_file(Path(where), "ledger")
             db = sqlite3.connect(where, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -1098,6 +1201,30 @@ class Ledger:
             yield self._row(values)
 
 
+class ServedRow(NamedTuple):
+    """What the built-in origin needs of a file's row to serve it or check a callback."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    state: str
+    attempts: int
+
+
+def served_row(ledger_path: Path, relpath: str) -> ServedRow | None:
+    """A file's row read on a connection of the caller's own (server threads), or None."""
+    try:
+        db = sqlite3.connect(f"file:{quote(str(ledger_path))}?mode=ro", uri=True, timeout=5.0)
+        try:
+            found = db.execute("SELECT size, mtime_ns, sha256, state, attempts FROM files "
+                               "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return ServedRow._make(found) if found else None
+
+
 class LedgerLock:
     """An exclusive flock on '<ledger>.lock', so cron runs never overlap."""
 
@@ -1107,7 +1234,10 @@ class LedgerLock:
 
     def acquire(self) -> "LedgerLock":
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
+            foreign = owned_by_another(self.path) if self.path.exists() else ""
+            if foreign:
+                raise LedgerError(f"the lock file {self.path} {foreign}")
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise LedgerError(f"cannot create lock file {self.path}: {exc.strerror or exc}; the ledger's "
@@ -1523,7 +1653,6 @@ def _short(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------
 
 SIGNATURE_HEX = 32          # 128 bits of HMAC-SHA256 in every signed link and token
-ORIGIN_IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle or stall before it is dropped
 SEND_CHUNK = 8 * 1024 * 1024
 
 
@@ -1536,9 +1665,14 @@ def load_origin_secret(path: Path, env: Mapping[str, str]) -> tuple[bytes, list[
         return from_env.encode(), []
     warnings: list[str] = []
     try:
+        make_private_dirs(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         try:
+            foreign = owned_by_another(path)
+            if foreign:
+                raise ConfigError(f"the origin secret {path} {foreign}: a key someone else can change "
+                                  "could sign links for them; delete it (a new one is made) or chown it")
             data = path.read_bytes().strip()
             mode = path.stat().st_mode
         except OSError as exc:
@@ -1596,19 +1730,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     """
     if not header or size == 0:
         return None
-    found = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    found = re.fullmatch(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", header)
     if not found or not (found.group(1) or found.group(2)):
         return None
     first, last = found.groups()
     if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
+        start = bounded_int(first)
+        end = min(bounded_int(last), size - 1) if last else size - 1
+        if last and bounded_int(last) < start:
             return None
         if start >= size:
             return "unsatisfiable"
         return start, end
-    length = int(last)
+    length = bounded_int(last)
     if length == 0:
         return "unsatisfiable"
     return max(0, size - length), size - 1
@@ -1669,45 +1803,254 @@ class CallbackInbox:
         self.deferred.append(report)
 
 
+class DeadlineReader(io.RawIOBase):
+    """A connection's reads under one deadline for a whole request head, idle time before it included.
+
+    A per-read timeout alone lets a client that sends one byte a second hold a thread forever.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+        self._then: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def expect_request(self, idle: float, head: float) -> None:
+        """The next request may wait `idle` seconds to begin; then its head must be in within `head`."""
+        self.deadline, self._then = time.monotonic() + idle, head
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request head did not arrive in time")
+        self.sock.settimeout(remaining)
+        count = self.sock.recv_into(buffer)
+        if count and self._then is not None:
+            self.deadline, self._then = time.monotonic() + self._then, None
+        return count
+
+
+def tls_handshake(context: Any, sock: socket.socket, deadline: float) -> Any:
+    """The TLS handshake on the connection's own thread, all of it within `deadline`."""
+    import ssl
+
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    tls.setblocking(False)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            wanted = ([tls], [])
+        except ssl.SSLWantWriteError:
+            wanted = ([], [tls])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not any(select.select(*wanted, [], remaining)):
+            raise TimeoutError("the TLS handshake did not finish in time")
+    tls.setblocking(True)
+    return tls
+
+
+SIGNED_PATH = re.compile(r"/(o/[^/\s]*|cb/[^/\s]*)/[^/\s]+/")
+
+
+def mask_signed_paths(text: str) -> str:
+    """Signed links and callback tokens out of a log line: they would let a reader fetch or forge."""
+    return SIGNED_PATH.sub(lambda m: f"/{m.group(1)}/{'<token>' if m.group(1).startswith('cb') else '<signature>'}/",
+                           text)
+
+
+def bounded_int(digits: str) -> int:
+    """ASCII digits as a number; beyond 18 digits, 10**18 (larger than any file): never a ValueError."""
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
 @functools.cache
-def _bounded_server_class() -> type:
+def origin_handler_class() -> type:
     """Made on first use: http.server costs start-up time that runs without a server never need."""
-    from http.server import ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
-    class BoundedHTTPServer(ThreadingHTTPServer):
-        """A thread per connection, but never more than max_connections: the rest get a quick 503."""
+    class OriginHandler(BaseHTTPRequestHandler):
+        """One connection to the built-in origin; `self.server` is the OriginServer."""
 
-        daemon_threads = True
-        allow_reuse_address = True
+        protocol_version = "HTTP/1.1"
+        default_request_version = "HTTP/1.1"    # a malformed request line still gets a status line
+        disable_nagle_algorithm = True          # else keep-alive answers stall ~40 ms each
+        server: "OriginServer"
 
-        def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
-            self._slots = threading.BoundedSemaphore(max_connections)
-            super().__init__(address, handler)
+        def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float) -> None:
+            self.first_deadline = deadline
+            super().__init__(request, client_address, server)
 
-        def process_request(self, request: Any, client_address: Any) -> None:
-            if not self._slots.acquire(blocking=False):
-                with contextlib.suppress(OSError):
-                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
-                                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-                self.shutdown_request(request)
+        def setup(self) -> None:
+            self.connection = self.request
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            self.reader = DeadlineReader(self.connection, self.first_deadline)
+            self.rfile = io.BufferedReader(self.reader)
+            self.wfile = self.connection.makefile("wb", buffering=0)
+
+        def handle(self) -> None:
+            serve = self.server.serve
+            self.handle_one_request()
+            while not self.close_connection:
+                self.reader.expect_request(serve.idle_timeout, serve.header_timeout)
+                self.handle_one_request()
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            self.connection.settimeout(self.server.serve.idle_timeout)   # a stalled reader of a download
+            length = self.headers.get("Content-Length", "0").strip() or "0"
+            if self.headers.get("Transfer-Encoding") is not None or not ascii_number(length, 18):
+                self.refuse(400, "request bodies are not accepted here")
+                return False
+            if int(length):
+                self.refuse(405 if self.command not in ("GET", "HEAD") else 400,
+                            "request bodies are not accepted here")
+                return False
+            return True
+
+        def refuse(self, status: int, text: str) -> None:
+            self.close_connection = True
+            self.plain(status, text, {"Connection": "close"})
+
+        def version_string(self) -> str:
+            return "cdn-push"
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            super().send_response(code, message)
+            if self.request_version == "HTTP/1.0" and not self.close_connection:
+                self.send_header("Connection", "keep-alive")   # else an HTTP/1.0 client waits for a close
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            log.debug("origin: %s %s", self.address_string(), printable(mask_signed_paths(format % args)))
+
+        def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+            body = (text + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            path, _, query = self.path.partition("?")
+            if path.startswith("/o/") and self.server.config.origin.serve is not None:
+                self.serve_file(path[3:])
+            elif path.startswith("/cb/") and self.command == "GET":
+                self.take_callback(path[4:], query)
+            else:
+                self.plain(404, "not found")
+
+        def do_POST(self) -> None:
+            self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+        def serve_file(self, rest: str) -> None:
+            expires, _, rest = rest.partition("/")
+            signature, _, encoded = rest.partition("/")
+            relpath = safe_relpath(encoded)
+            if relpath is None:
+                self.plain(404, "not found")
                 return
-            super().process_request(request, client_address)
+            if not ascii_number(expires, 12) or not self.server.signer.verify(signature, "o", expires, relpath):
+                self.plain(403, "bad signature")
+                return
+            if int(expires) < self.server.clock():
+                self.plain(403, "link expired")
+                return
+            found = self.server.open_recorded(relpath)
+            if found is None:
+                self.plain(404, "not found")
+                return
+            handle, row = found
+            with handle:
+                if (row.size, row.mtime_ns) != (os.fstat(handle.fileno()).st_size,
+                                                os.fstat(handle.fileno()).st_mtime_ns):
+                    # Serving it would hand the CDN bytes that fail the chksum it was given.
+                    self.plain(409, "file changed since it was hashed; it will be submitted again")
+                    return
+                self.send_content(handle, relpath, row)
 
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self._slots.release()
+        def send_content(self, handle: Any, relpath: str, row: "ServedRow") -> None:
+            size = row.size
+            wanted = parse_range(self.headers.get("Range"), size)
+            if wanted == "unsatisfiable":
+                self.plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+                return
+            start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
+            length = end - start + 1 if size else 0
+            self.send_response(206 if isinstance(wanted, tuple) else 200)
+            self.send_header("Content-Type", content_type(relpath))
+            self.send_header("Content-Length", str(length))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", f'"{row.sha256}"')
+            self.send_header("Last-Modified", formatdate(row.mtime_ns / 1e9, usegmt=True))
+            if isinstance(wanted, tuple):
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if self.command == "HEAD" or not length:
+                return
+            sent = 0
+            while sent < length:       # zero-copy: the kernel moves the bytes
+                count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
+                if not count:
+                    self.close_connection = True
+                    return
+                sent += count
 
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            # Clients that hang up mid-download are normal; a traceback on stderr is not.
-            log.debug("origin: connection from %s ended: %s", client_address[0], sys.exc_info()[1])
+        def take_callback(self, rest: str, query: str) -> None:
+            attempt, _, rest = rest.partition("/")
+            token, _, encoded = rest.partition("/")
+            relpath = safe_relpath(encoded)
+            row = self.server.recorded(relpath) if relpath and ascii_number(attempt, 9) else None
+            # Unknown path, bad token, an import not awaited: one answer, so nothing tells which files exist.
+            if row is None or not self.server.signer.verify(token, "cb", relpath, row.sha256, attempt) or not (
+                    (row.state == STATE_SUBMITTED and 1 <= int(attempt) <= row.attempts)
+                    or (row.state == STATE_PENDING and row.attempts + 1 == int(attempt))):
+                self.plain(404, "no such import")
+                return
+            fields = dict(parse_qsl(query, keep_blank_values=True))
+            status, size = fields.get("status", ""), fields.get("size", "")
+            if status not in ("success", "fail") or (size and not ascii_number(size, 18)):
+                self.plain(400, "status must be success or fail, and size a number")
+                return
+            accepted = self.server.inbox.put(CallbackReport(
+                relpath=relpath, attempt=int(attempt), success=status == "success",
+                size=int(size) if size else None, sha256=fields.get("sha-256", "").lower()[:64],
+                message=printable(fields.get("message", "")[:500]), received=self.server.clock()))
+            if accepted:
+                self.plain(200, "ok")
+            else:
+                self.plain(503, "shutting down; call again later", {"Retry-After": "60"})
 
-    return BoundedHTTPServer
+    return OriginHandler
+
+
+def content_type(relpath: str) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(relpath, strict=False)[0] or "application/octet-stream"
 
 
 class OriginServer:
-    """Serves the folder's recorded files at signed URLs and takes the CDN's callbacks."""
+    """Serves the folder's recorded files at signed URLs and takes the CDN's callbacks.
+
+    One thread accepts and never talks to a client; each connection gets a thread of its own,
+    where the TLS handshake and the request head must finish within `header_timeout`. No more
+    than `max_connections` at once, and no address more than half of them; the rest get a
+    quick 503 (plain HTTP) or a close (TLS). Stopping never waits on a client.
+    """
 
     def __init__(self, config: Config, signer: UrlSigner, inbox: CallbackInbox,
                  clock: Callable[[], float] = time.time) -> None:
@@ -1716,41 +2059,54 @@ class OriginServer:
         self.inbox = inbox
         self.clock = clock
         self.folder_real = os.path.realpath(config.folder)
-        serve = config.origin.serve
-        host = serve.listen_host if serve else config.callback.listen_host
-        port = serve.listen_port if serve else config.callback.listen_port
-        limit = serve.max_connections if serve else 64
+        self.private = dict(config.private_files)
+        self.serve = config.origin.serve or ServeConfig("", 0, "", max_connections=64)
+        host = config.origin.serve.listen_host if config.origin.serve else config.callback.listen_host
+        port = config.origin.serve.listen_port if config.origin.serve else config.callback.listen_port
+        key = "origin.serve.listen" if config.origin.serve else "callback.listen"
         try:
-            self.httpd = _bounded_server_class()((host, port), self._handler_class(), limit)
+            self.sock = socket.create_server((host, port), backlog=128)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} "
-                              f"({'origin.serve.listen' if serve else 'callback.listen'}): "
-                              f"{exc.strerror or exc}") from None
-        if serve and serve.cert:
-            import ssl
-
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                context.load_cert_chain(serve.cert, serve.key)
-            except (OSError, ssl.SSLError) as exc:
-                self.httpd.server_close()
-                raise ConfigError(f"cannot load origin.serve.cert/key ({serve.cert}): {exc}") from None
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            raise ConfigError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
+        self.tls = self._tls_context()
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, str] = {}
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _tls_context(self) -> Any:
+        serve = self.config.origin.serve
+        if not (serve and serve.cert):
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(serve.cert, serve.key)
+        except (OSError, ssl.SSLError) as exc:
+            self.sock.close()
+            raise ConfigError(f"cannot load origin.serve.cert/key ({serve.cert}): {exc}") from None
+        return context
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self.sock.getsockname()[1]
 
     def start(self) -> "OriginServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True,
-                                        name="origin")
+        self.sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="origin")
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.sock.close()
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)    # their threads end at once; none is waited for
 
     def __enter__(self) -> "OriginServer":
         return self.start()
@@ -1758,158 +2114,68 @@ class OriginServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def lookup(self, relpath: str) -> tuple[int, int, int, str, str, int] | None:
-        """(size, mtime_ns, inode, sha256, state, attempts) from the ledger, on a connection of its own."""
-        try:
-            db = sqlite3.connect(str(self.config.ledger), timeout=5.0)
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
             try:
-                return db.execute("SELECT size, mtime_ns, inode, sha256, state, attempts FROM files "
-                                  "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error:
+                conn, address = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)       # EMFILE and the like: let connections close
+                continue
+            if self._admit(conn, address[0]):
+                threading.Thread(target=self._connection, args=(conn, address), daemon=True,
+                                 name="origin-connection").start()
+
+    def _admit(self, conn: socket.socket, address: str) -> bool:
+        with self._lock:
+            mine = sum(1 for held in self._open.values() if held == address)
+            if len(self._open) < self.serve.max_connections and mine < self.serve.max_per_client:
+                self._open[conn] = address
+                return True
+        if self.tls is None:       # a plain client hears why; a TLS one would need a handshake first
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.send(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+                          b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(OSError):
+            conn.close()
+        return False
+
+    def _connection(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        deadline = time.monotonic() + self.serve.header_timeout
+        try:
+            stream = tls_handshake(self.tls, conn, deadline) if self.tls is not None else conn
+            origin_handler_class()(stream, address, self, deadline)
+        except (OSError, ValueError) as exc:    # hang-ups, time-outs, TLS errors: normal on the internet
+            log.debug("origin: connection from %s ended: %s", address[0], printable(str(exc)))
+        finally:
+            with self._lock:
+                self._open.pop(conn, None)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def recorded(self, relpath: str) -> "ServedRow | None":
+        if relpath in self.private:
             return None
+        return served_row(self.config.ledger, relpath)
 
-    def _handler_class(self) -> type:
-        from http.server import BaseHTTPRequestHandler
-
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True     # else keep-alive answers stall ~40 ms each
-            timeout = ORIGIN_IDLE_TIMEOUT
-            server_version = f"cdn-push/{__version__}"
-            sys_version = ""
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-                log.debug("origin: %s %s", self.address_string(), format % args)
-
-            def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
-                body = (text + "\n").encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_HEAD(self) -> None:
-                self.do_GET()
-
-            def do_GET(self) -> None:
-                path, _, query = self.path.partition("?")
-                if path.startswith("/o/") and server.config.origin.serve is not None:
-                    self.serve_file(path[3:])
-                elif path.startswith("/cb/") and self.command == "GET":
-                    self.take_callback(path[4:], query)
-                else:
-                    self.plain(404, "not found")
-
-            def do_POST(self) -> None:
-                self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
-
-            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
-
-            def serve_file(self, rest: str) -> None:
-                expires, _, rest = rest.partition("/")
-                signature, _, encoded = rest.partition("/")
-                relpath = safe_relpath(encoded)
-                if relpath is None:
-                    self.plain(404, "not found")
-                    return
-                if not expires.isdigit() or not server.signer.verify(signature, "o", expires, relpath):
-                    self.plain(403, "bad signature")
-                    return
-                if int(expires) < server.clock():
-                    self.plain(403, "link expired")
-                    return
-                known = server.lookup(relpath)
-                target = os.path.join(server.folder_real, relpath)
-                real = os.path.realpath(target)
-                if known is None or os.path.commonpath([server.folder_real, real]) != server.folder_real:
-                    self.plain(404, "not found")
-                    return
-                size, mtime_ns, inode, sha256, _, _ = known
-                try:
-                    handle = open(real, "rb")
-                except OSError:
-                    self.plain(404, "not found")
-                    return
-                with handle:
-                    st = os.fstat(handle.fileno())
-                    if not stat.S_ISREG(st.st_mode):
-                        self.plain(404, "not found")
-                        return
-                    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-                        # Serving it would hand the CDN bytes that fail the chksum it was given.
-                        self.plain(409, "file changed since it was hashed; it will be submitted again")
-                        return
-                    self.send_content(handle, size, mtime_ns, sha256)
-
-            def send_content(self, handle: Any, size: int, mtime_ns: int, sha256: str) -> None:
-                wanted = parse_range(self.headers.get("Range"), size)
-                if wanted == "unsatisfiable":
-                    self.plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-                    return
-                start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
-                length = end - start + 1 if size else 0
-                self.send_response(206 if isinstance(wanted, tuple) else 200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(length))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{sha256}"')
-                self.send_header("Last-Modified", formatdate(mtime_ns / 1e9, usegmt=True))
-                if isinstance(wanted, tuple):
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                self.end_headers()
-                if self.command == "HEAD" or not length:
-                    return
-                self.wfile.flush()
-                sent = 0
-                while sent < length:       # zero-copy: the kernel moves the bytes
-                    count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
-                    if not count:
-                        self.close_connection = True
-                        return
-                    sent += count
-
-            def take_callback(self, rest: str, query: str) -> None:
-                attempt, _, rest = rest.partition("/")
-                token, _, encoded = rest.partition("/")
-                relpath = safe_relpath(encoded)
-                known = server.lookup(relpath) if relpath and attempt.isdigit() else None
-                if known is None:
-                    self.plain(404, "no such import")
-                    return
-                size, _, _, sha256, state, attempts = known
-                if not server.signer.verify(token, "cb", relpath, sha256, attempt):
-                    self.plain(403, "bad token")
-                    return
-                awaited = (state == STATE_SUBMITTED and 1 <= int(attempt) <= attempts) or (
-                    state == STATE_PENDING and attempts + 1 == int(attempt))
-                if not awaited:
-                    self.plain(404, "no import awaiting this callback")
-                    return
-                fields = dict(parse_qsl(query, keep_blank_values=True))
-                status = fields.get("status", "")
-                if status not in ("success", "fail"):
-                    self.plain(400, "status must be success or fail")
-                    return
-                reported_size = fields.get("size", "")
-                accepted = server.inbox.put(CallbackReport(
-                    relpath=relpath, attempt=int(attempt), success=status == "success",
-                    size=int(reported_size) if reported_size.isdigit() else None,
-                    sha256=fields.get("sha-256", "").lower(), message=fields.get("message", "")[:500],
-                    received=server.clock()))
-                if accepted:
-                    self.plain(200, "ok")
-                else:
-                    self.plain(503, "shutting down; call again later", {"Retry-After": "60"})
-
-        return Handler
+    def open_recorded(self, relpath: str) -> tuple[Any, "ServedRow"] | None:
+        """The file at `relpath`, opened, if the ledger knows it and it lies inside the folder."""
+        row = self.recorded(relpath)
+        real = os.path.realpath(os.path.join(self.folder_real, relpath))
+        if row is None or os.path.commonpath([self.folder_real, real]) != self.folder_real:
+            return None
+        try:
+            handle = open(real, "rb")
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            handle.close()
+            return None
+        return handle, row
 
 
 # ----------------------------------------------------------------------------
@@ -2139,6 +2405,8 @@ class Pipeline:
         if inbox is not None:
             inbox.wake = self.wake
         self._redact = Redactor(config.secrets())
+        self._private = dict(config.private_files)
+        self._private_warned: set[str] = set()
         # scan and hash
         self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
         self._scan_work: collections.deque[HashJob] = collections.deque()
@@ -2377,6 +2645,9 @@ class Pipeline:
         the rest goes to be hashed."""
         unknown: list[FileEntry] = []
         for entry in entries:
+            if entry.relpath in self._private:
+                self._skip_private(entry.relpath)
+                continue
             row = known.get(entry.relpath)
             if row is None or row.sha256 is None or (row.size, row.mtime_ns, row.inode) != entry[2:]:
                 unknown.append(entry)
@@ -2390,6 +2661,12 @@ class Pipeline:
             else:
                 work.append(HashJob(entry, known.get(entry.relpath), fresh))
                 self._hashing_paths.add(entry.relpath)
+
+    def _skip_private(self, relpath: str) -> None:
+        if relpath not in self._private_warned:
+            self._private_warned.add(relpath)
+            log.warning("skipped %s: it is the file named by '%s', which holds secrets or state; keep it "
+                        "outside 'folder'", printable(relpath), self._private[relpath])
 
     def _unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
         """The ledger vouches for this file: same stat, accepted as it is, nothing amiss."""
@@ -2685,6 +2962,7 @@ class Pipeline:
             self._retired_clients.append(self.client)
         self.config, self.client = config, client
         self._redact = Redactor(config.secrets())
+        self._private = dict(config.private_files)
 
     def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
         self.signer, self.inbox = signer, inbox
@@ -3297,9 +3575,9 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
         out(f"{total} files in {config.ledger}: " + ", ".join(
             f"{n} {s}{waiting_note if s == STATE_SUBMITTED and n else ''}" for s, n in counts.items()))
         for row in ledger.all_rows(state):
-            error = f"  ({row.last_error})" if row.last_error else ""
-            out(f"{row.state:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {row.name}"
-                f"{'  <- ' + row.path if row.name != row.path else ''}{error}")
+            error = f"  ({printable(row.last_error)})" if row.last_error else ""
+            out(f"{row.state:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {printable(row.name)}"
+                f"{'  <- ' + printable(row.path) if row.name != row.path else ''}{error}")
     return EXIT_OK
 
 

@@ -341,8 +341,10 @@ def test_idle_and_trickling_clients_do_not_block_the_origin_or_grow_memory(live_
     import requests
     port, url = live_origin
     rss_before = int(open("/proc/self/statm").read().split()[1])
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
-    trickle = socket.create_connection(("127.0.0.1", port))
+    # Attackers from other addresses than the fetcher's: at most 3 of the 6 slots each.
+    idle = [socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.0.{2 + i % 2}", 0))
+            for i in range(4)]
+    trickle = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.4", 0))
     path = url.split(str(port), 1)[1]
     request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     try:
@@ -352,7 +354,8 @@ def test_idle_and_trickling_clients_do_not_block_the_origin_or_grow_memory(live_
         with requests.Session() as session:          # one keep-alive connection: one slot
             answers = [session.get(url, timeout=5) for _ in range(20)]
         assert all(a.status_code == 200 and len(a.content) == 1000 for a in answers)
-        flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        flood = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.5", 0))
+                 for _ in range(50)]
         refused = sum(1 for s in flood if s.recv(64).startswith(b"HTTP/1.1 503"))
         for sock in flood:
             sock.close()
