@@ -83,6 +83,8 @@ EXIT_USAGE = 2            # bad command line or configuration
 EXIT_LOCKED = 3           # another cdn-push holds the ledger's lock
 EXIT_CDN_UNAVAILABLE = 4  # CDN unreachable, or credentials refused
 EXIT_LEDGER = 5           # the ledger cannot be opened or written
+EXIT_ORIGIN = 6           # the CDN could not fetch from the origin as configured (checked before sending)
+EXIT_BUG = 70             # a fault in cdn-push itself (EX_SOFTWARE): please report it
 
 ENV_CONFIG = "CDN_PUSH_CONFIG"
 ENV_API_PASSWORD = "CDN_PUSH_API_PASSWORD"
@@ -157,8 +159,16 @@ class CdnUnavailableError(CdnError):
     """The CDN could not be reached within the retry budget."""
 
 
+class CdnEndpointError(CdnError):
+    """The answer is about the API endpoint (no such method, an HTML page, a redirect), not the file."""
+
+
 class CdnRetriesExhausted(CdnError):
     """The CDN kept answering with a temporary error for one file."""
+
+
+class OriginError(CdnPushError):
+    """The CDN could not fetch from the origin as configured: checked before anything is sent."""
 
 
 class _TransientError(CdnError):
@@ -169,6 +179,21 @@ class _TransientError(CdnError):
         super().__init__(message)
         self.retry_after = retry_after
         self.connection = connection
+
+
+# The one mapping from errors to exit codes; the first class that matches wins.
+EXIT_FOR_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (LockedError, EXIT_LOCKED),
+    (LedgerError, EXIT_LEDGER),
+    (OriginError, EXIT_ORIGIN),
+    (CdnError, EXIT_CDN_UNAVAILABLE),
+    (CdnPushError, EXIT_INCOMPLETE),
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return next((code for kind, code in EXIT_FOR_ERROR if isinstance(exc, kind)), EXIT_BUG)
 
 
 # ----------------------------------------------------------------------------
@@ -248,6 +273,12 @@ class OriginConfig:
     password: Secret = field(default_factory=Secret)
     serve: ServeConfig | None = None
     secret_file: Path | None = None
+    check: bool = True          # fetch once through the configured address before the first request
+
+    @property
+    def identity(self) -> str:
+        """Where the CDN fetches from; when it changes, links already handed out may no longer work."""
+        return f"serve {self.serve.public_url}" if self.serve else self.base_url
 
 
 @dataclass(frozen=True)
@@ -320,7 +351,7 @@ CONFIG_KEYS: dict[str, Any] = {
             "rate_limit": None,
             "retry": {"attempts": None, "max_seconds": None, "backoff_base": None,
                       "backoff_max": None}},
-    "origin": {"base_url": None, "username": None, "password": None, "secret_file": None,
+    "origin": {"base_url": None, "username": None, "password": None, "secret_file": None, "check": None,
                "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
                          "link_ttl": None, "max_connections": None, "header_timeout": None,
                          "idle_timeout": None}},
@@ -528,7 +559,8 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
     secret_text = _string(origin_raw.get("secret_file"), "origin.secret_file")
     secret_file = (base_dir / Path(secret_text).expanduser()).resolve() if secret_text else None
     origin = OriginConfig(base_url=base_url, username=origin_user, password=Secret(origin_password),
-                          serve=serve, secret_file=secret_file)
+                          serve=serve, secret_file=secret_file,
+                          check=_boolean(origin_raw.get("check"), "origin.check", True))
     callback = _callback_config(_mapping(data.get("callback"), "callback"), serve)
 
     name_prefix = _string(data.get("name_prefix"), "name_prefix")
@@ -1188,6 +1220,14 @@ class Ledger:
         return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at <= ?",
                          (STATE_PENDING, due)).fetchone()[0]
 
+    def meta(self, key: str) -> str | None:
+        found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self._changed(1, 1)
+
     def counts(self) -> dict[str, int]:
         found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
         return {state: found.get(state, 0) for state in STATES}
@@ -1493,7 +1533,10 @@ def _answer_message(body: str) -> tuple[str, bool | None]:
     return first[:500], (True if is_error else None)
 
 
-def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | CdnAuthError:
+HTML_START = re.compile(r"\s*<(!doctype\s+html|html|head|body)\b", re.I)
+
+
+def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | CdnAuthError | CdnEndpointError:
     """Turn one HTTP answer of file/add into an outcome; pure, tolerant of unknown formats."""
     message, is_error = _answer_message(body)
     kept = body[:MAX_RECORDED_BODY]
@@ -1503,6 +1546,11 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
                             f"{ENV_API_PASSWORD} / api.password")
     if status == 429 or status == 408 or status >= 500:
         return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
+    if status in (404, 405) or 300 <= status < 400 or HTML_START.match(body):
+        said = "a web page" if HTML_START.match(body) else f"HTTP {status}" + (
+            f" ({printable(message[:200])})" if message else "")
+        return CdnEndpointError(f"the CDN answered {said} to file/add: that is about the API address, not "
+                                "a file; check 'api.url' (the vendor's ends in /api2)")
     if EXISTS_TEXT.search(message or "") and (status < 300 or 400 <= status < 500):
         return CdnAnswer(OUTCOME_EXISTS, status, message, kept)
     if 200 <= status < 300:
@@ -1584,7 +1632,8 @@ class CdnClient:
         try:
             # verify per request: a session's setting loses to REQUESTS_CA_BUNDLE in the environment
             response = self._session().post(f"{self.api.url}/{method}", data=params, timeout=self.api.timeout,
-                                            verify=self.api.ca_bundle or self.api.verify_tls)
+                                            verify=self.api.ca_bundle or self.api.verify_tls,
+                                            allow_redirects=False)
             body = response.text
         except requests.Timeout:
             raise _TransientError(f"no answer within {self.api.timeout:g} s", connection=True) from None
@@ -1597,7 +1646,7 @@ class CdnClient:
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
-        if isinstance(outcome, CdnAuthError):
+        if isinstance(outcome, (CdnAuthError, CdnEndpointError)):
             raise outcome
         return outcome
 
@@ -1948,6 +1997,8 @@ def origin_handler_class() -> type:
                 self.serve_file(path[3:])
             elif path.startswith("/cb/") and self.command == "GET":
                 self.take_callback(path[4:], query)
+            elif path.startswith("/probe/") and self.server.take_probe(path[7:]):
+                self.plain(200, PROBE_ANSWER)
             else:
                 self.plain(404, "not found")
 
@@ -2037,6 +2088,30 @@ def origin_handler_class() -> type:
     return OriginHandler
 
 
+PROBE_ANSWER = "cdn-push origin"
+
+
+def probe_origin(url: str, size: int | None, *, timeout: float = 10.0) -> str | None:
+    """Fetch once what the CDN will fetch: None if it works, else what went wrong, in words."""
+    import requests
+
+    try:
+        if size is None:
+            answer = requests.get(url, timeout=timeout, allow_redirects=False)
+            if answer.status_code == 200 and answer.text.startswith(PROBE_ANSWER):
+                return None
+            return f"it answered HTTP {answer.status_code}, which is not this cdn-push"
+        answer = requests.head(url, timeout=timeout, allow_redirects=True)
+    except requests.RequestException as exc:
+        return f"it could not be reached: {printable(_short(exc))}"
+    length = answer.headers.get("Content-Length", "")
+    if answer.status_code != 200:
+        return f"HEAD of the first file's location answered HTTP {answer.status_code}"
+    if ascii_number(length, 18) and int(length) != size:
+        return f"the first file's location holds {length} bytes, but the file has {size}"
+    return None
+
+
 def content_type(relpath: str) -> str:
     import mimetypes
 
@@ -2071,6 +2146,7 @@ class OriginServer:
         self.tls = self._tls_context()
         self._lock = threading.Lock()
         self._open: dict[socket.socket, str] = {}
+        self._probes_taken: set[str] = set()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -2156,6 +2232,18 @@ class OriginServer:
                 self._open.pop(conn, None)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def take_probe(self, rest: str) -> bool:
+        """A signed, single-use probe: cdn-push checking that its public_url leads here."""
+        expires, _, signature = rest.partition("/")
+        if not ascii_number(expires, 12) or int(expires) < self.clock() or not self.signer.verify(
+                signature, "probe", expires):
+            return False
+        with self._lock:
+            if signature in self._probes_taken:
+                return False
+            self._probes_taken.add(signature)
+        return True
 
     def recorded(self, relpath: str) -> "ServedRow | None":
         if relpath in self.private:
@@ -2266,10 +2354,8 @@ class RunSummary:
         return RunSummary(**counted, started=before.started)
 
     def exit_code(self) -> int:
-        if isinstance(self.fatal, (CdnAuthError, CdnUnavailableError)):
-            return EXIT_CDN_UNAVAILABLE
         if self.fatal is not None:
-            return EXIT_INCOMPLETE
+            return exit_code_for(self.fatal)
         if (self.rejected or self.failed or self.conflicts or self.unreadable or self.unconfirmed
                 or self.interrupted):
             return EXIT_INCOMPLETE
@@ -2432,6 +2518,8 @@ class Pipeline:
         self._retired_clients: list[CdnClient] = []
         self._confirm_deadline: float | None = None
         self._bars: dict[str, Any] = {}
+        self._origin_checked = False
+        self.resend_before = self._links_valid_since()
 
     # -- progress ----------------------------------------------------------------
 
@@ -2538,10 +2626,19 @@ class Pipeline:
             self.ledger.commit()
 
     def _report_unconfirmed(self) -> None:
-        self.summary.unconfirmed = len(self.awaiting) if self.callbacks_on else 0
-        if self.summary.unconfirmed and not self.stop.is_set() and self.summary.fatal is None:
-            log.warning("%d files not confirmed by the CDN within %gs (callback.wait_seconds); they stay "
-                        "'submitted'", len(self.awaiting), self.config.callback.wait_seconds)
+        """With callbacks, a run is done only when the CDN confirmed every file, this run's or not."""
+        if not self.callbacks_on:
+            return
+        self.summary.unconfirmed = self.ledger.counts()[STATE_SUBMITTED]
+        if not self.summary.unconfirmed or self.summary.fatal is not None:
+            return
+        if self.stop.is_set():
+            log.warning("%d files await the CDN's confirmation; the next run asks the CDN again",
+                        self.summary.unconfirmed)
+        else:
+            log.warning("%d files not confirmed by the CDN (callback.wait_seconds is %gs); they stay "
+                        "'submitted' and the next run asks again", self.summary.unconfirmed,
+                        self.config.callback.wait_seconds)
 
     # -- for tests and the benchmark: one stage at a time ---------------------------
 
@@ -2736,14 +2833,24 @@ class Pipeline:
 
     # -- the decide step ----------------------------------------------------------
 
-    def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
-        """Accepted, but no callback within wait_seconds (the origin may have been gone): ask again.
+    def _links_valid_since(self) -> float:
+        """Files submitted before this time were handed links that may no longer work: with the
+        built-in origin, the process that served them is gone; with any origin, if its address
+        changed since. 0 when nothing says so. Records the origin in use for the next run."""
+        if self.dry_run or not self.config.callback.enabled:
+            return 0.0
+        identity = self.config.origin.identity
+        before = self.ledger.meta("origin")
+        if before != identity:
+            self.ledger.set_meta("origin", identity)
+        return self.clock() if (before is not None and before != identity) or self.config.origin.serve else 0.0
 
-        Bounded by callback.max_attempts, so a file the CDN keeps as "already there" is left alone.
-        """
+    def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
+        """Accepted, but never confirmed, and either its link can no longer work or no callback came
+        within wait_seconds: ask again, at most callback.max_attempts times in all."""
         callback = self.config.callback
         return (callback.enabled and state == STATE_SUBMITTED and attempts < callback.max_attempts
-                and self.clock() - updated_at >= callback.wait_seconds)
+                and (updated_at < self.resend_before or self.clock() - updated_at >= callback.wait_seconds))
 
     def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
         config = self.config
@@ -2819,15 +2926,41 @@ class Pipeline:
         return fed
 
     def _enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
-        if row.path in self._queued or self.client is None:
+        if row.path in self._queued or self.client is None or self.summary.fatal is not None:
             return 0
         params = self._params_if_unchanged(row)
         if params is None:
             return 1
+        if not self._origin_checked:
+            self._origin_checked = True
+            self.summary.fatal = self.check_origin(row, params["location"])
+            if self.summary.fatal is not None:
+                return 0
         self._start_workers()
         self._queued.add(row.path)
         self._queue.put(SubmitJob(row, params, fresh))
         return 1
+
+    def check_origin(self, row: LedgerRow, location: str) -> OriginError | None:
+        """Before the first request: can the CDN fetch what we are about to name? (origin.check)"""
+        origin = self.config.origin
+        if not origin.check:
+            return None
+        if origin.serve is not None and self.signer is not None:
+            expires = str(int(self.clock()) + 120)
+            url, key, size = (f"{origin.serve.public_url}/probe/{expires}/{self.signer.sign('probe', expires)}",
+                              "origin.serve.public_url", None)
+            shown = origin.serve.public_url
+        elif origin.base_url.startswith(("http://", "https://")):
+            url, key, size, shown = location, "origin.base_url", row.size, mask_url(location)
+        else:
+            return None      # ftp, rsync, s3: the CDN's own business
+        problem = probe_origin(url, size)
+        if problem is None:
+            return None
+        return OriginError(f"the CDN could not fetch files through '{key}' ({printable(shown)}): {problem}. "
+                           "Nothing was sent. Check that address; if this machine cannot reach its own "
+                           "public address (NAT without hairpin) although the CDN can, set 'origin.check: false'")
 
     def _start_workers(self) -> None:
         while len(self._workers) < self.config.submit_workers:
@@ -2892,7 +3025,7 @@ class Pipeline:
         if isinstance(outcome, CdnAnswer):
             self._consecutive_failures = 0
             self._answered(job.row, job.params, outcome)
-        elif isinstance(outcome, CdnAuthError):
+        elif isinstance(outcome, (CdnAuthError, CdnEndpointError)):
             for queued in self._queue.clear():     # every other request would be refused too
                 self._queued.discard(queued.row.path)
             self.summary.fatal = self.summary.fatal or outcome
@@ -2935,8 +3068,10 @@ class Pipeline:
             return
         if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
             self.summary.submitted += 1
+            # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
+            held = answer.outcome == OUTCOME_EXISTS and self.callbacks_on
             self.ledger.put(row._replace(
-                state=STATE_SUBMITTED, attempts=attempts, last_error=None,
+                state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=attempts, last_error=None,
                 response=self._redact(answer.body), accepted_name=params["name"],
                 accepted_size=row.size, accepted_sha256=row.sha256))
             log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
@@ -3059,8 +3194,18 @@ def check_can_submit(config: Config) -> None:
     if not config.origin.base_url and config.origin.serve is None:
         raise ConfigError(f"{config.source}: set 'origin.base_url' (the URL where the CDN can download "
                           "the folder's files) or 'origin.serve' (cdn-push serves them itself)")
+    for key, url in (("api.url", config.api.url), ("origin.base_url", config.origin.base_url),
+                     ("origin.serve.public_url", config.origin.serve.public_url if config.origin.serve else ""),
+                     ("callback.public_url", config.callback.public_url)):
+        host = (urlsplit(url).hostname or "") if url else ""
+        if host and (host.endswith(".invalid") or any(host == d or host.endswith("." + d) for d in PLACEHOLDERS)):
+            raise ConfigError(f"{config.source}: '{key}' still names the placeholder host {host}: set the real "
+                              "address" + (" at which the CDN reaches this machine" if "public_url" in key else ""))
     if not config.api.verify_tls:
         log.warning("TLS certificate verification is off (api.verify_tls: false)")
+
+
+PLACEHOLDERS = ("example.com", "example.org", "example.net")   # RFC 2606: never a real origin or API
 
 
 def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
@@ -3349,8 +3494,8 @@ class WatchService:
         if ready:
             self.pipeline.add_fresh(ready)
         self.pipeline.step(timeout=tick)
-        if isinstance(self.pipeline.summary.fatal, CdnAuthError):
-            raise self.pipeline.summary.fatal        # refused credentials stop the service (exit 4)
+        if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError, OriginError)):
+            raise self.pipeline.summary.fatal        # wrong credentials or addresses stop the service
         self.ping_if_due()
 
     def drain_events(self) -> None:
@@ -3863,21 +4008,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("%s", summary.fatal)
         print(summary.line(), flush=True)
         return summary.exit_code()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    except LockedError as exc:
-        log.error("%s", exc)
-        return EXIT_LOCKED
-    except LedgerError as exc:
-        log.error("%s", exc)
-        return EXIT_LEDGER
-    except (CdnAuthError, CdnUnavailableError) as exc:
-        log.error("%s", exc)
-        return EXIT_CDN_UNAVAILABLE
     except CdnPushError as exc:
         log.error("%s", exc)
-        return EXIT_INCOMPLETE
+        return exit_code_for(exc)
     finally:
         handler.flush()
 

@@ -25,7 +25,11 @@ from conftest import API_LOGIN, API_PASSWORD
     (409, '{"status":"error","message":"file already exists with the same size and chksum"}', "exists"),
     (400, "error: duplicate file", "exists"),
     (400, '{"status":"error","message":"missing parameter: size"}', "rejected"),
-    (404, "no such method", "rejected"),
+    (404, "no such method", "endpoint"),                 # about api.url, not the file
+    (405, "method not allowed", "endpoint"),
+    (301, "", "endpoint"),
+    (200, "<!DOCTYPE html><html><body>Welcome to nginx</body></html>", "endpoint"),
+    (400, "<html><head><title>400</title></head></html>", "endpoint"),
     (401, "authentication failed", "auth"),
     (403, '{"message":"method not allowed for this login"}', "auth"),
     (403, "", "auth"),
@@ -37,7 +41,8 @@ from conftest import API_LOGIN, API_PASSWORD
 ])
 def test_classify_response(status, body, expected):
     outcome = cdn_push.classify_response(status, body)
-    kind = {cdn_push.CdnAuthError: "auth", cdn_push._TransientError: "retry"}.get(type(outcome))
+    kind = {cdn_push.CdnAuthError: "auth", cdn_push._TransientError: "retry",
+            cdn_push.CdnEndpointError: "endpoint"}.get(type(outcome))
     assert (kind or outcome.outcome) == expected
 
 
