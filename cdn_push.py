@@ -135,6 +135,10 @@ class CdnPushError(Exception):
     """Root of every error cdn-push raises on purpose."""
 
 
+class StopRequested(Exception):
+    """A stop (SIGTERM, Ctrl-C) cut a wait short: a signal, not an error; nothing failed."""
+
+
 class ConfigError(CdnPushError):
     """The command line or the configuration is wrong; the message names the key."""
 
@@ -715,10 +719,7 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+        raise ConfigError(yaml_error_message(path, text, exc)) from None
     base_dir = path.resolve().parent
     try:
         config = parse_config(raw, env=env, base_dir=base_dir, source=str(path),
@@ -727,10 +728,56 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
         raise ConfigError(f"{path}: {exc}") from None
     warnings = []
     with contextlib.suppress(OSError):
-        if _holds_password(raw) and path.stat().st_mode & 0o044:
-            warnings.append(f"{path} holds a password and is readable by other users: "
-                            f"run chmod 600 {path} (or use {ENV_API_PASSWORD})")
+        if _holds_password(raw):
+            warnings += password_file_advice(path, path.stat())
     return config, warnings
+
+
+def password_file_advice(path: Path, st: os.stat_result) -> list[str]:
+    """What to do about a config file holding a password that others can read; fits the layout.
+
+    The service's /etc/cdn-push/config.yaml is root's and group-readable by the service user:
+    chmod 600 would lock the service out, so the advice there is the environment file.
+    """
+    if not st.st_mode & 0o044:
+        return []
+    mine = st.st_uid == os.geteuid()
+    if st.st_mode & 0o004 or mine:
+        fix = f"run chmod 600 {path}, or move the password" if mine else "move the password"
+        return [f"{path} holds a password and is readable by other users: {fix} to the environment "
+                f"({ENV_API_PASSWORD}; for the service, in /etc/cdn-push/env)"]
+    return [f"{path} holds a password and other members of its group can read it: move the password "
+            f"to /etc/cdn-push/env as {ENV_API_PASSWORD}=... (mode 0600) and remove it from {path}"]
+
+
+# PyYAML's words for common slips, and what a person would say instead (pure lookup).
+YAML_PROBLEMS: tuple[tuple[str, str], ...] = (
+    ("'\\t'", "a tab character: YAML indents with spaces only; replace the tab with spaces"),
+    ("quoted scalar", "a quote opened here is never closed: add the closing quote"),
+    ("expected <block end>", "the indentation does not match the lines above: line keys up under their section"),
+    ("mapping values are not allowed", "a ':' where a value was expected: put the value in quotes "
+                                       "if it contains ': ', or fix the indentation"),
+    ("could not find expected ':'", "a line that is not 'key: value' (a missing ':' or a broken indentation)"),
+    ("found undefined alias", "a '*' starts an alias: put the value in quotes"),
+    ("found character '@'", "'@' and '`' cannot start a value: put the value in quotes"),
+)
+
+
+def yaml_error_message(path: Path, text: str, exc: Any) -> str:
+    """Where a YAML mistake really is (a line with a caret under it) and what it is, in plain words."""
+    problem = str(getattr(exc, "problem", None) or "not valid YAML")
+    context = str(getattr(exc, "context", None) or "")
+    mark = getattr(exc, "problem_mark", None)
+    if "quoted scalar" in context and getattr(exc, "context_mark", None) is not None:
+        mark = exc.context_mark       # PyYAML points where it gave up, often many lines later
+    words = next((said for found, said in YAML_PROBLEMS if found in problem + " " + context), problem)
+    if mark is None:
+        return f"{path}: {words}"
+    lines = text.splitlines()
+    shown = lines[mark.line] if mark.line < len(lines) else ""
+    gutter = f"{mark.line + 1:>5} | "
+    return (f"{path}: line {mark.line + 1}, column {mark.column + 1}: {words}\n{gutter}"
+            f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * mark.column}^")
 
 
 def _holds_password(raw: Any) -> bool:
@@ -747,7 +794,8 @@ def _holds_password(raw: Any) -> bool:
 
 
 def config_path_from(arg: str | None, env: Mapping[str, str]) -> Path:
-    return Path(arg or env.get(ENV_CONFIG) or DEFAULT_CONFIG_NAME)
+    """Absolute, so every message names the file wherever the command was run from."""
+    return Path(os.path.abspath(os.path.expanduser(arg or env.get(ENV_CONFIG) or DEFAULT_CONFIG_NAME)))
 
 
 @functools.lru_cache(maxsize=512)
@@ -1659,14 +1707,21 @@ class CdnClient:
                                                    max=policy.backoff_max)(retry_state)
         if isinstance(exc, _TransientError) and exc.retry_after is not None:
             backoff = exc.retry_after + random.uniform(0, 0.1 * max(exc.retry_after, 1.0))
-        return min(backoff, policy.max_seconds)
+        wait = min(backoff, policy.max_seconds)
+        log.info("the CDN did not answer well (%s); try %d of %d in %.0fs", exc, retry_state.attempt_number + 1,
+                 policy.attempts, wait)
+        return wait
 
     def _sleep_unless_stopped(self, seconds: float) -> None:
+        """Waits between retries end at once on a stop, with the real clock or an injected one."""
+        if self._stop.is_set():
+            raise StopRequested()
         if self._sleep is time.sleep:
-            if self._stop.wait(seconds):
-                raise CdnUnavailableError("stopped while waiting to retry")
+            self._stop.wait(seconds)
         else:
             self._sleep(seconds)
+        if self._stop.is_set():
+            raise StopRequested()
 
     def add_file(self, params: Mapping[str, str]) -> CdnAnswer:
         """Send file/add; returns accepted, exists or rejected, or raises a CdnError."""
@@ -2448,6 +2503,7 @@ class SubmitQueue:
         return self.clear()
 
 
+WAITING_SHOWN = 5         # files named when a run leaves some waiting
 SCAN_SLICE = 0.05         # seconds of scanning and inline hashing per step, so events and answers wait little
 FLUSH_EVERY = 0.2         # seconds between two ledger transactions of hashed files
 
@@ -2487,6 +2543,7 @@ class Pipeline:
         self.cdn_retry_pause = cdn_retry_pause     # None: the CDN being down ends the run
         self.summary = RunSummary()
         self.awaiting: set[str] = set()
+        self.waiting_examples: list[str] = []
         self.wake = threading.Event()
         if inbox is not None:
             inbox.wake = self.wake
@@ -2555,6 +2612,10 @@ class Pipeline:
             self.halt()
         self.summary.interrupted = self.stop.is_set()
         self._report_unconfirmed()
+        if self.summary.waiting:
+            more = self.summary.waiting - len(self.waiting_examples)
+            log.info("%d files are still being written and go in a later run: %s%s", self.summary.waiting,
+                     "; ".join(self.waiting_examples), f"; and {more} more" if more > 0 else "")
         return self.summary
 
     def finished(self) -> bool:
@@ -2731,7 +2792,9 @@ class Pipeline:
         settled = []
         for entry in entries:
             if entry.mtime_ns > settle_before_ns:
-                self._waiting(entry.relpath, f"modified less than {self.config.scan.settle_seconds:g}s ago")
+                age = max(0.0, self.clock() - entry.mtime_ns / 1e9)
+                self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is "
+                                             f"{self.config.scan.settle_seconds:g}")
             else:
                 settled.append(entry)
         self._triage(settled, self.ledger.quick_rows_in_dir(reldir), fresh=False)
@@ -2777,7 +2840,9 @@ class Pipeline:
     def _waiting(self, relpath: str, why: str) -> None:
         self.summary.waiting += 1
         self.on_waiting(relpath)
-        log.debug("waiting: %s was %s", printable(relpath), why)
+        if len(self.waiting_examples) < WAITING_SHOWN:
+            self.waiting_examples.append(f"{printable(relpath)} ({why})")
+        log.debug("waiting: %s: %s", printable(relpath), why)
 
     def _collect_hashes(self) -> int:
         done = [future for future in self._hashing if future.done()]
@@ -2796,8 +2861,7 @@ class Pipeline:
             row = self.ledger.get(entry.relpath) if job.known is not None else None
             self._decided_row(self._decide(entry, row, outcome), job.fresh)
         elif isinstance(outcome, FileChangedError):
-            self._waiting(entry.relpath, "still changing; it goes in a later pass")
-            log.info("waiting: %s is still changing; it goes in a later pass", printable(entry.relpath))
+            self._waiting(entry.relpath, "it changed while it was hashed")
         elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
             self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
 
@@ -2998,8 +3062,7 @@ class Pipeline:
             return None
         if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
             self._set_aside.add(row.path)
-            self._waiting(row.path, "changed after it was hashed")
-            log.info("waiting: %s changed after it was hashed; it goes in a later pass", printable(row.path))
+            self._waiting(row.path, "it changed after it was hashed")
             return None
         overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
         params = build_request(self.config, row.path, row.size, row.sha256, overrides,
@@ -3029,9 +3092,10 @@ class Pipeline:
             for queued in self._queue.clear():     # every other request would be refused too
                 self._queued.discard(queued.row.path)
             self.summary.fatal = self.summary.fatal or outcome
+        elif isinstance(outcome, StopRequested):
+            pass                             # the file stays pending for the next run
         elif isinstance(outcome, CdnUnavailableError):
-            if not self.stop.is_set():       # a stop cuts retries short: that is no outage
-                self._cdn_down(outcome)
+            self._cdn_down(outcome)
         elif isinstance(outcome, CdnError):
             self._consecutive_failures += 1
             self._failed(job.row, str(outcome))
@@ -4011,6 +4075,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CdnPushError as exc:
         log.error("%s", exc)
         return exit_code_for(exc)
+    except BrokenPipeError:         # `status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     finally:
         handler.flush()
 

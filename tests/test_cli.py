@@ -231,3 +231,135 @@ def test_demo_round_trip_in_a_subprocess():
     assert done.returncode == 0, done.stderr
     assert "demo: OK: 5 of 5 files fetched, verified and confirmed" in done.stdout
     assert "demo-api-secret" not in done.stdout + done.stderr
+
+
+# -- operators' mistakes end well -------------------------------------------------------------------------
+
+def serve_section(public_port, listen_port):
+    return {"serve": {"listen": f"127.0.0.1:{listen_port}", "public_url": f"http://127.0.0.1:{public_port}"}}
+
+
+def ledger_states(raw_config):
+    with cdn_push.Ledger.open(raw_config["ledger"]) as ledger:
+        return {row.path: row.state for row in ledger.all_rows()}
+
+
+def test_a_wrong_public_url_sends_nothing_and_says_which_key(capsys, drop, emulator, write_config, raw_config):
+    from conftest import free_port
+    write_files(drop, {f"f{i}.mp4": os.urandom(500) for i in range(5)})
+    listen, wrong = free_port(), free_port()
+    code, out, err = run_main(capsys, "--config", str(write_config(origin=serve_section(wrong, listen))))
+    assert code == cdn_push.EXIT_ORIGIN, err
+    assert "origin.serve.public_url" in err and f"127.0.0.1:{wrong}" in err and "origin.check" in err
+    assert emulator.requests == [] and set(ledger_states(raw_config).values()) == {"pending"}
+    started = time.monotonic()
+    code, out, err = run_main(capsys, "--config", str(write_config(origin=serve_section(listen, listen),
+                                                                   callback={"wait_seconds": 120})))
+    assert code == cdn_push.EXIT_OK, err
+    assert set(ledger_states(raw_config).values()) == {"confirmed"} and time.monotonic() - started < 60
+
+
+def test_links_that_can_no_longer_work_are_sent_again_at_once(capsys, drop, emulator, write_config, raw_config):
+    """origin.check off and a wrong public_url: the CDN cannot fetch; fixed, the next run resends at once."""
+    from conftest import free_port
+    write_files(drop, {f"f{i}.mp4": os.urandom(500) for i in range(3)})
+    listen, wrong = free_port(), free_port()
+    origin = {**serve_section(wrong, listen), "check": False}
+    code, out, err = run_main(capsys, "--config", str(write_config(origin=origin, callback={"wait_seconds": 1})))
+    assert code == cdn_push.EXIT_INCOMPLETE and "3 unconfirmed" in out       # never reported as done
+    assert set(ledger_states(raw_config).values()) == {"submitted"}
+    code, out, err = run_main(capsys, "--config", str(write_config(origin=serve_section(listen, listen),
+                                                                   callback={"wait_seconds": 120})))
+    assert code == cdn_push.EXIT_OK and "3 resent unconfirmed" in out, out + err
+    assert set(ledger_states(raw_config).values()) == {"confirmed"}
+
+
+def test_a_wrong_api_path_rejects_no_file_and_a_fixed_rerun_imports_all(capsys, drop, emulator, write_config,
+                                                                       raw_config):
+    write_files(drop, {f"f{i}.mp4": b"%d" % i for i in range(5)})
+    api = {**raw_config["api"], "url": emulator.api_url.removesuffix("/api2") + "/api"}
+    code, out, err = run_main(capsys, "--config", str(write_config(api=api)))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE and "'api.url'" in err, err
+    assert "rejected" not in set(ledger_states(raw_config).values())
+    code, out, err = run_main(capsys, "--config", str(write_config()))
+    assert code == cdn_push.EXIT_OK and "5 submitted" in out, out + err
+
+
+def test_placeholder_hosts_are_config_errors(capsys, drop, write_config, raw_config):
+    origin = {"base_url": "https://videos.example.com/drop"}
+    code, _, err = run_main(capsys, "--config", str(write_config(origin=origin)))
+    assert code == cdn_push.EXIT_USAGE and "'origin.base_url'" in err and "videos.example.com" in err
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["watch", "--help"], ["--poll", "examples:", "exit codes:"]),
+    (["status", "--help"], ["--json", "--state", "examples:"]),
+    (["run", "--help"], ["--dry-run", "--retry-rejected", "examples:"]),
+    (["--help"], ["watch", "status", "reload", "demo", "COMMAND --help"]),
+])
+def test_every_command_has_its_own_help(capsys, args, shown):
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in shown), out
+
+
+@pytest.mark.parametrize("args", [["watch", "--dry-run"], ["run", "--json"], ["status", "--poll"],
+                                  ["demo", "--retry-rejected"]])
+def test_options_are_tied_to_their_commands(capsys, emulator, write_config, args):
+    assert main([*args, "--config", str(write_config())]) == cdn_push.EXIT_USAGE
+    assert "unrecognized arguments" in capsys.readouterr().err and emulator.requests == []
+
+
+def test_options_work_before_or_after_the_command(capsys, drop, write_config):
+    config = str(write_config())
+    assert main(["-q", "--config", config, "status"]) == 0
+    assert main(["status", "-q", "--config", config]) == 0
+
+
+def test_status_into_a_closed_pipe_exits_quietly(write_config, raw_config, drop):
+    with cdn_push.Ledger.open(raw_config["ledger"]) as ledger:
+        ledger.put_many([cdn_push.LedgerRow(f"f{i:05}.mp4", 1, 1, i, "a" * 64, f"f{i:05}.mp4", "submitted")
+                         for i in range(3000)])
+    process = start_cdn_push("status", "--config", str(write_config()))
+    assert process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(30) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_retry_waits_are_said_while_the_api_is_down(capsys, drop, write_config, raw_config):
+    from conftest import free_port
+    write_files(drop, {"a.mp4": b"a"})
+    api = {**raw_config["api"], "url": f"http://127.0.0.1:{free_port()}/api2",
+           "retry": {"attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_seconds": 5}}
+    code, _, err = run_main(capsys, "--config", str(write_config(api=api, origin={"base_url": raw_config["origin"]["base_url"],
+                                                                                 "username": "fetcher",
+                                                                                 "password": ORIGIN_PASSWORD})))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE
+    assert "try 2 of 3" in err and "try 3 of 3" in err and "Connection refused" in err
+
+
+def test_waiting_files_are_named_with_the_reason(capsys, drop, emulator, write_config):
+    write_files(drop, {"old.mp4": b"old"})
+    write_files(drop, {"young.mp4": b"young"}, age=0)
+    code, out, err = run_main(capsys, "--config", str(write_config(scan={"settle_seconds": 60})))
+    assert code == 0 and "1 waiting" in out
+    assert "young.mp4 (modified 0s ago, scan.settle_seconds is 60)" in err
+
+
+def test_yaml_mistakes_name_the_real_line_and_say_what_is_wrong(capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text('folder: /tmp\napi:\n  login: x\n  password: "abc\n  timeout: 3\nscan:\n  x: 1\n')
+    assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{config}: line 4, column 13: a quote opened here is never closed" in err
+    assert '    4 |   password: "abc\n      |             ^' in err
+    config.write_text("folder: /tmp\napi:\n\tlogin: x\n")
+    assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE
+    assert "line 3, column 1: a tab character" in capsys.readouterr().err
+
+
+def test_the_config_path_is_shown_whole_from_anywhere(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--config", "missing.yaml"]) == cdn_push.EXIT_USAGE
+    assert str(tmp_path / "missing.yaml") in capsys.readouterr().err
