@@ -30,6 +30,7 @@ import functools
 import hashlib
 import heapq
 import hmac
+import html
 import importlib.util
 import io
 import itertools
@@ -92,6 +93,7 @@ ENV_ORIGIN_PASSWORD = "CDN_PUSH_ORIGIN_PASSWORD"
 ENV_ORIGIN_SECRET = "CDN_PUSH_ORIGIN_SECRET"
 
 DEFAULT_CONFIG_NAME = "config.yaml"
+DEFAULT_MONITOR = ("127.0.0.1", 8765)
 DEFAULT_API_URL = "https://cp.ahcdn.com/api2"
 ORIGIN_SCHEMES = ("http", "https", "ftp", "rsync", "rsync+ssh", "s3")
 
@@ -271,6 +273,16 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """The status page and metrics listener; `listen` None: off. `chosen`: set in the file (a
+    one-shot run serves it only then; watch serves the default too)."""
+    listen_host: str | None = DEFAULT_MONITOR[0]
+    listen_port: int = DEFAULT_MONITOR[1]
+    allow_remote: bool = False
+    chosen: bool = False
+
+
+@dataclass(frozen=True)
 class OriginConfig:
     base_url: str = ""
     username: str = ""
@@ -333,6 +345,7 @@ class Config:
     submit_workers: int = 4
     source: str = "<config>"
     callback: CallbackConfig = field(default_factory=CallbackConfig)
+    monitor: "MonitorConfig" = field(default_factory=lambda: MonitorConfig())
     # Files that hold secrets or state and lie inside the folder: (relative path, the key naming it).
     private_files: tuple[tuple[str, str], ...] = ()
 
@@ -361,6 +374,7 @@ CONFIG_KEYS: dict[str, Any] = {
                          "idle_timeout": None}},
     "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
                  "retry_delay": None},
+    "monitor": {"listen": None, "allow_remote": None},
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
     "rules": None,
     "scan": {"include": None, "exclude": None, "skip_hidden": None,
@@ -566,6 +580,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
                           serve=serve, secret_file=secret_file,
                           check=_boolean(origin_raw.get("check"), "origin.check", True))
     callback = _callback_config(_mapping(data.get("callback"), "callback"), serve)
+    monitor = _monitor_config(_mapping(data.get("monitor"), "monitor"))
 
     name_prefix = _string(data.get("name_prefix"), "name_prefix")
     if name_prefix.startswith("/"):
@@ -619,7 +634,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
         origin = dataclasses.replace(origin, secret_file=ledger.with_name(ledger.name + ".secret"))
     config = Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
                     defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
-                    submit_workers=submit_workers, source=source, callback=callback)
+                    submit_workers=submit_workers, source=source, callback=callback, monitor=monitor)
     return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
 
 
@@ -682,6 +697,30 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
                                      minimum=0.1)),
         idle_timeout=float(_number(raw.get("idle_timeout"), "origin.serve.idle_timeout", 15.0, minimum=0.1)),
     )
+
+
+def _monitor_config(raw: Mapping[str, Any]) -> MonitorConfig:
+    allow_remote = _boolean(raw.get("allow_remote"), "monitor.allow_remote", False)
+    if "listen" not in raw:
+        return MonitorConfig(allow_remote=allow_remote)
+    if raw["listen"] is None:
+        return MonitorConfig(listen_host=None, allow_remote=allow_remote, chosen=True)
+    host, port = _listen_address(raw["listen"], "monitor.listen")
+    if not allow_remote and not is_loopback(host):
+        raise ConfigError(f"'monitor.listen' is {host}:{port}, which other machines can reach; the page "
+                          "and metrics have no login. Keep it on 127.0.0.1 and use an SSH tunnel or a reverse "
+                          "proxy with authentication, or set 'monitor.allow_remote: true' if a firewall guards it")
+    return MonitorConfig(host, port, allow_remote, chosen=True)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
 
 
 def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> CallbackConfig:
@@ -1268,6 +1307,28 @@ class Ledger:
         return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at <= ?",
                          (STATE_PENDING, due)).fetchone()[0]
 
+    @classmethod
+    def reader(cls, path: Path | str) -> "Ledger":
+        """A read-only connection of the caller's own, for other threads (origin, monitor)."""
+        try:
+            db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5.0,
+                                 isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerError(ledger_advice(str(path), exc)) from None
+        return cls(db, str(path))
+
+    def counts_and_sizes(self) -> tuple[dict[str, int], dict[str, int]]:
+        found = self._run("SELECT state, count(*), coalesce(sum(size), 0) FROM files GROUP BY state").fetchall()
+        return {state: count for state, count, _ in found}, {state: size for state, _, size in found}
+
+    def problems(self, limit: int) -> list[dict[str, Any]]:
+        """Rejected and failed files and conflicts, newest first, with what went wrong."""
+        rows = self._run("SELECT path, state, last_error, updated_at FROM files WHERE state IN (?, ?) OR "
+                         "(state = ? AND last_error IS NOT NULL) ORDER BY updated_at DESC LIMIT ?",
+                         (STATE_REJECTED, STATE_FAILED, STATE_SUBMITTED, limit)).fetchall()
+        return [{"path": path, "state": state if state != STATE_SUBMITTED else "conflict",
+                 "reason": printable(error or ""), "time": updated} for path, state, error, updated in rows]
+
     def meta(self, key: str) -> str | None:
         found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return found[0] if found else None
@@ -1643,6 +1704,7 @@ class CdnClient:
         self._limiter = RateLimiter(api.rate_limit)
         self._sessions: list[Any] = []
         self._sessions_lock = threading.Lock()
+        self.on_retry: Callable[[], None] = lambda: None
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
@@ -1708,6 +1770,7 @@ class CdnClient:
         if isinstance(exc, _TransientError) and exc.retry_after is not None:
             backoff = exc.retry_after + random.uniform(0, 0.1 * max(exc.retry_after, 1.0))
         wait = min(backoff, policy.max_seconds)
+        self.on_retry()
         log.info("the CDN did not answer well (%s); try %d of %d in %.0fs", exc, retry_state.attempt_number + 1,
                  policy.attempts, wait)
         return wait
@@ -2417,6 +2480,119 @@ class RunSummary:
         return EXIT_OK
 
 
+class Activity:
+    """What the pipeline is doing, for the monitor: written by the pipeline's threads, read by the
+    monitor's. Counters only grow; everything else is replaced whole under the lock."""
+
+    CHART_MINUTES = 60
+    RECENT = 50
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.callbacks: collections.Counter[str] = collections.Counter()
+        self.hashed_bytes = 0
+        self.minutes: dict[int, list[int]] = {}          # minute -> [imports, confirmations]
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.RECENT)
+        self.unreadable: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self.cdn = {"up": True, "problem": None, "since": None, "next_try_at": None}
+        self.passes = {"running": False, "number": 0, "files_hashed": 0, "bytes_hashed": 0, "started_at": None}
+        self.last_pass_end: float | None = None
+        self.queues = {"hash": 0, "submit": 0, "confirm": 0}
+        self.now: dict[str, list[dict[str, Any]]] = {"hashing": [], "sending": []}
+        self.mode = "run"
+        self.waiting = 0
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
+
+    def _bucket(self, index: int) -> None:
+        minute = int(self.clock() // 60)
+        self.minutes.setdefault(minute, [0, 0])[index] += 1
+        for old in [m for m in self.minutes if m <= minute - self.CHART_MINUTES]:
+            del self.minutes[old]
+
+    def retried(self) -> None:
+        with self._lock:
+            self.requests["retried"] += 1
+
+    def hashed(self, size: int) -> None:
+        with self._lock:
+            self.hashed_bytes += size
+            self.passes["files_hashed"] += 1
+            self.passes["bytes_hashed"] += size
+
+    def answered(self, outcome: str, row: LedgerRow, name: str) -> None:
+        with self._lock:
+            self.requests[outcome] += 1
+            self.cdn = {"up": True, "problem": None, "since": None, "next_try_at": None}
+            if outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
+                self._bucket(0)
+            self.recent.appendleft({"time": self.clock(), "path": row.path, "name": name, "size": row.size,
+                                    "state": "rejected" if outcome in (OUTCOME_REJECTED, "failed") else
+                                    "confirmed" if outcome == OUTCOME_EXISTS else "submitted"})
+
+    def called_back(self, success: bool, row: LedgerRow) -> None:
+        with self._lock:
+            self.callbacks["success" if success else "fail"] += 1
+            if success:
+                self._bucket(1)
+            for item in self.recent:
+                if item["path"] == row.path:
+                    item["state"] = "confirmed" if success else "failed"
+
+    def cdn_down(self, problem: str, next_try_at: float | None) -> None:
+        with self._lock:
+            since = self.cdn["since"] if self.cdn["problem"] == problem else self.clock()
+            self.cdn = {"up": False, "problem": problem, "since": since, "next_try_at": next_try_at}
+
+    def problem(self, relpath: str, why: str) -> None:
+        with self._lock:
+            self.unreadable.appendleft({"path": relpath, "state": "unreadable", "reason": why,
+                                        "time": self.clock()})
+
+    def pass_started(self) -> None:
+        with self._lock:
+            self.passes = {"running": True, "number": self.passes["number"] + 1, "files_hashed": 0,
+                           "bytes_hashed": 0, "started_at": self.clock()}
+
+    def pass_ended(self) -> None:
+        with self._lock:
+            self.passes = {**self.passes, "running": False}
+            self.last_pass_end = self.clock()
+
+    def observe(self, queues: Mapping[str, int], hashing: list[dict[str, Any]], sending: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.queues = dict(queues)
+            self.now = {"hashing": hashing, "sending": sending}
+            now = time.monotonic()
+            if not self._samples or now - self._samples[-1][0] >= 1.0:
+                self._samples.append((now, self.hashed_bytes))
+
+    def _hash_rate(self) -> float:
+        recent = [(t, b) for t, b in self._samples if t >= time.monotonic() - 10.0]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of everything, safe to use outside the lock."""
+        with self._lock:
+            now_minute = int(self.clock() // 60)
+            minutes = range(now_minute - self.CHART_MINUTES + 1, now_minute + 1)
+            return {
+                "requests": dict(self.requests), "callbacks": dict(self.callbacks),
+                "hashed_bytes": self.hashed_bytes, "cdn": dict(self.cdn), "pass": dict(self.passes),
+                "last_pass_end": self.last_pass_end, "queues": {**self.queues, "waiting": self.waiting},
+                "hash_rate": self._hash_rate(),
+                "now": {k: list(v) for k, v in self.now.items()},
+                "recent": [dict(item) for item in self.recent], "unreadable": list(self.unreadable),
+                "chart": {"minute_starts": [m * 60.0 for m in minutes],
+                          "imports": [self.minutes.get(m, [0, 0])[0] for m in minutes],
+                          "confirmations": [self.minutes.get(m, [0, 0])[1] for m in minutes]},
+                "mode": self.mode,
+            }
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -2527,7 +2703,7 @@ class Pipeline:
                  out: Callable[[str], None] = print,
                  on_waiting: Callable[[str], None] = lambda relpath: None,
                  signer: UrlSigner | None = None, inbox: CallbackInbox | None = None,
-                 cdn_retry_pause: float | None = None) -> None:
+                 cdn_retry_pause: float | None = None, activity: Activity | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -2541,6 +2717,9 @@ class Pipeline:
         self.signer = signer
         self.inbox = inbox
         self.cdn_retry_pause = cdn_retry_pause     # None: the CDN being down ends the run
+        self.activity = activity or Activity(clock)
+        if client is not None:
+            client.on_retry = self.activity.retried
         self.summary = RunSummary()
         self.awaiting: set[str] = set()
         self.waiting_examples: list[str] = []
@@ -2569,6 +2748,7 @@ class Pipeline:
         self._results: queue.SimpleQueue[SubmitResult] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._queued: set[str] = set()          # in the queue or with a worker
+        self._sending: dict[int, SubmitJob] = {}  # with a worker now, by thread
         self._set_aside: set[str] = set()       # pending, but the file changed after hashing
         self._consecutive_failures = 0
         self.paused_until = 0.0
@@ -2655,8 +2835,18 @@ class Pipeline:
         self._flush_decided(force=not scanned)
         worked += scanned + self._feed()
         self._finish_pass_if_done()
+        self._observe()
         if not worked:
             self.wake.wait(timeout)
+
+    def _observe(self) -> None:
+        """What the monitor shows of the stages right now; a few small lists, every step."""
+        sending = [job.row for job in list(self._sending.values())]
+        self.activity.observe(
+            {"hash": len(self._scan_work) + len(self._fresh_work) + len(self._hashing),
+             "submit": len(self._queued), "confirm": len(self.awaiting)},
+            [{"path": job.entry.relpath, "size": job.entry.size} for job in list(self._hashing.values())[:10]],
+            [{"path": row.path, "size": row.size} for row in sending[:10]])
 
     def halt(self) -> None:
         """The one way out: stop producers, let requests in flight finish, record, commit."""
@@ -2729,7 +2919,8 @@ class Pipeline:
         if not self.config.folder.is_dir():
             raise ConfigError(f"'folder' {self.config.folder} is not a folder (from {self.config.source})")
         self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
-        self.pass_started = dataclasses.replace(self.summary)
+        self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
+        self.activity.pass_started()
         if self.feeding and self.client is not None and not self.dry_run:
             self._start_workers()
         return True
@@ -2741,6 +2932,7 @@ class Pipeline:
 
     def _problem(self, relpath: str, why: str) -> None:
         self.summary.unreadable += 1
+        self.activity.problem(relpath, why)
         log.warning("skipped %s: %s", printable(relpath), why)
 
     def _hash_slice(self, budget: float) -> int:
@@ -2858,6 +3050,7 @@ class Pipeline:
         if isinstance(outcome, str):
             self.summary.bytes_hashed += entry.size
             self.summary.hashed_files += 1
+            self.activity.hashed(entry.size)
             row = self.ledger.get(entry.relpath) if job.known is not None else None
             self._decided_row(self._decide(entry, row, outcome), job.fresh)
         elif isinstance(outcome, FileChangedError):
@@ -2893,6 +3086,7 @@ class Pipeline:
         if self.pass_started is not None and not self.scanning and not any(
                 not job.fresh for job in self._hashing.values()):
             started, self.pass_started = self.pass_started, None
+            self.activity.pass_ended()
             self.on_pass_done(started)
 
     # -- the decide step ----------------------------------------------------------
@@ -3042,10 +3236,12 @@ class Pipeline:
             if job is None:
                 return
             client = self.client
+            self._sending[threading.get_ident()] = job
             try:
                 outcome: CdnAnswer | Exception = client.add_file(job.params) if client else CdnError("no client")
             except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
                 outcome = exc
+            self._sending.pop(threading.get_ident(), None)
             self._results.put(SubmitResult(job, outcome))
             self.wake.set()
 
@@ -3089,6 +3285,8 @@ class Pipeline:
             self._consecutive_failures = 0
             self._answered(job.row, job.params, outcome)
         elif isinstance(outcome, (CdnAuthError, CdnEndpointError)):
+            self.activity.cdn_down("credentials refused" if isinstance(outcome, CdnAuthError) else
+                                   "wrong api.url", None)
             for queued in self._queue.clear():     # every other request would be refused too
                 self._queued.discard(queued.row.path)
             self.summary.fatal = self.summary.fatal or outcome
@@ -3098,6 +3296,7 @@ class Pipeline:
             self._cdn_down(outcome)
         elif isinstance(outcome, CdnError):
             self._consecutive_failures += 1
+            self.activity.answered("failed", job.row, job.params["name"])
             self._failed(job.row, str(outcome))
             if self._consecutive_failures >= max(3, self.config.submit_workers * 2):
                 self._cdn_down(CdnUnavailableError(
@@ -3117,12 +3316,14 @@ class Pipeline:
         if time.monotonic() >= self.paused_until:
             log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
         self.paused_until = time.monotonic() + self.cdn_retry_pause
+        self.activity.cdn_down("unreachable", self.clock() + self.cdn_retry_pause)
 
     def _answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> None:
         attempts = row.attempts + 1
         if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
             answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
                                          message=f"already in the CDN and no_replace is set: {answer.message}")
+        self.activity.answered(answer.outcome, row, params["name"])
         current = self.ledger.get(row.path) or row
         if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
             row = current   # hashed anew while the request was out: keep that, note what was sent
@@ -3160,6 +3361,7 @@ class Pipeline:
         if self.client is not None:
             self._retired_clients.append(self.client)
         self.config, self.client = config, client
+        client.on_retry = self.activity.retried
         self._redact = Redactor(config.secrets())
         self._private = dict(config.private_files)
 
@@ -3198,6 +3400,7 @@ class Pipeline:
         return applied
 
     def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
+        self.activity.called_back(report.success and (report.size, report.sha256) == (row.size, row.sha256), row)
         if report.success and (report.size, report.sha256) == (row.size, row.sha256):
             self.summary.confirmed += 1
             self.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
@@ -3226,6 +3429,803 @@ class Pipeline:
                                      accepted_name=None, accepted_size=None, accepted_sha256=None))
         log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
                     delay, row.attempts + 1, self.config.callback.max_attempts)
+
+
+# ----------------------------------------------------------------------------
+# Status page: /status.json rendered for people (pure)
+# ----------------------------------------------------------------------------
+
+PAGE_STATES = ("pending", "submitted", "confirmed", "rejected", "failed", "waiting")
+PROBLEM_STATES = ("rejected", "failed", "conflict", "unreadable")
+CHART_BUCKETS = 60              # one bar pair per minute of the last hour
+RECENT_SHOWN = 50
+LIST_SHOWN = 8                  # files listed under "hashing now" / "sending now" before "+N more"
+PAGE_PROBLEMS_SHOWN = 200            # beyond this the page would stop loading fast; `status` lists all
+
+# (label on the tile, what it means for someone who is not a developer)
+TILE_TEXT = {
+    "pending": ("Pending", "hashed, due to be sent to the CDN"),
+    "submitted": ("Submitted", "sent; the CDN is fetching and checking them"),
+    "confirmed": ("Confirmed", "imported, and the CDN verified every byte"),
+    "rejected": ("Rejected", "refused by the CDN: see Problems"),
+    "failed": ("Failed", "could not be imported yet: see Problems"),
+    "waiting": ("Waiting", "still being written, or just finished"),
+}
+
+# Badges carry an icon and the word: colour alone says nothing to a colour-blind reader or a printout.
+BADGE_ICON = {"pending": "\u25f7", "submitted": "\u2197", "confirmed": "\u2713", "rejected": "\u2715",
+              "failed": "!", "waiting": "\u2026", "conflict": "\u21c4", "unreadable": "\u2298"}
+
+PAGE_CSS = """
+:root{--ink:#1d2733;--muted:#5b6776;--line:#dfe4ea;--bg:#f3f5f8;--card:#fff;--ok:#1a7f37;
+--busy:#0b61c4;--bad:#c42b1c;--warn:#9a6700;--grey:#6e7781;--violet:#7a3fc2;
+--imports:#2f6fdf;--confirms:#2da44e}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);
+font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","DejaVu Sans",sans-serif}
+header{background:#1f2a37;color:#fff;padding:14px 28px;display:flex;flex-wrap:wrap;gap:4px 28px;
+align-items:baseline}
+header h1{font-size:19px;margin:0 18px 0 0;font-weight:650;letter-spacing:.2px}
+header .where{color:#c9d3de;font-size:14px;overflow-wrap:anywhere}
+header .where b{color:#fff;font-weight:600}
+main{max-width:1220px;margin:0 auto;padding:20px 28px 8px}
+section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px 20px;
+margin:0 0 18px}
+h2{font-size:16px;margin:0 0 12px;font-weight:650}
+h2 .aside{font-weight:400;color:var(--muted);font-size:14px;margin-left:8px}
+.banner{border-left:6px solid var(--grey);display:flex;gap:16px;align-items:flex-start}
+.banner .dot{flex:none;width:14px;height:14px;border-radius:50%;margin-top:5px;background:var(--grey)}
+.banner p{margin:0}.banner .headline{font-size:19px;font-weight:650}
+.banner .detail{color:var(--muted);margin-top:2px}
+.tone-ok{border-left-color:var(--ok)}.tone-ok .dot{background:var(--ok)}
+.tone-busy{border-left-color:var(--busy)}.tone-busy .dot{background:var(--busy)}
+.tone-bad{border-left-color:var(--bad)}.tone-bad .dot{background:var(--bad)}
+.attention{margin-top:6px;font-weight:600;color:var(--bad)}
+.attention a{color:inherit}
+.tiles{display:grid;grid-template-columns:repeat(6,1fr);gap:14px;margin:0 0 18px}
+.tile{background:var(--card);border:1px solid var(--line);border-top:5px solid var(--grey);
+border-radius:10px;padding:12px 14px}
+.tile .label{font-size:13px;font-weight:700;text-transform:uppercase;letter-spacing:.6px;color:var(--muted)}
+.tile .count{font-size:34px;font-weight:700;line-height:1.15;margin:4px 0 0;
+font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+.tile .bytes{font-size:15px;font-weight:600}
+.tile .means{font-size:12.5px;color:var(--muted);margin-top:4px}
+.tile.zero .count{color:#9aa4af}
+.t-pending{border-top-color:var(--warn)}.t-submitted{border-top-color:var(--busy)}
+.t-confirmed{border-top-color:var(--ok)}.t-rejected{border-top-color:var(--bad)}
+.t-failed{border-top-color:#d4520f}.t-waiting{border-top-color:var(--grey)}
+.t-rejected.some,.t-failed.some{background:#fff6f5}
+.cols{display:grid;grid-template-columns:1fr 1fr;gap:20px}
+.facts{display:flex;flex-wrap:wrap;gap:8px 28px;margin:0 0 12px;color:var(--muted)}
+.facts b{color:var(--ink);font-variant-numeric:tabular-nums}
+h3{font-size:14px;margin:0 0 6px;font-weight:650}
+ul.files{list-style:none;margin:0;padding:0}
+ul.files li{display:flex;justify-content:space-between;gap:12px;padding:5px 0;border-top:1px solid #eef1f4}
+ul.files li .name{overflow-wrap:anywhere}
+.size,.when{white-space:nowrap;color:var(--muted);font-variant-numeric:tabular-nums}
+.empty{color:var(--muted);font-style:italic;margin:4px 0}
+table{width:100%;border-collapse:collapse;font-size:14px}
+th{text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.5px;color:var(--muted);
+font-weight:700;border-bottom:2px solid var(--line);padding:6px 8px}
+td{padding:6px 8px;border-bottom:1px solid #eef1f4;vertical-align:top}
+td.name{overflow-wrap:anywhere;width:62%}
+td.num{text-align:right}
+tr:nth-child(even) td{background:#fafbfc}
+.cdn-name{display:block;color:var(--muted);font-size:12.5px}
+.badge{display:inline-block;white-space:nowrap;border-radius:999px;padding:1px 9px 1px 7px;
+font-size:12.5px;font-weight:650;border:1px solid}
+.b-pending{color:#7a5200;background:#fff5d6;border-color:#f0d58a}
+.b-submitted{color:#0b4fa3;background:#e6f0fd;border-color:#a9c8f5}
+.b-confirmed{color:#116329;background:#e3f6e8;border-color:#9fd9ae}
+.b-rejected{color:#a21b0f;background:#fde8e6;border-color:#f3aaa2}
+.b-failed{color:#9c3b05;background:#fdede3;border-color:#f2b48d}
+.b-waiting,.b-other{color:#4d5661;background:#eef1f4;border-color:#cfd6dd}
+.b-conflict{color:#5e2a9c;background:#f1e9fb;border-color:#cdb3ef}
+.b-unreadable{color:#7a5200;background:#fff5d6;border-color:#f0d58a}
+ol.problems{list-style:none;margin:0;padding:0}
+ol.problems li{border-top:1px solid var(--line);padding:10px 0}
+ol.problems li:first-child{border-top:0}
+.problem-head{display:flex;gap:10px;align-items:baseline;flex-wrap:wrap}
+.problem-head .name{font-weight:600;overflow-wrap:anywhere}
+.reason{margin:6px 0 0;padding:6px 10px;background:#f6f8fa;border-radius:6px;
+font:13px/1.4 ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;white-space:pre-wrap;
+overflow-wrap:anywhere}
+.advice{margin:6px 0 0}.advice b{color:var(--ink)}
+.all-good{color:var(--ok);font-weight:600;margin:0}
+svg.chart{width:100%;height:auto;display:block}
+svg.chart text{font:12px system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;fill:#5b6776}
+svg.chart .grid{stroke:#e6eaef;stroke-width:1}
+svg.chart .axis{stroke:#9aa4af;stroke-width:1}
+svg.chart .imports{fill:var(--imports)}
+svg.chart .confirms{fill:var(--confirms)}
+svg.chart .hover{fill:transparent}
+svg.chart g.bucket:hover .hover{fill:rgba(31,42,55,.07)}
+footer{max-width:1220px;margin:0 auto;padding:0 28px 28px;color:var(--muted);font-size:13px}
+footer a{color:inherit}
+@media (max-width:1000px){.tiles{grid-template-columns:repeat(3,1fr)}.cols{grid-template-columns:1fr}}
+@media (max-width:560px){.tiles{grid-template-columns:repeat(2,1fr)}main,header{padding-left:14px;
+padding-right:14px}}
+"""
+
+
+# -- formatting: every value that reaches the page goes through one of these ----
+
+def esc(value: Any) -> str:
+    """Untrusted text for HTML text or a quoted attribute: control characters and ANSI escapes
+    made visible first (a browser would drop them silently, hiding what the file is really called),
+    then <, >, &, " and ' escaped."""
+    return html.escape(printable(str(value)), quote=True)
+
+
+def _page_number(value: Any) -> float | None:
+    """A finite number from the document, or None: a missing or odd field shows as a dash, not a 500."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def human_bytes(size: Any) -> str:
+    """Decimal units (1 GB = 10^9 bytes), as file managers show them; three significant digits."""
+    value = _page_number(size)
+    if value is None or value < 0:
+        return "\u2014"
+    if value < 1000:
+        return f"{int(value)} B"
+    for unit in ("KB", "MB", "GB", "TB", "PB", "EB"):
+        value /= 1000
+        if value < 999.5 or unit == "EB":
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_count(count: Any) -> str:
+    """1234567 -> '1,234,567': exact, for tables and sentences."""
+    value = _page_number(count)
+    return "\u2014" if value is None else f"{int(value):,}"
+
+
+def big_count(count: Any) -> str:
+    """A tile's number: exact up to 999,999, then '1.23 million' so it still fits a tile."""
+    value = _page_number(count)
+    if value is None:
+        return "\u2014"
+    for size, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million")):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {word}"
+    return f"{int(value):,}"
+
+
+def human_rate(bytes_per_second: Any) -> str:
+    return "\u2014" if _page_number(bytes_per_second) is None else human_bytes(bytes_per_second) + "/s"
+
+
+def local_time(stamp: Any) -> str:
+    """A Unix time as local YYYY-MM-DD HH:MM:SS, or a dash when there is none yet."""
+    value = _page_number(stamp)
+    if value is None or value <= 0:
+        return "\u2014"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def relative(stamp: Any, now: float) -> str:
+    """'3 min ago' / 'in 45 s' against the document's own time, so a page shows no clock skew."""
+    value = _page_number(stamp)
+    if value is None or value <= 0:
+        return ""
+    if abs(value - now) < 1:
+        return "just now"
+    return f"in {_span(value - now)}" if value > now else f"{_span(now - value)} ago"
+
+
+def _when(stamp: Any, now: float) -> str:
+    """'2024-05-01 10:00:00 (3 min ago)', escaped and ready for HTML."""
+    shown, ago = local_time(stamp), relative(stamp, now)
+    return esc(f"{shown} ({ago})" if ago else shown)
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    """status["a"]["b"], or None where a level is missing: an older server's document still renders."""
+    for key in keys:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    """The mappings of a list field; anything else (missing, null, a string) is an empty list."""
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+# -- the page --------------------------------------------------------------
+
+def render_status_page(status: Mapping[str, Any], *, refresh_seconds: int = 5) -> str:
+    """The whole page for one /status.json document; pure. `refresh_seconds` 0 turns refreshing off."""
+    now = _page_number(status.get("generated_at")) or 0.0
+    tone, headline, _ = activity_summary(status, now)
+    body = "".join((
+        _banner(status, now),
+        _tiles(status),
+        _now_section(status, now),
+        _chart_section(status, now),
+        _problems_section(status, now),
+        _recent_section(status, now),
+    ))
+    return "".join((
+        "<!DOCTYPE html>\n<html lang=\"en\">\n",
+        _head(f"{headline} \u00b7 cdn-push", refresh_seconds),
+        "<body>\n", _header(status), "<main>\n", body, "</main>\n", _footer(status, now, refresh_seconds),
+        "</body>\n</html>\n",
+    ))
+
+
+def _head(title: str, refresh_seconds: int) -> str:
+    # The CSP is a second line of defence: were any text ever left unescaped, no script or
+    # outside resource would load. Relative links only, so a reverse proxy may mount it anywhere.
+    refresh = (f'<meta http-equiv="refresh" content="{max(1, int(refresh_seconds))}">\n'
+               if refresh_seconds > 0 else "")
+    return (
+        "<head>\n<meta charset=\"utf-8\">\n"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:; form-action 'none'; base-uri 'none'\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        "<meta name=\"referrer\" content=\"no-referrer\">\n"
+        "<meta name=\"robots\" content=\"noindex, nofollow\">\n"
+        f"{refresh}<title>{esc(title)}</title>\n"
+        "<link rel=\"icon\" href=\"data:,\">\n"
+        f"<style>{PAGE_CSS}</style>\n</head>\n"
+    )
+
+
+def _header(status: Mapping[str, Any]) -> str:
+    mode = "service (watch)" if status.get("mode") == "watch" else "one-shot run"
+    return (
+        "<header>\n<h1>cdn-push status</h1>\n"
+        f"<span class=\"where\">Folder <b>{esc(status.get('folder') or '?')}</b></span>\n"
+        f"<span class=\"where\">CDN <b>{esc(status.get('cdn') or '?')}</b></span>\n"
+        f"<span class=\"where\">Running as <b>{esc(mode)}</b></span>\n"
+        "</header>\n"
+    )
+
+
+def _footer(status: Mapping[str, Any], now: float, refresh_seconds: int) -> str:
+    zone = time.strftime("%Z, UTC%z", time.localtime(now)) if now else ""
+    refresh = f"refreshes every {int(refresh_seconds)} s" if refresh_seconds > 0 else "reload to refresh"
+    return (
+        f"<footer>cdn-push {esc(status.get('version') or '')} \u00b7 page generated "
+        f"{esc(local_time(now))} ({esc(zone)}) \u00b7 {refresh} \u00b7 "
+        "for scripts: <a href=\"status.json\">status.json</a>, "
+        "<a href=\"metrics\">metrics</a> (Prometheus)</footer>\n"
+    )
+
+
+# -- what the service is doing ---------------------------------------------
+
+def activity_summary(status: Mapping[str, Any], now: float) -> tuple[str, str, str]:
+    """(tone, headline, detail) in plain words; the CDN's trouble outranks the pass, because
+    while the CDN is down nothing the pass finds can go anywhere. The detail is HTML."""
+    activity = status.get("activity") if isinstance(status.get("activity"), Mapping) else {}
+    cdn = activity.get("cdn") if isinstance(activity.get("cdn"), Mapping) else {}
+    problem, since, retry = cdn.get("problem"), cdn.get("since"), cdn.get("next_try_at")
+    retry_text = f" Next try at {_when(retry, now)}." if _page_number(retry) else ""
+    if problem == "credentials refused":
+        return ("bad", "The CDN refused the API credentials",
+                f"Since {_when(since, now)}. Nothing can be sent until <code>api.login</code> and the "
+                f"password are fixed (then restart the service).{retry_text}")
+    if problem == "unreachable" or cdn.get("up") is False:
+        return ("bad", "The CDN cannot be reached",
+                f"Unreachable since {_when(since, now)}.{retry_text} Files are kept and sent when "
+                f"it answers again; nothing is lost.")
+    return _pass_summary(status, activity, now)
+
+
+def _pass_summary(status: Mapping[str, Any], activity: Mapping[str, Any], now: float) -> tuple[str, str, str]:
+    doing, run = activity.get("doing"), activity.get("pass") if isinstance(activity.get("pass"), Mapping) else {}
+    if doing in ("first pass", "full pass") or run.get("running"):
+        hashed = f"{human_count(run.get('files_hashed') or 0)} files ({human_bytes(run.get('bytes_hashed') or 0)})"
+        first = doing == "first pass"
+        headline = "First pass over the folder" if first else "Checking the whole folder again"
+        detail = (f"{esc(hashed)} hashed so far; started {_when(run.get('started_at'), now)}. "
+                  + ("New files are imported as they are found."
+                     if first else "Files dropped meanwhile are still imported at once."))
+        return "busy", headline, detail
+    last = activity.get("last_pass_end")
+    ended = f"Last full pass finished {_when(last, now)}." if _page_number(last) else ""
+    if doing == "watching":
+        return ("ok", "Watching the folder",
+                f"New files are imported a few seconds after they are written. {ended}".strip())
+    if status.get("mode") == "run":
+        return "ok", "Run finished" if _page_number(last) else "Idle", ended or "Nothing to do."
+    return "ok", "Idle", ended or "Nothing to do right now."
+
+
+def _banner(status: Mapping[str, Any], now: float) -> str:
+    tone, headline, detail = activity_summary(status, now)
+    counts = status.get("counts") if isinstance(status.get("counts"), Mapping) else {}
+    # Conflicts and unreadable files have no ledger state, so they are only in the problems list;
+    # that list may be cut short, so the counts win where they are larger.
+    trouble = max(sum(int(_page_number(counts.get(s)) or 0) for s in ("rejected", "failed")),
+                  len(_items(status.get("problems"))))
+    attention = (f'<p class="attention">{human_count(trouble)} file{"s" if trouble != 1 else ""} need'
+                 f'{"" if trouble != 1 else "s"} attention: see <a href="#problems">Problems</a>.</p>'
+                 if trouble else "")
+    return (
+        f'<section class="banner tone-{tone}" role="status" aria-live="polite">'
+        f'<span class="dot" aria-hidden="true"></span><div>'
+        f'<p class="headline">{esc(headline)}</p><p class="detail">{detail}</p>{attention}</div></section>\n'
+    )
+
+
+def _tiles(status: Mapping[str, Any]) -> str:
+    counts = status.get("counts") if isinstance(status.get("counts"), Mapping) else {}
+    sizes = status.get("bytes") if isinstance(status.get("bytes"), Mapping) else {}
+    return ('<div class="tiles">\n'
+            + "".join(_tile(state, counts.get(state), sizes.get(state)) for state in PAGE_STATES)
+            + "</div>\n")
+
+
+def _tile(state: str, count: Any, size: Any) -> str:
+    label, means = TILE_TEXT[state]
+    number = int(_page_number(count) or 0)
+    shown_size = human_bytes(size) if _page_number(size) is not None else ""
+    classes = f"tile t-{state} {'zero' if number == 0 else 'some'}"
+    return (
+        f'<div class="{classes}" title="{esc(human_count(number))} files {esc(state)}">'
+        f'<div class="label">{esc(label)}</div>'
+        f'<div class="count">{esc(big_count(number))}</div>'
+        f'<div class="bytes">{esc(shown_size) or "&nbsp;"}</div>'
+        f'<div class="means">{esc(means)}</div></div>\n'
+    )
+
+
+def _now_section(status: Mapping[str, Any], now: float) -> str:
+    queues = status.get("queues") if isinstance(status.get("queues"), Mapping) else {}
+    rates = status.get("rates") if isinstance(status.get("rates"), Mapping) else {}
+    per_minute = _page_number(rates.get("imports_per_minute"))
+    facts = (
+        f'<span>Hashing speed <b>{esc(human_rate(rates.get("hashed_bytes_per_second")))}</b></span>'
+        f'<span>Imports <b>{esc(f"{per_minute:.1f}" if per_minute is not None else chr(0x2014))}</b> per minute</span>'
+        f'<span>Queued to hash <b>{human_count(queues.get("hash") or 0)}</b></span>'
+        f'<span>Queued to send <b>{human_count(queues.get("submit") or 0)}</b></span>'
+        f'<span>Awaiting CDN confirmation <b>{human_count(queues.get("confirm") or 0)}</b></span>'
+    )
+    return (
+        '<section aria-labelledby="now-h"><h2 id="now-h">Right now</h2>\n'
+        f'<div class="facts">{facts}</div>\n<div class="cols">\n'
+        + _file_list("Hashing", _get(status, "now", "hashing"), "Nothing is being hashed.")
+        + _file_list("Sending to the CDN", _get(status, "now", "sending"), "Nothing is being sent.")
+        + "</div></section>\n"
+    )
+
+
+def _file_list(title: str, files: Any, empty: str) -> str:
+    items = _items(files)
+    rows = "".join(f'<li><span class="name">{esc(item.get("path", "?"))}</span> '
+                   f'<span class="size">{esc(human_bytes(item.get("size")))}</span></li>\n'
+                   for item in items[:LIST_SHOWN])
+    more = (f'<li><span class="empty">and {human_count(len(items) - LIST_SHOWN)} more</span></li>'
+            if len(items) > LIST_SHOWN else "")
+    listing = f'<ul class="files">{rows}{more}</ul>' if items else f'<p class="empty">{esc(empty)}</p>'
+    return f'<div><h3>{esc(title)}</h3>{listing}</div>\n'
+
+
+# -- the chart: imports and confirmations per minute, inline svg, no script ----
+
+CHART_W, CHART_H = 1000, 250
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 48, 12, 34, 36
+
+
+def chart_series(chart: Any, now: float) -> list[tuple[float, int, int]]:
+    """Exactly CHART_BUCKETS (minute start, imports, confirmations), oldest first: a short or
+    missing series is padded with empty minutes before it, so the time axis always spans an hour."""
+    starts = [_page_number(v) for v in (_get(chart, "minute_starts") or [])][-CHART_BUCKETS:]
+    imports = [int(_page_number(v) or 0) for v in (_get(chart, "imports") or [])][-CHART_BUCKETS:]
+    confirms = [int(_page_number(v) or 0) for v in (_get(chart, "confirmations") or [])][-CHART_BUCKETS:]
+    length = max(len(starts), len(imports), len(confirms))
+    last = (starts[-1] if starts and starts[-1] else math.floor(now / 60) * 60)
+
+    def padded(values: list[Any], fill: Any) -> list[Any]:
+        values = values + [fill] * (length - len(values))    # ragged lists: pad the tail
+        return [fill] * (CHART_BUCKETS - length) + values
+    start_times = [last - 60 * (CHART_BUCKETS - 1 - i) for i in range(CHART_BUCKETS)]
+    given = padded(starts, None)
+    return [(given[i] or start_times[i], n, c)
+            for i, (n, c) in enumerate(zip(padded(imports, 0), padded(confirms, 0)))]
+
+
+def _nice_ceiling(peak: int) -> tuple[int, int]:
+    """(top of the y axis, step between grid lines): 1, 2 or 5 times a power of ten, four steps
+    at most, so the labels are round numbers a reader can interpolate."""
+    if peak <= 4:
+        return 4, 1
+    raw = peak / 4
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return int(step * math.ceil(peak / step)), int(step)
+
+
+def render_chart_svg(chart: Any, now: float) -> str:
+    """The chart as an <svg> element. Each minute is a <g class="bucket"> whose <title> gives its
+    exact numbers on hover; <desc> and the figure caption give the totals for screen readers."""
+    series = chart_series(chart, now)
+    top, step = _nice_ceiling(max([max(n, c) for _, n, c in series] + [0]))
+    plot_w = CHART_W - CHART_LEFT - CHART_RIGHT
+    plot_h = CHART_H - CHART_TOP - CHART_BOTTOM
+    slot = plot_w / CHART_BUCKETS
+    parts = [f'<svg class="chart" viewBox="0 0 {CHART_W} {CHART_H}" role="img" '
+             f'aria-labelledby="chart-t chart-d" xmlns="http://www.w3.org/2000/svg">',
+             '<title id="chart-t">Imports and confirmations per minute, last hour</title>',
+             f'<desc id="chart-d">{esc(_chart_totals(series))}</desc>']
+    parts += _chart_axes(series, top, step, slot, plot_h)
+    parts += [_chart_bucket(i, entry, top, slot, plot_h) for i, entry in enumerate(series)]
+    parts += _chart_legend()
+    if not any(n or c for _, n, c in series):       # an empty grid alone looks like a broken chart
+        parts.append(f'<text x="{CHART_LEFT + plot_w / 2:.0f}" y="{CHART_TOP + plot_h / 2:.0f}" '
+                     'text-anchor="middle">No imports in the last hour</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _chart_axes(series: list[tuple[float, int, int]], top: int, step: int, slot: float,
+                plot_h: float) -> list[str]:
+    base = CHART_TOP + plot_h
+    parts = []
+    for value in range(0, top + 1, step):
+        y = base - plot_h * value / top
+        parts.append(f'<line class="grid" x1="{CHART_LEFT}" x2="{CHART_W - CHART_RIGHT}" '
+                     f'y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(f'<text x="{CHART_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{human_count(value)}</text>')
+    parts.append(f'<line class="axis" x1="{CHART_LEFT}" x2="{CHART_W - CHART_RIGHT}" y1="{base}" y2="{base}"/>')
+    # A time label every ten minutes, at the left edge of its minute; the newest bar is "now".
+    for i in range(0, CHART_BUCKETS, 10):
+        x = CHART_LEFT + i * slot
+        parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{base}" y2="{base + 5}"/>')
+        parts.append(f'<text x="{x:.1f}" y="{base + 19}" text-anchor="middle">'
+                     f'{esc(time.strftime("%H:%M", time.localtime(series[i][0])))}</text>')
+    parts.append(f'<text x="{CHART_W - CHART_RIGHT}" y="{base + 19}" text-anchor="end">now</text>')
+    parts.append(f'<text x="{CHART_LEFT - 40}" y="{CHART_TOP - 14}">files per minute</text>')
+    return parts
+
+
+def _chart_bucket(index: int, entry: tuple[float, int, int], top: int, slot: float, plot_h: float) -> str:
+    start, imports, confirms = entry
+    base = CHART_TOP + plot_h
+    x = CHART_LEFT + index * slot
+    bar = max(1.0, (slot - 3) / 2)      # two bars side by side, a gap between minutes
+
+    def rect(kind: str, offset: float, value: int) -> str:
+        if not value:
+            return ""
+        height = max(1.5, plot_h * value / top)     # one file still shows as a visible sliver
+        return (f'<rect class="{kind}" x="{x + 1 + offset:.1f}" y="{base - height:.1f}" '
+                f'width="{bar:.1f}" height="{height:.1f}"/>')
+    label = (f"{time.strftime('%H:%M', time.localtime(start))}: {imports} import{'s' if imports != 1 else ''}, "
+             f"{confirms} confirmation{'s' if confirms != 1 else ''}")
+    return (f'<g class="bucket"><title>{esc(label)}</title>'
+            f'<rect class="hover" x="{x:.1f}" y="{CHART_TOP}" width="{slot:.1f}" height="{plot_h}"/>'
+            f'{rect("imports", 0, imports)}{rect("confirms", bar, confirms)}</g>')
+
+
+def _chart_legend() -> list[str]:
+    x = CHART_W - CHART_RIGHT - 410
+    return [f'<g class="legend" transform="translate({x},8)">',
+            '<rect class="imports" x="0" y="2" width="12" height="12" rx="2"/>',
+            '<text x="18" y="13">Imports sent (left bar)</text>',
+            '<rect class="confirms" x="180" y="2" width="12" height="12" rx="2"/>',
+            '<text x="198" y="13">Confirmed by the CDN (right bar)</text>',
+            "</g>"]
+
+
+def _chart_totals(series: list[tuple[float, int, int]]) -> str:
+    imports = sum(n for _, n, _ in series)
+    confirms = sum(c for _, _, c in series)
+    if not imports and not confirms:
+        return "No imports and no confirmations in the last hour."
+    busiest = max(series, key=lambda entry: entry[1])
+    peak = (f"; busiest minute {time.strftime('%H:%M', time.localtime(busiest[0]))} with "
+            f"{human_count(busiest[1])} imports" if busiest[1] else "")
+    return f"{human_count(imports)} imports, {human_count(confirms)} confirmations{peak}."
+
+
+def _chart_section(status: Mapping[str, Any], now: float) -> str:
+    series = chart_series(status.get("chart"), now)
+    return (
+        '<section aria-labelledby="chart-h"><h2 id="chart-h">Last hour'
+        f'<span class="aside">{esc(_chart_totals(series))}</span></h2>\n'
+        f'{render_chart_svg(status.get("chart"), now)}\n</section>\n'
+    )
+
+
+# -- recent imports and problems -------------------------------------------
+
+def badge(state: Any) -> str:
+    """A state as a coloured pill with an icon and the word itself."""
+    word = str(state or "unknown")
+    kind = word if word in BADGE_ICON else "other"
+    icon = BADGE_ICON.get(word, "\u2022")
+    return f'<span class="badge b-{esc(kind)}"><span aria-hidden="true">{icon}</span> {esc(word)}</span>'
+
+
+def _file_cell(item: Mapping[str, Any]) -> str:
+    # The path is what the person who dropped the file knows; the CDN name only when it differs
+    # (a name_prefix), because that is what they will search for in the CDN's panel.
+    path, name = item.get("path") or item.get("name") or "?", item.get("name")
+    cdn = f'<span class="cdn-name">in the CDN as {esc(name)}</span>' if name and name != path else ""
+    return f'{esc(path)}{cdn}'
+
+
+def _recent_section(status: Mapping[str, Any], now: float) -> str:
+    recent = _items(status.get("recent"))[:RECENT_SHOWN]
+    head = ('<section aria-labelledby="recent-h"><h2 id="recent-h">Latest imports'
+            f'<span class="aside">newest first, up to {RECENT_SHOWN}</span></h2>\n')
+    if not recent:
+        folder = esc(status.get("folder") or "the folder")
+        return (head + f'<p class="empty">No imports yet. Files dropped into {folder} appear here '
+                "a few seconds after they are completely written.</p></section>\n")
+    rows = "".join(
+        f'<tr><td class="when">{esc(local_time(item.get("time")))}</td>'
+        f'<td class="num size">{esc(human_bytes(item.get("size")))}</td>'
+        f'<td class="name">{_file_cell(item)}</td><td>{badge(item.get("state"))}</td></tr>\n'
+        for item in recent)
+    return (head + '<table><thead><tr><th scope="col">Time</th><th scope="col" class="num">Size</th>'
+            '<th scope="col">File</th><th scope="col">State</th></tr></thead>\n'
+            f'<tbody>\n{rows}</tbody></table></section>\n')
+
+
+PROBLEM_ADVICE = {
+    "rejected": "Fix what the CDN says, then run cdn_push.py with --retry-rejected to send it again.",
+    "failed": ("The CDN could not fetch or verify the file; check that the origin serves it "
+               "(URL, credentials, firewall). It is tried again at the next pass."),
+    "conflict": ("The file changed after it was imported and no_replace is set: rename it to import it "
+                 "as a new file, or drop no_replace for it."),
+    "unreadable": "cdn-push cannot read the file: check the file's permissions and owner.",
+}
+
+
+def render_problems_advice(state: str, reason: str) -> str:
+    """What to do about one problem, in plain text. The CDN's reason sharpens the advice where
+    cdn-push recognises it (the common origin failures), else the state decides."""
+    text = reason.lower()
+    if state == "failed" and ("wrong file size" in text or "404" in text):
+        return ("The CDN fetched something other than the file: check that origin.base_url serves the "
+                "folder at the same paths, with the configured credentials.")
+    if state == "failed" and ("sha" in text or "checksum" in text or "chksum" in text):
+        return ("The CDN received different bytes than cdn-push hashed: check that nothing rewrites "
+                "files on the origin; the file is sent again at the next pass.")
+    if state == "rejected" and "already exists" in text and "no_replace" in text:
+        return PROBLEM_ADVICE["conflict"]
+    return PROBLEM_ADVICE.get(state, "See the reason above, and the service's log for details.")
+
+
+def _problem_item(problem: Mapping[str, Any], now: float) -> str:
+    state, reason = str(problem.get("state") or "problem"), str(problem.get("reason") or "")
+    advice = problem.get("advice") or render_problems_advice(state, reason)
+    shown_reason = f'<p class="reason">{esc(reason)}</p>' if reason else ""
+    return (
+        f'<li><div class="problem-head">{badge(state)}'
+        f'<span class="name">{esc(problem.get("path") or "?")}</span>'
+        f'<span class="when">{_when(problem.get("time"), now)}</span></div>'
+        f'{shown_reason}<p class="advice"><b>What to do:</b> {esc(advice)}</p></li>\n'
+    )
+
+
+def _problems_section(status: Mapping[str, Any], now: float) -> str:
+    problems = _items(status.get("problems"))
+    head = (f'<section id="problems" aria-labelledby="problems-h"><h2 id="problems-h">Problems'
+            f'<span class="aside">{human_count(len(problems))}</span></h2>\n')
+    if not problems:
+        return head + '<p class="all-good">\u2713 No problems: nothing was rejected or failed.</p></section>\n'
+    items = "".join(_problem_item(problem, now) for problem in problems[:PAGE_PROBLEMS_SHOWN])
+    more = (f'<p class="empty">and {human_count(len(problems) - PAGE_PROBLEMS_SHOWN)} more: '
+            "<code>cdn_push.py status --state rejected</code> lists them all.</p>"
+            if len(problems) > PAGE_PROBLEMS_SHOWN else "")
+    return head + f'<ol class="problems">\n{items}</ol>{more}</section>\n'
+
+
+# ----------------------------------------------------------------------------
+# Monitor: status page, status.json, Prometheus metrics
+# ----------------------------------------------------------------------------
+
+PROBLEM_ADVICE = {
+    STATE_REJECTED: "fix what the CDN says (name, parameters), then run with --retry-rejected",
+    STATE_FAILED: "the CDN could not fetch or verify it: check the origin; the next run tries again",
+    "conflict": "it changed after its import and no_replace is set: rename it to import it as a new file",
+    "unreadable": "check the file's permissions and name; it is tried again by the next pass",
+}
+
+
+def status_document(config: Config, activity: Mapping[str, Any], counts: Mapping[str, int],
+                    sizes: Mapping[str, int], problems: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """/status.json: what the monitor shows, from plain data; pure. No secret or signed link in it."""
+    running = activity["pass"]["running"]
+    doing = ("first pass" if activity["pass"]["number"] <= 1 else "full pass") if running else (
+        "watching" if activity["mode"] == "watch" else "idle")
+    chart = activity["chart"]
+    return {
+        "version": __version__, "generated_at": now, "mode": activity["mode"],
+        "folder": str(config.folder), "cdn": config.api.url,
+        "activity": {"doing": doing, "pass": activity["pass"], "cdn": activity["cdn"],
+                     "last_pass_end": activity["last_pass_end"]},
+        "counts": {**{state: counts.get(state, 0) for state in STATES}, "waiting": activity["queues"]["waiting"]},
+        "bytes": {state: sizes.get(state, 0) for state in STATES},
+        "queues": {k: activity["queues"][k] for k in ("hash", "submit", "confirm")},
+        "rates": {"hashed_bytes_per_second": activity["hash_rate"],
+                  "imports_per_minute": sum(chart["imports"][-5:]) / 5},
+        "now": activity["now"], "chart": chart, "recent": activity["recent"],
+        "problems": [{**problem, "advice": PROBLEM_ADVICE.get(problem["state"], "")} for problem in
+                     [*problems, *activity["unreadable"]]],
+    }
+
+
+def metric_families(status: Mapping[str, Any], activity: Mapping[str, Any]) -> Iterator[Any]:
+    """The Prometheus view of one status document (and the counters behind it)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+    files = GaugeMetricFamily("cdn_push_files", "Files per ledger state, plus waiting to settle", labels=["state"])
+    for state, count in status["counts"].items():
+        files.add_metric([state], count)
+    sizes = GaugeMetricFamily("cdn_push_bytes", "Bytes per ledger state", labels=["state"])
+    for state, size in status["bytes"].items():
+        sizes.add_metric([state], size)
+    requests_ = CounterMetricFamily("cdn_push_requests", "file/add requests by outcome", labels=["outcome"])
+    for outcome in ("accepted", "exists", "rejected", "retried", "failed"):
+        requests_.add_metric([outcome], activity["requests"].get(outcome, 0))
+    callbacks = CounterMetricFamily("cdn_push_callbacks", "Callbacks taken, by status", labels=["status"])
+    for status_ in ("success", "fail"):
+        callbacks.add_metric([status_], activity["callbacks"].get(status_, 0))
+    queues = GaugeMetricFamily("cdn_push_queue_files", "Files in each stage's queue", labels=["stage"])
+    for stage, count in status["queues"].items():
+        queues.add_metric([stage], count)
+    yield from (files, sizes, requests_, callbacks, queues)
+    yield CounterMetricFamily("cdn_push_hashed_bytes", "Bytes hashed", value=activity["hashed_bytes"])
+    yield GaugeMetricFamily("cdn_push_cdn_up", "1 while the CDN answers and takes the credentials",
+                            value=1 if activity["cdn"]["up"] else 0)
+    yield GaugeMetricFamily("cdn_push_pass_running", "1 while a full pass runs",
+                            value=1 if activity["pass"]["running"] else 0)
+    yield GaugeMetricFamily("cdn_push_last_pass_end_timestamp_seconds", "When the last full pass ended",
+                            value=activity["last_pass_end"] or 0)
+    yield InfoMetricFamily("cdn_push_build", "cdn-push version", value={"version": __version__})
+
+
+class MonitorServer:
+    """A read-only HTTP listener apart from the origin: `/` (the page), `/status.json`, `/metrics`."""
+
+    def __init__(self, config: Config, activity: Activity) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.config = config
+        self.activity = activity
+        host, port = config.monitor.listen_host or "127.0.0.1", config.monitor.listen_port
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), monitor_handler_class())
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} (monitor.listen): {exc.strerror or exc}; "
+                              "set another port, or monitor.listen: null to turn the page off") from None
+        self.httpd.daemon_threads = True
+        self.httpd.monitor = self                            # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.httpd.server_address[0]}:{self.port}/"
+
+    def start(self) -> "MonitorServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.2,), daemon=True, name="monitor")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def status(self) -> dict[str, Any]:
+        activity = self.activity.snapshot()
+        counts, sizes, problems = {}, {}, []
+        if self.config.ledger.exists():
+            with contextlib.suppress(LedgerError), Ledger.reader(self.config.ledger) as ledger:
+                counts, sizes = ledger.counts_and_sizes()
+                problems = ledger.problems(PROBLEMS_SHOWN)
+        return status_document(self.config, activity, counts, sizes, problems, time.time())
+
+    def metrics(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        status, activity = self.status(), self.activity.snapshot()
+
+        class Collector:
+            def collect(self) -> Iterator[Any]:
+                return metric_families(status, activity)
+
+        registry = CollectorRegistry(auto_describe=False)     # our own, never the global one
+        registry.register(Collector())
+        return generate_latest(registry)
+
+
+PROBLEMS_SHOWN = 100
+
+
+@functools.cache
+def monitor_handler_class() -> type:
+    from http.server import BaseHTTPRequestHandler
+
+    class MonitorHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        default_request_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        timeout = 30
+
+        def version_string(self) -> str:
+            return "cdn-push"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            log.debug("monitor: %s %s", self.address_string(), printable(format % args))
+
+        def answer(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            monitor: MonitorServer = self.server.monitor     # type: ignore[attr-defined]
+            path = self.path.partition("?")[0]
+            if path == "/metrics":
+                self.answer(200, monitor.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            elif path == "/status.json":
+                self.answer(200, json.dumps(monitor.status(), indent=1).encode(), "application/json")
+            elif path == "/":
+                self.answer(200, render_status_page(monitor.status()).encode(), "text/html; charset=utf-8")
+            else:
+                self.answer(404, b"not found\n", "text/plain; charset=utf-8")
+
+        do_HEAD = do_GET
+
+        def do_POST(self) -> None:
+            self.close_connection = True
+            self.answer(405, b"read-only: GET or HEAD\n", "text/plain; charset=utf-8",
+                        {"Allow": "GET, HEAD", "Connection": "close"})
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+    return MonitorHandler
+
+
+@contextlib.contextmanager
+def monitoring(config: Config, activity: Activity, *, service: bool) -> Iterator[MonitorServer | None]:
+    """The monitor for as long as the block runs: always for the service (unless turned off), for a
+    one-shot run only when monitor.listen is set."""
+    if config.monitor.listen_host is None or not (service or config.monitor.chosen):
+        yield None
+        return
+    server = MonitorServer(config, activity).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ----------------------------------------------------------------------------
@@ -3290,12 +4290,16 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
                                 dry_run=True, out=out)
             return pipeline.run_once()
     check_can_submit(config)
+    activity = Activity()
     with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger, \
-            serving(config) as (signer, inbox):
+            serving(config) as (signer, inbox), monitoring(config, activity, service=False) as monitor:
+        if monitor is not None:
+            log.info("status page and metrics at %s", monitor.url)
         client = CdnClient(config.api, pool_size=config.submit_workers, stop=stop)
         try:
             pipeline = Pipeline(config, ledger, client, stop=stop, show_progress=show_progress,
-                                retry_rejected=retry_rejected, out=out, signer=signer, inbox=inbox)
+                                retry_rejected=retry_rejected, out=out, signer=signer, inbox=inbox,
+                                activity=activity)
             return pipeline.run_once()
         finally:
             client.close()
@@ -3447,8 +4451,12 @@ class WatchService:
         self.clock, self.wall = clock, wall
         self.client_factory = client_factory or (
             lambda c: CdnClient(c.api, pool_size=c.submit_workers, stop=stop))
+        self.activity = Activity(wall)
+        self.activity.mode = "watch"
+        self.monitor: MonitorServer | None = None
         self.pipeline = Pipeline(config, ledger, self.client_factory(config), stop=stop, clock=wall,
-                                 on_waiting=self._still_writing, cdn_retry_pause=CDN_RETRY_PAUSE)
+                                 on_waiting=self._still_writing, cdn_retry_pause=CDN_RETRY_PAUSE,
+                                 activity=self.activity)
         self.pipeline.on_pass_done = self._pass_done
         self.candidates: dict[str, Candidate] = {}
         self.collector = EventCollector(self.pipeline.wake)
@@ -3465,7 +4473,8 @@ class WatchService:
     # -- life cycle ------------------------------------------------------------
 
     def run(self) -> int:
-        with serving(self.config) as (signer, inbox):
+        with serving(self.config) as (signer, inbox), \
+                monitoring(self.config, self.activity, service=True) as self.monitor:
             self.pipeline.serve_with(signer, inbox)
             return self._run()
 
@@ -3475,8 +4484,9 @@ class WatchService:
             self.start_watching()      # before the pass, so nothing written meanwhile is missed
             self.start_pass()
             self.notifier.ready(self.status_line())
-            log.info("watching %s (%s); the first pass runs alongside", self.config.folder,
-                     "polling every %gs" % self.config.scan.poll_interval if self.polling else "inotify")
+            log.info("watching %s (%s); the first pass runs alongside%s", self.config.folder,
+                     "polling every %gs" % self.config.scan.poll_interval if self.polling else "inotify",
+                     f"; status page and metrics at {self.monitor.url}" if self.monitor else "")
             while not self.stop.is_set():
                 self.iteration()
         finally:
@@ -3528,7 +4538,10 @@ class WatchService:
 
     def _pass_done(self, before: RunSummary) -> None:
         self.passes_done += 1
-        log.info("pass done: %s", self.pipeline.summary.since(before).line().removeprefix("summary: "))
+        seen = self.pipeline.summary.since(before)
+        log.info("pass done in %.1fs: %d files hashed, %d new, %d changed, %d unchanged, %d waiting, %d unreadable; "
+                 "their imports go on as they are sent", time.monotonic() - before.started, seen.hashed_files,
+                 seen.new, seen.changed, seen.unchanged, seen.waiting, seen.unreadable)
         interval = self.config.scan.rescan_interval
         self.next_rescan = self.clock() + interval * random.uniform(0.9, 1.1)
         if self.rescan_after_pass:
@@ -3557,6 +4570,7 @@ class WatchService:
         ready = self.settled_entries()
         if ready:
             self.pipeline.add_fresh(ready)
+        self.activity.waiting = len(self.candidates)
         self.pipeline.step(timeout=tick)
         if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError, OriginError)):
             raise self.pipeline.summary.fatal        # wrong credentials or addresses stop the service
