@@ -506,88 +506,110 @@ def _split_userinfo(url: str, key: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(netloc=hostport)), unquote(user), unquote(password)
 
 
+def _path(value: Any, key: str, base_dir: Path) -> Path | None:
+    """A path from the file, relative to the file's folder; None when not set."""
+    text = _string(value, key)
+    return (base_dir / Path(text).expanduser()).resolve() if text else None
+
+
 def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
                  source: str = "<config>", default_ledger: Path | None = None) -> Config:
     """Turn the YAML document into a Config; pure apart from resolving paths."""
     data = _mapping(raw, "the configuration")
     _check_keys(data, CONFIG_KEYS, "")
-
-    folder_text = _string(data.get("folder"), "folder", required=True)
-    folder = (base_dir / Path(folder_text).expanduser()).resolve()
-
-    api_raw = _mapping(data.get("api"), "api")
-    api_url = _string(api_raw.get("url"), "api.url") or DEFAULT_API_URL
-    api_parts = _url_parts(api_url, "api.url")
-    if api_parts.scheme not in ("http", "https") or not api_parts.hostname:
-        raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {shown_url(api_url)}")
-    if "@" in api_parts.netloc:
-        raise ConfigError("'api.url' must not hold a login or password: use api.login and api.password")
-    password = env.get(ENV_API_PASSWORD) or _string(api_raw.get("password"), "api.password")
-    retry_raw = _mapping(api_raw.get("retry"), "api.retry")
-    retry = RetryPolicy(
-        attempts=_number(retry_raw.get("attempts"), "api.retry.attempts", 6, minimum=1, integer=True),
-        max_seconds=float(_number(retry_raw.get("max_seconds"), "api.retry.max_seconds", 300.0)),
-        backoff_base=float(_number(retry_raw.get("backoff_base"), "api.retry.backoff_base", 1.0)),
-        backoff_max=float(_number(retry_raw.get("backoff_max"), "api.retry.backoff_max", 60.0)),
-    )
-    callback_param = _string(api_raw.get("callback_param"), "api.callback_param") or "callback"
-    ca_bundle = _string(api_raw.get("ca_bundle"), "api.ca_bundle") or None
-    if ca_bundle:
-        ca_bundle = str((base_dir / Path(ca_bundle).expanduser()).resolve())
-    api = ApiConfig(
-        url=api_url.rstrip("/"),
-        login=_string(api_raw.get("login"), "api.login"),
-        password=Secret(password),
-        timeout=float(_number(api_raw.get("timeout"), "api.timeout", 30.0, minimum=0.1)),
-        callback_param=callback_param,
-        verify_tls=_boolean(api_raw.get("verify_tls"), "api.verify_tls", True),
-        ca_bundle=ca_bundle,
-        rate_limit=float(_number(api_raw.get("rate_limit"), "api.rate_limit", 0.0)),
-        retry=retry,
-    )
-
-    origin_raw = _mapping(data.get("origin"), "origin")
-    base_url = _string(origin_raw.get("base_url"), "origin.base_url")
-    origin_user = _string(origin_raw.get("username"), "origin.username")
-    origin_password = env.get(ENV_ORIGIN_PASSWORD) or _string(origin_raw.get("password"), "origin.password")
-    if base_url:
-        scheme = _url_parts(base_url, "origin.base_url").scheme
-        if scheme not in ORIGIN_SCHEMES:
-            raise ConfigError(
-                f"'origin.base_url' must start with one of {', '.join(s + '://' for s in ORIGIN_SCHEMES)}; "
-                f"got {scheme + '://' if scheme else 'no scheme'}")
-        base_url, inline_user, inline_password = _split_userinfo(base_url, "origin.base_url")
-        if inline_user and origin_user and inline_user != origin_user:
-            raise ConfigError("'origin.base_url' names a user and so does 'origin.username': keep one")
-        origin_user = origin_user or inline_user
-        origin_password = origin_password or inline_password
-        if not _url_parts(base_url, "origin.base_url").hostname:
-            raise ConfigError(f"'origin.base_url' has no host: {shown_url(base_url)}")
-        if scheme == "rsync+ssh" and not (origin_user and origin_password):
-            raise ConfigError("'origin.base_url' with rsync+ssh:// needs origin.username and origin.password")
-        if scheme == "s3" and not (origin_user and origin_password):
-            raise ConfigError("'origin.base_url' with s3:// needs origin.username (access key) "
-                              "and origin.password (secret key)")
-    if origin_password and not origin_user:
-        raise ConfigError("'origin.password' is set but 'origin.username' is not")
-    serve = _serve_config(_mapping(origin_raw.get("serve"), "origin.serve"), base_dir)
-    if serve is not None and base_url:
-        raise ConfigError("set either 'origin.base_url' (your own server) or 'origin.serve' (the built-in "
-                          "origin), not both")
-    secret_text = _string(origin_raw.get("secret_file"), "origin.secret_file")
-    secret_file = (base_dir / Path(secret_text).expanduser()).resolve() if secret_text else None
-    origin = OriginConfig(base_url=base_url, username=origin_user, password=Secret(origin_password),
-                          serve=serve, secret_file=secret_file,
-                          check=_boolean(origin_raw.get("check"), "origin.check", True))
-    callback = _callback_config(_mapping(data.get("callback"), "callback"), serve)
-    monitor = _monitor_config(_mapping(data.get("monitor"), "monitor"))
-
+    folder = _path(data.get("folder"), "folder", base_dir)
+    if folder is None:
+        raise ConfigError("'folder' is required")
+    origin = _origin_config(_mapping(data.get("origin"), "origin"), env, base_dir)
     name_prefix = _string(data.get("name_prefix"), "name_prefix")
     if name_prefix.startswith("/"):
         raise ConfigError("'name_prefix' must not start with '/': CDN names have no leading slash")
+    ledger = _path(data.get("ledger"), "ledger", base_dir) or (
+        default_ledger or base_dir / "cdn-push.ledger.sqlite3").resolve()
+    if ledger == folder or folder in ledger.parents:
+        raise ConfigError(f"'ledger' ({ledger}) must not be inside 'folder' ({folder}): "
+                          "it would be imported as a file")
+    if origin.secret_file is None:
+        origin = dataclasses.replace(origin, secret_file=ledger.with_name(ledger.name + ".secret"))
+    hash_workers, submit_workers = _workers(data.get("workers"))
+    config = Config(folder=folder, ledger=ledger, api=_api_config(_mapping(data.get("api"), "api"), env, base_dir),
+                    origin=origin, name_prefix=name_prefix,
+                    defaults={k: v for k, v in _overrides(data.get("defaults"), "defaults").items() if v is not None},
+                    rules=_rules(data.get("rules")), scan=_scan_config(_mapping(data.get("scan"), "scan")),
+                    hash_workers=hash_workers, submit_workers=submit_workers, source=source,
+                    callback=_callback_config(_mapping(data.get("callback"), "callback"), origin.serve),
+                    monitor=_monitor_config(_mapping(data.get("monitor"), "monitor")))
+    return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
 
-    defaults = {k: v for k, v in _overrides(data.get("defaults"), "defaults").items() if v is not None}
-    rules_raw = data.get("rules") or []
+
+def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> ApiConfig:
+    default, retry_default = ApiConfig(), RetryPolicy()
+    url = _string(raw.get("url"), "api.url") or default.url
+    parts = _url_parts(url, "api.url")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {shown_url(url)}")
+    if "@" in parts.netloc:
+        raise ConfigError("'api.url' must not hold a login or password: use api.login and api.password")
+    retry_raw = _mapping(raw.get("retry"), "api.retry")
+    number = lambda section, name, default, **kw: _number(  # noqa: E731
+        section.get(name), f"api.{'retry.' if section is retry_raw else ''}{name}", default, **kw)
+    ca_bundle = _path(raw.get("ca_bundle"), "api.ca_bundle", base_dir)
+    return ApiConfig(
+        url=url.rstrip("/"),
+        login=_string(raw.get("login"), "api.login"),
+        password=Secret(env.get(ENV_API_PASSWORD) or _string(raw.get("password"), "api.password")),
+        timeout=float(number(raw, "timeout", default.timeout, minimum=0.1)),
+        callback_param=_string(raw.get("callback_param"), "api.callback_param") or default.callback_param,
+        verify_tls=_boolean(raw.get("verify_tls"), "api.verify_tls", default.verify_tls),
+        ca_bundle=str(ca_bundle) if ca_bundle else None,
+        rate_limit=float(number(raw, "rate_limit", default.rate_limit)),
+        retry=RetryPolicy(
+            attempts=number(retry_raw, "attempts", retry_default.attempts, minimum=1, integer=True),
+            max_seconds=float(number(retry_raw, "max_seconds", retry_default.max_seconds)),
+            backoff_base=float(number(retry_raw, "backoff_base", retry_default.backoff_base)),
+            backoff_max=float(number(retry_raw, "backoff_max", retry_default.backoff_max))),
+    )
+
+
+def _origin_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> OriginConfig:
+    base_url = _string(raw.get("base_url"), "origin.base_url")
+    user = _string(raw.get("username"), "origin.username")
+    password = env.get(ENV_ORIGIN_PASSWORD) or _string(raw.get("password"), "origin.password")
+    if base_url:
+        base_url, user, password = _base_url(base_url, user, password)
+    if password and not user:
+        raise ConfigError("'origin.password' is set but 'origin.username' is not")
+    serve = _serve_config(_mapping(raw.get("serve"), "origin.serve"), base_dir)
+    if serve is not None and base_url:
+        raise ConfigError("set either 'origin.base_url' (your own server) or 'origin.serve' (the built-in "
+                          "origin), not both")
+    return OriginConfig(base_url=base_url, username=user, password=Secret(password), serve=serve,
+                        secret_file=_path(raw.get("secret_file"), "origin.secret_file", base_dir),
+                        check=_boolean(raw.get("check"), "origin.check", OriginConfig.check))
+
+
+def _base_url(base_url: str, user: str, password: str) -> tuple[str, str, str]:
+    """origin.base_url checked, with any user:password@ taken out of it into the credentials."""
+    scheme = _url_parts(base_url, "origin.base_url").scheme
+    if scheme not in ORIGIN_SCHEMES:
+        raise ConfigError(
+            f"'origin.base_url' must start with one of {', '.join(s + '://' for s in ORIGIN_SCHEMES)}; "
+            f"got {scheme + '://' if scheme else 'no scheme'}")
+    base_url, inline_user, inline_password = _split_userinfo(base_url, "origin.base_url")
+    if inline_user and user and inline_user != user:
+        raise ConfigError("'origin.base_url' names a user and so does 'origin.username': keep one")
+    user, password = user or inline_user, password or inline_password
+    if not _url_parts(base_url, "origin.base_url").hostname:
+        raise ConfigError(f"'origin.base_url' has no host: {shown_url(base_url)}")
+    if scheme in ("rsync+ssh", "s3") and not (user and password):
+        needs = ("origin.username and origin.password" if scheme == "rsync+ssh" else
+                 "origin.username (access key) and origin.password (secret key)")
+        raise ConfigError(f"'origin.base_url' with {scheme}:// needs {needs}")
+    return base_url, user, password
+
+
+def _rules(value: Any) -> tuple[Rule, ...]:
+    rules_raw = value or []
     if not isinstance(rules_raw, list):
         raise ConfigError("'rules' must be a list of {match: <glob>, ...} entries")
     rules = []
@@ -598,44 +620,32 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
         if not isinstance(match, str) or not match:
             raise ConfigError(f"'{key}.match' is required: a glob such as '**/*.mp4'")
         rules.append(Rule(match=match, overrides=_overrides(entry, key)))
+    return tuple(rules)
 
-    scan_raw = _mapping(data.get("scan"), "scan")
-    scan = ScanConfig(
-        include=_patterns(scan_raw.get("include"), "scan.include"),
-        exclude=_patterns(scan_raw.get("exclude"), "scan.exclude"),
-        skip_hidden=_boolean(scan_raw.get("skip_hidden"), "scan.skip_hidden", True),
-        skip_temporary=_boolean(scan_raw.get("skip_temporary"), "scan.skip_temporary", True),
-        settle_seconds=float(_number(scan_raw.get("settle_seconds"), "scan.settle_seconds", 30.0)),
-        follow_symlinks=_boolean(scan_raw.get("follow_symlinks"), "scan.follow_symlinks", False),
-        rescan_interval=float(_number(scan_raw.get("rescan_interval"), "scan.rescan_interval", 3600.0,
-                                      minimum=1.0)),
-        poll=_boolean(scan_raw.get("poll"), "scan.poll", False),
-        poll_interval=float(_number(scan_raw.get("poll_interval"), "scan.poll_interval", 5.0, minimum=0.1)),
+
+def _scan_config(raw: Mapping[str, Any]) -> ScanConfig:
+    default = ScanConfig()
+    flag = lambda name: _boolean(raw.get(name), f"scan.{name}", getattr(default, name))  # noqa: E731
+    seconds = lambda name, minimum=0.0: float(_number(  # noqa: E731
+        raw.get(name), f"scan.{name}", getattr(default, name), minimum=minimum))
+    return ScanConfig(
+        include=_patterns(raw.get("include"), "scan.include"),
+        exclude=_patterns(raw.get("exclude"), "scan.exclude"),
+        skip_hidden=flag("skip_hidden"), skip_temporary=flag("skip_temporary"),
+        settle_seconds=seconds("settle_seconds"), follow_symlinks=flag("follow_symlinks"),
+        rescan_interval=seconds("rescan_interval", 1.0), poll=flag("poll"),
+        poll_interval=seconds("poll_interval", 0.1),
     )
 
-    ledger_text = _string(data.get("ledger"), "ledger")
-    if ledger_text:
-        ledger = (base_dir / Path(ledger_text).expanduser()).resolve()
-    else:
-        ledger = (default_ledger or base_dir / "cdn-push.ledger.sqlite3").resolve()
-    if ledger == folder or folder in ledger.parents:
-        raise ConfigError(f"'ledger' ({ledger}) must not be inside 'folder' ({folder}): "
-                          "it would be imported as a file")
 
-    workers_raw = data.get("workers")
-    if isinstance(workers_raw, int) and not isinstance(workers_raw, bool):
-        workers_raw = {"hash": workers_raw, "submit": workers_raw}
-    workers = _mapping(workers_raw, "workers")
+def _workers(value: Any) -> tuple[int, int]:
+    """(hash, submit); a single number sets both."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"hash": value, "submit": value}
+    workers = _mapping(value, "workers")
     cpus = os.cpu_count() or 1
-    hash_workers = _number(workers.get("hash"), "workers.hash", min(2, cpus), minimum=1, integer=True)
-    submit_workers = _number(workers.get("submit"), "workers.submit", 4, minimum=1, integer=True)
-
-    if origin.secret_file is None:
-        origin = dataclasses.replace(origin, secret_file=ledger.with_name(ledger.name + ".secret"))
-    config = Config(folder=folder, ledger=ledger, api=api, origin=origin, name_prefix=name_prefix,
-                    defaults=defaults, rules=tuple(rules), scan=scan, hash_workers=hash_workers,
-                    submit_workers=submit_workers, source=source, callback=callback, monitor=monitor)
-    return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
+    return (_number(workers.get("hash"), "workers.hash", min(Config.hash_workers, cpus), minimum=1, integer=True),
+            _number(workers.get("submit"), "workers.submit", Config.submit_workers, minimum=1, integer=True))
 
 
 def private_candidates(config: Config) -> list[tuple[str, str]]:
@@ -685,17 +695,16 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
     key = _string(raw.get("key"), "origin.serve.key")
     if bool(cert) != bool(key):
         raise ConfigError("'origin.serve.cert' and 'origin.serve.key' go together: set both for TLS")
-    resolve = lambda text: str((base_dir / Path(text).expanduser()).resolve()) if text else None  # noqa: E731
+    resolved = lambda key: str(_path(raw.get(key), f"origin.serve.{key}", base_dir) or "") or None  # noqa: E731
+    seconds = lambda name, minimum: float(_number(  # noqa: E731
+        raw.get(name), f"origin.serve.{name}", getattr(ServeConfig, name), minimum=minimum))
     return ServeConfig(
         listen_host=host, listen_port=port,
         public_url=_public_url(raw.get("public_url"), "origin.serve.public_url"),
-        cert=resolve(cert), key=resolve(key),
-        link_ttl=float(_number(raw.get("link_ttl"), "origin.serve.link_ttl", 7 * 86400.0, minimum=60)),
-        max_connections=_number(raw.get("max_connections"), "origin.serve.max_connections", 64,
-                                minimum=4, integer=True),
-        header_timeout=float(_number(raw.get("header_timeout"), "origin.serve.header_timeout", 15.0,
-                                     minimum=0.1)),
-        idle_timeout=float(_number(raw.get("idle_timeout"), "origin.serve.idle_timeout", 15.0, minimum=0.1)),
+        cert=resolved("cert"), key=resolved("key"), link_ttl=seconds("link_ttl", 60),
+        max_connections=_number(raw.get("max_connections"), "origin.serve.max_connections",
+                                ServeConfig.max_connections, minimum=4, integer=True),
+        header_timeout=seconds("header_timeout", 0.1), idle_timeout=seconds("idle_timeout", 0.1),
     )
 
 
@@ -724,9 +733,11 @@ def is_loopback(host: str) -> bool:
 
 
 def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> CallbackConfig:
-    wait_seconds = float(_number(raw.get("wait_seconds"), "callback.wait_seconds", 900.0))
-    max_attempts = _number(raw.get("max_attempts"), "callback.max_attempts", 3, minimum=1, integer=True)
-    retry_delay = float(_number(raw.get("retry_delay"), "callback.retry_delay", 10.0))
+    default = CallbackConfig()
+    wait_seconds = float(_number(raw.get("wait_seconds"), "callback.wait_seconds", default.wait_seconds))
+    max_attempts = _number(raw.get("max_attempts"), "callback.max_attempts", default.max_attempts, minimum=1,
+                           integer=True)
+    retry_delay = float(_number(raw.get("retry_delay"), "callback.retry_delay", default.retry_delay))
     extra = {"wait_seconds": wait_seconds, "max_attempts": max_attempts, "retry_delay": retry_delay}
     if raw.get("public_url"):
         public = _public_url(raw.get("public_url"), "callback.public_url")
@@ -2035,173 +2046,178 @@ def bounded_int(digits: str) -> int:
     return int(digits) if len(digits) <= 18 else 10 ** 18
 
 
+class OriginRequests:
+    """One connection to the built-in origin, mixed into http.server's handler by origin_handler_class;
+    `self.server` is the OriginServer."""
+
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"    # a malformed request line still gets a status line
+    disable_nagle_algorithm = True          # else keep-alive answers stall ~40 ms each
+    server: "OriginServer"
+
+    def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float) -> None:
+        self.first_deadline = deadline
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.reader = DeadlineReader(self.connection, self.first_deadline)
+        self.rfile = io.BufferedReader(self.reader)
+        self.wfile = self.connection.makefile("wb", buffering=0)
+
+    def handle(self) -> None:
+        serve = self.server.serve
+        self.handle_one_request()
+        while not self.close_connection:
+            self.reader.expect_request(serve.idle_timeout, serve.header_timeout)
+            self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self.connection.settimeout(self.server.serve.idle_timeout)   # a stalled reader of a download
+        length = self.headers.get("Content-Length", "0").strip() or "0"
+        if self.headers.get("Transfer-Encoding") is not None or not ascii_number(length, 18):
+            self.refuse(400, "request bodies are not accepted here")
+            return False
+        if int(length):
+            self.refuse(405 if self.command not in ("GET", "HEAD") else 400,
+                        "request bodies are not accepted here")
+            return False
+        return True
+
+    def refuse(self, status: int, text: str) -> None:
+        self.close_connection = True
+        self.plain(status, text, {"Connection": "close"})
+
+    def version_string(self) -> str:
+        return "cdn-push"
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if self.request_version == "HTTP/1.0" and not self.close_connection:
+            self.send_header("Connection", "keep-alive")   # else an HTTP/1.0 client waits for a close
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        log.debug("origin: %s %s", self.address_string(), printable(mask_signed_paths(format % args)))
+
+    def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+        body = (text + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path.startswith("/o/") and self.server.config.origin.serve is not None:
+            self.serve_file(path[3:])
+        elif path.startswith("/cb/") and self.command == "GET":
+            self.take_callback(path[4:], query)
+        elif path.startswith("/probe/") and self.server.take_probe(path[7:]):
+            self.plain(200, PROBE_ANSWER)
+        else:
+            self.plain(404, "not found")
+
+    def do_POST(self) -> None:
+        self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+    def serve_file(self, rest: str) -> None:
+        expires, _, rest = rest.partition("/")
+        signature, _, encoded = rest.partition("/")
+        relpath = safe_relpath(encoded)
+        if relpath is None:
+            self.plain(404, "not found")
+            return
+        if not ascii_number(expires, 12) or not self.server.signer.verify(signature, "o", expires, relpath):
+            self.plain(403, "bad signature")
+            return
+        if int(expires) < self.server.clock():
+            self.plain(403, "link expired")
+            return
+        found = self.server.open_recorded(relpath)
+        if found is None:
+            self.plain(404, "not found")
+            return
+        handle, row = found
+        with handle:
+            if (row.size, row.mtime_ns) != (os.fstat(handle.fileno()).st_size,
+                                            os.fstat(handle.fileno()).st_mtime_ns):
+                # Serving it would hand the CDN bytes that fail the chksum it was given.
+                self.plain(409, "file changed since it was hashed; it will be submitted again")
+                return
+            self.send_content(handle, relpath, row)
+
+    def send_content(self, handle: Any, relpath: str, row: "ServedRow") -> None:
+        size = row.size
+        wanted = parse_range(self.headers.get("Range"), size)
+        if wanted == "unsatisfiable":
+            self.plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+            return
+        start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
+        length = end - start + 1 if size else 0
+        self.send_response(206 if isinstance(wanted, tuple) else 200)
+        self.send_header("Content-Type", content_type(relpath))
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{row.sha256}"')
+        self.send_header("Last-Modified", formatdate(row.mtime_ns / 1e9, usegmt=True))
+        if isinstance(wanted, tuple):
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if self.command == "HEAD" or not length:
+            return
+        sent = 0
+        while sent < length:       # zero-copy: the kernel moves the bytes
+            count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
+            if not count:
+                self.close_connection = True
+                return
+            sent += count
+
+    def take_callback(self, rest: str, query: str) -> None:
+        attempt, _, rest = rest.partition("/")
+        token, _, encoded = rest.partition("/")
+        relpath = safe_relpath(encoded)
+        row = self.server.recorded(relpath) if relpath and ascii_number(attempt, 9) else None
+        # Unknown path, bad token, an import not awaited: one answer, so nothing tells which files exist.
+        if row is None or not self.server.signer.verify(token, "cb", relpath, row.sha256, attempt) or not (
+                (row.state == STATE_SUBMITTED and 1 <= int(attempt) <= row.attempts)
+                or (row.state == STATE_PENDING and row.attempts + 1 == int(attempt))):
+            self.plain(404, "no such import")
+            return
+        fields = dict(parse_qsl(query, keep_blank_values=True))
+        status, size = fields.get("status", ""), fields.get("size", "")
+        if status not in ("success", "fail") or (size and not ascii_number(size, 18)):
+            self.plain(400, "status must be success or fail, and size a number")
+            return
+        accepted = self.server.inbox.put(CallbackReport(
+            relpath=relpath, attempt=int(attempt), success=status == "success",
+            size=int(size) if size else None, sha256=fields.get("sha-256", "").lower()[:64],
+            message=printable(fields.get("message", "")[:500]), received=self.server.clock()))
+        if accepted:
+            self.plain(200, "ok")
+        else:
+            self.plain(503, "shutting down; call again later", {"Retry-After": "60"})
+
+
 @functools.cache
 def origin_handler_class() -> type:
-    """Made on first use: http.server costs start-up time that runs without a server never need."""
+    """OriginRequests on http.server's handler, made on first use: http.server costs start-up time that runs without a server never need."""
     from http.server import BaseHTTPRequestHandler
 
-    class OriginHandler(BaseHTTPRequestHandler):
-        """One connection to the built-in origin; `self.server` is the OriginServer."""
-
-        protocol_version = "HTTP/1.1"
-        default_request_version = "HTTP/1.1"    # a malformed request line still gets a status line
-        disable_nagle_algorithm = True          # else keep-alive answers stall ~40 ms each
-        server: "OriginServer"
-
-        def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float) -> None:
-            self.first_deadline = deadline
-            super().__init__(request, client_address, server)
-
-        def setup(self) -> None:
-            self.connection = self.request
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-            self.reader = DeadlineReader(self.connection, self.first_deadline)
-            self.rfile = io.BufferedReader(self.reader)
-            self.wfile = self.connection.makefile("wb", buffering=0)
-
-        def handle(self) -> None:
-            serve = self.server.serve
-            self.handle_one_request()
-            while not self.close_connection:
-                self.reader.expect_request(serve.idle_timeout, serve.header_timeout)
-                self.handle_one_request()
-
-        def parse_request(self) -> bool:
-            if not super().parse_request():
-                return False
-            self.connection.settimeout(self.server.serve.idle_timeout)   # a stalled reader of a download
-            length = self.headers.get("Content-Length", "0").strip() or "0"
-            if self.headers.get("Transfer-Encoding") is not None or not ascii_number(length, 18):
-                self.refuse(400, "request bodies are not accepted here")
-                return False
-            if int(length):
-                self.refuse(405 if self.command not in ("GET", "HEAD") else 400,
-                            "request bodies are not accepted here")
-                return False
-            return True
-
-        def refuse(self, status: int, text: str) -> None:
-            self.close_connection = True
-            self.plain(status, text, {"Connection": "close"})
-
-        def version_string(self) -> str:
-            return "cdn-push"
-
-        def send_response(self, code: int, message: str | None = None) -> None:
-            super().send_response(code, message)
-            if self.request_version == "HTTP/1.0" and not self.close_connection:
-                self.send_header("Connection", "keep-alive")   # else an HTTP/1.0 client waits for a close
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-            log.debug("origin: %s %s", self.address_string(), printable(mask_signed_paths(format % args)))
-
-        def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
-            body = (text + "\n").encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_HEAD(self) -> None:
-            self.do_GET()
-
-        def do_GET(self) -> None:
-            path, _, query = self.path.partition("?")
-            if path.startswith("/o/") and self.server.config.origin.serve is not None:
-                self.serve_file(path[3:])
-            elif path.startswith("/cb/") and self.command == "GET":
-                self.take_callback(path[4:], query)
-            elif path.startswith("/probe/") and self.server.take_probe(path[7:]):
-                self.plain(200, PROBE_ANSWER)
-            else:
-                self.plain(404, "not found")
-
-        def do_POST(self) -> None:
-            self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
-
-        def serve_file(self, rest: str) -> None:
-            expires, _, rest = rest.partition("/")
-            signature, _, encoded = rest.partition("/")
-            relpath = safe_relpath(encoded)
-            if relpath is None:
-                self.plain(404, "not found")
-                return
-            if not ascii_number(expires, 12) or not self.server.signer.verify(signature, "o", expires, relpath):
-                self.plain(403, "bad signature")
-                return
-            if int(expires) < self.server.clock():
-                self.plain(403, "link expired")
-                return
-            found = self.server.open_recorded(relpath)
-            if found is None:
-                self.plain(404, "not found")
-                return
-            handle, row = found
-            with handle:
-                if (row.size, row.mtime_ns) != (os.fstat(handle.fileno()).st_size,
-                                                os.fstat(handle.fileno()).st_mtime_ns):
-                    # Serving it would hand the CDN bytes that fail the chksum it was given.
-                    self.plain(409, "file changed since it was hashed; it will be submitted again")
-                    return
-                self.send_content(handle, relpath, row)
-
-        def send_content(self, handle: Any, relpath: str, row: "ServedRow") -> None:
-            size = row.size
-            wanted = parse_range(self.headers.get("Range"), size)
-            if wanted == "unsatisfiable":
-                self.plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-                return
-            start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
-            length = end - start + 1 if size else 0
-            self.send_response(206 if isinstance(wanted, tuple) else 200)
-            self.send_header("Content-Type", content_type(relpath))
-            self.send_header("Content-Length", str(length))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", f'"{row.sha256}"')
-            self.send_header("Last-Modified", formatdate(row.mtime_ns / 1e9, usegmt=True))
-            if isinstance(wanted, tuple):
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
-            if self.command == "HEAD" or not length:
-                return
-            sent = 0
-            while sent < length:       # zero-copy: the kernel moves the bytes
-                count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
-                if not count:
-                    self.close_connection = True
-                    return
-                sent += count
-
-        def take_callback(self, rest: str, query: str) -> None:
-            attempt, _, rest = rest.partition("/")
-            token, _, encoded = rest.partition("/")
-            relpath = safe_relpath(encoded)
-            row = self.server.recorded(relpath) if relpath and ascii_number(attempt, 9) else None
-            # Unknown path, bad token, an import not awaited: one answer, so nothing tells which files exist.
-            if row is None or not self.server.signer.verify(token, "cb", relpath, row.sha256, attempt) or not (
-                    (row.state == STATE_SUBMITTED and 1 <= int(attempt) <= row.attempts)
-                    or (row.state == STATE_PENDING and row.attempts + 1 == int(attempt))):
-                self.plain(404, "no such import")
-                return
-            fields = dict(parse_qsl(query, keep_blank_values=True))
-            status, size = fields.get("status", ""), fields.get("size", "")
-            if status not in ("success", "fail") or (size and not ascii_number(size, 18)):
-                self.plain(400, "status must be success or fail, and size a number")
-                return
-            accepted = self.server.inbox.put(CallbackReport(
-                relpath=relpath, attempt=int(attempt), success=status == "success",
-                size=int(size) if size else None, sha256=fields.get("sha-256", "").lower()[:64],
-                message=printable(fields.get("message", "")[:500]), received=self.server.clock()))
-            if accepted:
-                self.plain(200, "ok")
-            else:
-                self.plain(503, "shutting down; call again later", {"Retry-After": "60"})
+    class OriginHandler(OriginRequests, BaseHTTPRequestHandler):
+        pass
 
     return OriginHandler
 
@@ -4161,55 +4177,60 @@ class MonitorServer:
 PROBLEMS_SHOWN = 100
 
 
+class MonitorRequests:
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = 30
+
+    def version_string(self) -> str:
+        return "cdn-push"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        log.debug("monitor: %s %s", self.address_string(), printable(format % args))
+
+    def answer(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        monitor: MonitorServer = self.server.monitor     # type: ignore[attr-defined]
+        path = self.path.partition("?")[0]
+        if path == "/metrics":
+            self.answer(200, monitor.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/status.json":
+            self.answer(200, json.dumps(monitor.status(), indent=1).encode(), "application/json")
+        elif path == "/":
+            self.answer(200, render_status_page(monitor.status()).encode(), "text/html; charset=utf-8")
+        else:
+            self.answer(404, b"not found\n", "text/plain; charset=utf-8")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        self.close_connection = True
+        self.answer(405, b"read-only: GET or HEAD\n", "text/plain; charset=utf-8",
+                    {"Allow": "GET, HEAD", "Connection": "close"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+
 @functools.cache
 def monitor_handler_class() -> type:
+    """MonitorRequests on http.server's handler, made on first use."""
     from http.server import BaseHTTPRequestHandler
 
-    class MonitorHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        default_request_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-        timeout = 30
-
-        def version_string(self) -> str:
-            return "cdn-push"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-            log.debug("monitor: %s %s", self.address_string(), printable(format % args))
-
-        def answer(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            monitor: MonitorServer = self.server.monitor     # type: ignore[attr-defined]
-            path = self.path.partition("?")[0]
-            if path == "/metrics":
-                self.answer(200, monitor.metrics(), "text/plain; version=0.0.4; charset=utf-8")
-            elif path == "/status.json":
-                self.answer(200, json.dumps(monitor.status(), indent=1).encode(), "application/json")
-            elif path == "/":
-                self.answer(200, render_status_page(monitor.status()).encode(), "text/html; charset=utf-8")
-            else:
-                self.answer(404, b"not found\n", "text/plain; charset=utf-8")
-
-        do_HEAD = do_GET
-
-        def do_POST(self) -> None:
-            self.close_connection = True
-            self.answer(405, b"read-only: GET or HEAD\n", "text/plain; charset=utf-8",
-                        {"Allow": "GET, HEAD", "Connection": "close"})
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+    class MonitorHandler(MonitorRequests, BaseHTTPRequestHandler):
+        pass
 
     return MonitorHandler
 
