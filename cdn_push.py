@@ -57,20 +57,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
-try:
-    import yaml
-except ImportError:  # pragma: no cover - depends on the machine
-    raise SystemExit("cdn-push needs the Python package 'yaml' (PyYAML): run ./install.sh "
-                     "or pip install -r requirements.txt") from None
+# Third-party packages are imported where they are used: a cron run over an unchanged folder is
+# dominated by interpreter start-up, and they are a third of it. `main` says which are missing.
+REQUIRED_PACKAGES = ("yaml", "requests", "tenacity", "tqdm", "watchdog", "prometheus_client")
 
-# requests, tenacity, tqdm and watchdog are imported where they are used: a cron run over an
-# unchanged folder is dominated by interpreter start-up, and they are a third of it.
-for _package in ("requests", "tenacity", "tqdm", "watchdog"):
-    if importlib.util.find_spec(_package) is None:  # pragma: no cover - depends on the machine
-        raise SystemExit(f"cdn-push needs the Python package {_package!r}: run ./install.sh "
-                         "or pip install -r requirements.txt")
 
-__version__ = "0.1.0"
+def missing_packages() -> list[str]:
+    return [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+
+__version__ = "0.2.0"
 
 log = logging.getLogger("cdn_push")
 
@@ -766,6 +761,8 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.__class__.__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    import yaml
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -1338,7 +1335,8 @@ class Ledger:
                          "(state = ? AND last_error IS NOT NULL) ORDER BY updated_at DESC LIMIT ?",
                          (STATE_REJECTED, STATE_FAILED, STATE_SUBMITTED, limit)).fetchall()
         return [{"path": path, "state": state if state != STATE_SUBMITTED else "conflict",
-                 "reason": printable(error or ""), "time": updated} for path, state, error, updated in rows]
+                 "reason": printable(mask_signed_paths(error or "")), "time": updated}
+                for path, state, error, updated in rows]
 
     def meta(self, key: str) -> str | None:
         found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -1724,7 +1722,11 @@ class CdnClient:
 
             if not self.api.verify_tls:       # cdn-push warns once per run; urllib3 would per request
                 import urllib3
-                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+                import warnings
+
+                # Only for this API's host: every other unverified request still warns.
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
+                                        message=f".*'{re.escape(urlsplit(self.api.url).hostname or '')}'")
             session = requests.Session()
             session.auth = (self.api.login, self.api.password.reveal())
             session.headers["User-Agent"] = f"cdn-push/{__version__}"
@@ -2537,15 +2539,15 @@ class Activity:
             self.passes["files_hashed"] += 1
             self.passes["bytes_hashed"] += size
 
-    def answered(self, outcome: str, row: LedgerRow, name: str) -> None:
+    def answered(self, outcome: str, row: LedgerRow, name: str, state: str) -> None:
+        """One answer to file/add; `state` is what the ledger now records for the file."""
         with self._lock:
             self.requests[outcome] += 1
             self.cdn = {"up": True, "problem": None, "since": None, "next_try_at": None}
             if outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
                 self._bucket(0)
             self.recent.appendleft({"time": self.clock(), "path": row.path, "name": name, "size": row.size,
-                                    "state": "rejected" if outcome in (OUTCOME_REJECTED, "failed") else
-                                    "confirmed" if outcome == OUTCOME_EXISTS else "submitted"})
+                                    "state": state})
 
     def called_back(self, success: bool, row: LedgerRow) -> None:
         with self._lock:
@@ -3312,7 +3314,7 @@ class Pipeline:
             self._cdn_down(outcome)
         elif isinstance(outcome, CdnError):
             self._consecutive_failures += 1
-            self.activity.answered("failed", job.row, job.params["name"])
+            self.activity.answered("failed", job.row, job.params["name"], STATE_FAILED)
             self._failed(job.row, str(outcome))
             if self._consecutive_failures >= max(3, self.config.submit_workers * 2):
                 self._cdn_down(CdnUnavailableError(
@@ -3339,7 +3341,9 @@ class Pipeline:
         if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
             answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
                                          message=f"already in the CDN and no_replace is set: {answer.message}")
-        self.activity.answered(answer.outcome, row, params["name"])
+        held = answer.outcome == OUTCOME_EXISTS and self.callbacks_on
+        self.activity.answered(answer.outcome, row, params["name"], STATE_CONFIRMED if held else STATE_SUBMITTED
+                               if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS) else STATE_REJECTED)
         current = self.ledger.get(row.path) or row
         if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
             row = current   # hashed anew while the request was out: keep that, note what was sent
@@ -3350,10 +3354,9 @@ class Pipeline:
         if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
             self.summary.submitted += 1
             # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
-            held = answer.outcome == OUTCOME_EXISTS and self.callbacks_on
             self.ledger.put(row._replace(
                 state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=attempts, last_error=None,
-                response=self._redact(answer.body), accepted_name=params["name"],
+                response=self._clean(answer.body), accepted_name=params["name"],
                 accepted_size=row.size, accepted_sha256=row.sha256))
             log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
                      else "already in the CDN:", printable(params["name"]), params["size"])
@@ -3361,14 +3364,18 @@ class Pipeline:
                 self.awaiting.add(row.path)
         else:
             self.summary.rejected += 1
-            message = printable(self._redact(answer.message))
+            message = self._clean(answer.message)
             self.ledger.put(row._replace(state=STATE_REJECTED, attempts=attempts, last_error=message,
-                                         response=printable(self._redact(answer.body))))
+                                         response=self._clean(answer.body)))
             log.warning("rejected %s: %s", printable(params["name"]), message)
+
+    def _clean(self, text: str) -> str:
+        """CDN answers as the ledger keeps them: no password, no usable signed link, no control characters."""
+        return printable(mask_signed_paths(self._redact(text)))
 
     def _failed(self, row: LedgerRow, message: str) -> None:
         self.summary.failed += 1
-        message = printable(self._redact(message))
+        message = self._clean(message)
         self.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1, last_error=message))
         log.error("failed %s: %s; the next run tries again", printable(row.path), message)
 
@@ -3431,7 +3438,7 @@ class Pipeline:
         else:
             message = f"the CDN could not import it: {report.message or 'no reason given'}"
             final = row.attempts >= self.config.callback.max_attempts
-        message = printable(self._redact(message))
+        message = self._clean(message)
         if final:
             self.summary.failed += 1
             self.awaiting.discard(row.path)
@@ -4926,6 +4933,18 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+@contextlib.contextmanager
+def logging_configured(verbosity: int, redactor: Redactor, stream: Any = None) -> Iterator[logging.Handler]:
+    """cdn-push's logging for as long as the block runs; what was there before comes back after."""
+    saved = (log.handlers[:], log.level, log.propagate)
+    handler = configure_logging(verbosity, redactor, stream)
+    try:
+        yield handler
+    finally:
+        handler.flush()
+        log.handlers[:], log.level, log.propagate = saved
+
+
 def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) -> logging.Handler:
     stream = stream or sys.stderr
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
@@ -5067,54 +5086,60 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    missing = missing_packages()
+    if missing:
+        print(f"cdn-push needs the Python packages {', '.join(missing)}: run ./install.sh "
+              "(or pip install -r requirements.txt)", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parse_args(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     redactor = Redactor([os.environ.get(ENV_API_PASSWORD, ""), os.environ.get(ENV_ORIGIN_PASSWORD, "")])
-    handler = configure_logging(args.verbose - args.quiet, redactor)
+    with logging_configured(args.verbose - args.quiet, redactor):
+        try:
+            return run_command(args, redactor)
+        except CdnPushError as exc:
+            log.error("%s", exc)
+            return exit_code_for(exc)
+        except BrokenPipeError:         # `status | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+
+
+def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
     stop = threading.Event()
-    try:
-        if args.command == "demo":
-            with stop_on_signals(stop):
-                return run_demo(keep=args.keep)
-        config_path = config_path_from(args.config, os.environ)
-
-        def load() -> Config:
-            loaded, warnings = load_config(config_path, os.environ)
-            redactor.add(loaded.secrets())
-            for warning in warnings:
-                log.warning("%s", warning)
-            if getattr(args, "poll", False):
-                loaded = dataclasses.replace(loaded, scan=dataclasses.replace(loaded.scan, poll=True))
-            return loaded
-
-        config = load()
-        if args.command == "status":
-            return show_status(config, as_json=args.json, state=args.state)
-        if args.command == "reload":
-            return request_reload(config, args.pid)
-        if args.command == "watch":
-            reload = threading.Event()
-            with stop_on_signals(stop, reload):
-                return run_watch(config, stop=stop, reload=reload, load=load)
+    if args.command == "demo":
         with stop_on_signals(stop):
-            summary = run_one_shot(config, stop=stop, dry_run=args.dry_run,
-                                   retry_rejected=args.retry_rejected,
-                                   show_progress=sys.stderr.isatty() and args.quiet == 0)
-        if summary.fatal is not None:
-            log.error("%s", summary.fatal)
-        print(summary.line(), flush=True)
-        return summary.exit_code()
-    except CdnPushError as exc:
-        log.error("%s", exc)
-        return exit_code_for(exc)
-    except BrokenPipeError:         # `status | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    finally:
-        handler.flush()
+            return run_demo(keep=args.keep)
+    config_path = config_path_from(args.config, os.environ)
+
+    def load() -> Config:
+        loaded, warnings = load_config(config_path, os.environ)
+        redactor.add(loaded.secrets())
+        for warning in warnings:
+            log.warning("%s", warning)
+        if getattr(args, "poll", False):
+            loaded = dataclasses.replace(loaded, scan=dataclasses.replace(loaded.scan, poll=True))
+        return loaded
+
+    config = load()
+    if args.command == "status":
+        return show_status(config, as_json=args.json, state=args.state)
+    if args.command == "reload":
+        return request_reload(config, args.pid)
+    if args.command == "watch":
+        reload = threading.Event()
+        with stop_on_signals(stop, reload):
+            return run_watch(config, stop=stop, reload=reload, load=load)
+    with stop_on_signals(stop):
+        summary = run_one_shot(config, stop=stop, dry_run=args.dry_run, retry_rejected=args.retry_rejected,
+                               show_progress=sys.stderr.isatty() and args.quiet == 0)
+    if summary.fatal is not None:
+        log.error("%s", summary.fatal)
+    print(summary.line(), flush=True)
+    return summary.exit_code()
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def free_port() -> int:
 
 def make_config(folder: Path, ledger: Path, **extra) -> cdn_push.Config:
     data = {"folder": str(folder), "ledger": str(ledger), "scan": {"settle_seconds": 0},
-            "origin": {"base_url": "http://origin.example.com/v"},
+            "origin": {"base_url": "http://origin.example.com/v", "check": False},
             "api": {"login": "bench", "password": "bench-secret", "retry": {"backoff_base": 0.05}}}
     for key, value in extra.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value

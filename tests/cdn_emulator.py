@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A local stand-in for the video CDN's import API, as ../shared/reference/cdn-api.md describes it.
+"""A local stand-in for the video CDN's import API, for trying and testing cdn-push.
 
-It is a real HTTP server on 127.0.0.1:
+It behaves as docs/cdn-api.md describes the real API. It is a real HTTP server on 127.0.0.1:
 
 * ``POST|GET {base}/file/add`` with HTTP basic auth (or a one-time ``otp``), form or query
   parameters; validates them, applies the reimport rules and ``no_replace``, queues the
@@ -17,7 +17,8 @@ It is a real HTTP server on 127.0.0.1:
 ``StaticOrigin`` is a small Range-capable web server for a folder, with optional basic auth:
 the "customer's web server" in tests and in the demo.
 
-Run on its own: ``python tests/cdn_emulator.py --port 8080 --login demo --password secret``.
+Run on its own: ``python tests/cdn_emulator.py [--origin-folder FOLDER]``; ``--help`` lists the
+options and their defaults. The first line it prints names the API URL, login and password.
 """
 
 from __future__ import annotations
@@ -610,23 +611,125 @@ class CdnEmulator:
             record.callback_result = result
 
 
+DEFAULT_PORT = 8070            # not 8080 (the example config's built-in origin) nor 8765 (status page)
+DEFAULT_ORIGIN_PORT = 8071
+DEFAULT_LOGIN = "demo"
+DEFAULT_PASSWORD = "demo-secret"
+PASSWORD_ENV = "CDN_EMULATOR_PASSWORD"
+
+DESCRIPTION = """\
+A local stand-in for the video CDN, for trying cdn-push without a CDN account.
+
+It serves the CDN's import API (file/add, with file/list and file/delete in a minimal
+form) on 127.0.0.1, checks the login and password, applies the reimport rules, downloads
+each file from its location, verifies size and sha-256 and calls back, as docs/cdn-api.md
+describes. With --origin-folder it also serves a folder over HTTP, as your own web server
+would. GET /_emulator/state lists every file it holds, as JSON. It keeps everything in
+memory; stop it with Ctrl-C.
+
+The first line printed is:
+  CDN emulator: api.url=URL api.login=LOGIN api.password=PASSWORD state=URL
+and with --origin-folder a second one:
+  origin: origin.base_url=URL folder=FOLDER
+(values with spaces or quotes are shell-quoted)."""
+
+EPILOG = f"""\
+example, trying cdn-push against it by hand:
+  .venv/bin/python tests/cdn_emulator.py --origin-folder /tmp/drop
+  then a config.yaml with
+    folder: /tmp/drop
+    api: {{url: "http://127.0.0.1:{DEFAULT_PORT}/api2", login: {DEFAULT_LOGIN}}}
+    origin: {{base_url: "http://127.0.0.1:{DEFAULT_ORIGIN_PORT}/files"}}
+  and: CDN_PUSH_API_PASSWORD={DEFAULT_PASSWORD} .venv/bin/python cdn_push.py --config config.yaml
+  Without --origin-folder, use cdn-push's built-in origin instead of base_url:
+    origin: {{serve: {{listen: "127.0.0.1:8080", public_url: "http://127.0.0.1:8080"}}}}"""
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {text}")
+    return value
+
+
+_share.__name__, _seconds.__name__, _port.__name__ = "share", "seconds", "port"    # for argparse's messages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdn_emulator.py", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                        help=f"API port on 127.0.0.1; 0 picks a free one (default: {DEFAULT_PORT}, so the "
+                             f"API URL is http://127.0.0.1:{DEFAULT_PORT}/api2)")
+    parser.add_argument("--login", default=DEFAULT_LOGIN,
+                        help=f"API login to accept (default: {DEFAULT_LOGIN})")
+    parser.add_argument("--password", default=None,
+                        help=f"API password to accept (default: {DEFAULT_PASSWORD}, or ${PASSWORD_ENV} when set)")
+    parser.add_argument("--answer-delay", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="wait this long before each API answer, to act out a slow CDN (default: 0)")
+    parser.add_argument("--fault-rate", type=_share, default=0.0, metavar="SHARE",
+                        help="share of API requests, 0 to 1, answered with a temporary error instead "
+                             "(500, 502, 503 or 429, some with Retry-After: 1) (default: 0, none)")
+    parser.add_argument("--callback-param", default="callback", metavar="NAME",
+                        help="name of the file/add parameter that carries the callback URL; must match "
+                             "cdn-push's api.callback_param (default: callback)")
+    parser.add_argument("--origin-folder", metavar="FOLDER",
+                        help="also serve this folder read-only over HTTP, with Range support, as the "
+                             "origin the CDN downloads from (default: none)")
+    parser.add_argument("--origin-port", type=_port, default=DEFAULT_ORIGIN_PORT, metavar="PORT",
+                        help=f"port of that origin on 127.0.0.1; 0 picks a free one "
+                             f"(default: {DEFAULT_ORIGIN_PORT})")
+    return parser
+
+
+def _shown(value: str) -> str:
+    """A value for a start-up line: as is when plain, shell-quoted otherwise (shlex.split reads it back)."""
+    import shlex
+
+    return shlex.quote(value) if value else "''"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the CDN emulator (and optionally an origin) on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--login", default="demo")
-    parser.add_argument("--password", default=os.environ.get("CDN_EMULATOR_PASSWORD", "demo-secret"))
-    parser.add_argument("--answer-delay", type=float, default=0.0, help="seconds before each API answer")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of API answers that fail")
-    parser.add_argument("--origin-folder", help="also serve this folder as an HTTP origin")
-    parser.add_argument("--origin-port", type=int, default=8081)
+    parser = build_parser()
     args = parser.parse_args(argv)
-    emulator = CdnEmulator(login=args.login, password=args.password, port=args.port,
-                           answer_delay=args.answer_delay, fault_rate=args.fault_rate).start()
-    print(f"CDN emulator: {emulator.api_url}  (state: {emulator.url}/_emulator/state)", flush=True)
+    password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
+    try:
+        emulator = CdnEmulator(login=args.login, password=password, port=args.port,
+                               answer_delay=args.answer_delay, fault_rate=args.fault_rate,
+                               callback_param=args.callback_param)
+    except OSError as exc:
+        parser.exit(2, f"cdn_emulator.py: cannot listen on 127.0.0.1:{args.port} for the API: "
+                       f"{exc.strerror or exc}; choose another --port\n")
     origin = None
     if args.origin_folder:
-        origin = StaticOrigin(args.origin_folder, port=args.origin_port).start()
-        print(f"origin: {origin.url}", flush=True)
+        if not Path(args.origin_folder).is_dir():
+            parser.exit(2, f"cdn_emulator.py: --origin-folder {args.origin_folder} is not a folder\n")
+        try:
+            origin = StaticOrigin(args.origin_folder, port=args.origin_port)
+        except OSError as exc:
+            parser.exit(2, f"cdn_emulator.py: cannot listen on 127.0.0.1:{args.origin_port} for the origin: "
+                           f"{exc.strerror or exc}; choose another --origin-port\n")
+    emulator.start()
+    if origin:
+        origin.start()
+    print(f"CDN emulator: api.url={emulator.api_url} api.login={_shown(args.login)} "
+          f"api.password={_shown(password)} state={emulator.url}/_emulator/state", flush=True)
+    if origin:
+        print(f"origin: origin.base_url={origin.url} folder={_shown(str(origin.folder))}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -46,6 +46,14 @@ def write_files(folder: Path, files: dict[str, bytes], *, age: float = 3600.0) -
         os.utime(target, (stamp, stamp))
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Whatever a test does to cdn-push's logger (main sets it up), the next test starts clean."""
+    saved = (cdn_push.log.handlers[:], cdn_push.log.level, cdn_push.log.propagate)
+    yield
+    cdn_push.log.handlers[:], cdn_push.log.level, cdn_push.log.propagate = saved
+
+
 @pytest.fixture
 def emulator():
     emu = CdnEmulator(login=API_LOGIN, password=API_PASSWORD).start()
@@ -78,6 +86,7 @@ def raw_config(tmp_path: Path, drop: Path, emulator: CdnEmulator, origin: Static
                                         "max_seconds": 10}},
         "origin": {"base_url": origin.url, "username": ORIGIN_USER, "password": ORIGIN_PASSWORD},
         "scan": {"settle_seconds": 5},
+        "monitor": {"listen": None},     # tests that want the status page choose a free port
     }
 
 

@@ -1,10 +1,11 @@
-"""The CDN emulator behaves as ../shared/reference/cdn-api.md describes."""
+"""The CDN emulator behaves as docs/cdn-api.md describes."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -247,6 +248,14 @@ def test_dropped_connection(emulator):
         add(emulator, location="http://h/a", name="a", size="1")
 
 
+def start_line_values(line: str, prefix: str) -> dict[str, str]:
+    """The key=value pairs of a start-up line, read back the way a script would (shlex)."""
+    import shlex
+
+    assert line.startswith(prefix), line
+    return dict(word.split("=", 1) for word in shlex.split(line[len(prefix):]))
+
+
 def test_runs_on_its_own_from_the_command_line(tmp_path):
     import subprocess
     import sys
@@ -254,21 +263,97 @@ def test_runs_on_its_own_from_the_command_line(tmp_path):
 
     from conftest import free_port
 
-    port = free_port()
+    port, origin_port = free_port(), free_port()
+    (tmp_path / "clip 1.mp4").write_bytes(b"x" * 1000)
     script = Path(__file__).with_name("cdn_emulator.py")
     process = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--login", "cli",
-                                "--password", "cli-secret", "--origin-folder", str(tmp_path),
-                                "--origin-port", str(free_port())],
+                                "--password", "cli secret", "--origin-folder", str(tmp_path),
+                                "--origin-port", str(origin_port)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = process.stdout.readline()
-        assert f"http://127.0.0.1:{port}/api2" in first
-        assert process.stdout.readline().startswith("origin: http://127.0.0.1:")
-        answer = requests.post(f"http://127.0.0.1:{port}/api2/file/add", auth=("cli", "cli-secret"), timeout=5,
-                               data={"location": "http://127.0.0.1:9/x", "name": "x", "size": "1"})
+        assert first.startswith(f"CDN emulator: api.url=http://127.0.0.1:{port}/api2 "), first
+        assert start_line_values(first, "CDN emulator:") == {
+            "api.url": f"http://127.0.0.1:{port}/api2", "api.login": "cli", "api.password": "cli secret",
+            "state": f"http://127.0.0.1:{port}/_emulator/state"}
+        second = process.stdout.readline()
+        assert start_line_values(second, "origin:") == {
+            "origin.base_url": f"http://127.0.0.1:{origin_port}/files", "folder": str(tmp_path.resolve())}
+        location = f"http://127.0.0.1:{origin_port}/files/clip%201.mp4"
+        answer = requests.post(f"http://127.0.0.1:{port}/api2/file/add", auth=("cli", "cli secret"), timeout=5,
+                               data={"location": location, "name": "x", "size": "1000"})
         assert answer.status_code == 200
-        state = requests.get(f"http://127.0.0.1:{port}/_emulator/state", timeout=5).json()
-        assert [f["name"] for f in state] == ["x"]
+        deadline = time.monotonic() + 20
+        while True:
+            state = requests.get(f"http://127.0.0.1:{port}/_emulator/state", timeout=5).json()
+            if state and state[0]["state"] not in ("queued", "fetching") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [(f["name"], f["state"], f["streams"]) for f in state] == [("x", "ready", 3)]
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_command_line_defaults_and_help(monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cdn_emulator
+
+    monkeypatch.delenv("CDN_EMULATOR_PASSWORD", raising=False)
+    script = Path(__file__).with_name("cdn_emulator.py")
+    shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "A local stand-in for the video CDN, for trying cdn-push" in text
+    for option, default in [("--port", "8070"), ("--login", "demo"), ("--password", "demo-secret"),
+                            ("--answer-delay", "0"), ("--fault-rate", "0"), ("--callback-param", "callback"),
+                            ("--origin-folder", "none"), ("--origin-port", "8071")]:
+        entry = re.search(rf"^  {option} .*?(?=^  -|^\S|\Z)", shown.stdout, re.M | re.S)
+        assert entry and f"(default: {default}" in " ".join(entry.group().split()), option
+    assert "CDN_EMULATOR_PASSWORD" in text and "docs/cdn-api.md" in text
+    assert "../shared" not in shown.stdout + (cdn_emulator.__doc__ or "")
+
+    # the defaults: no clash with the example config's built-in origin (8080) nor the status page (8765)
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    used = {int(port) for port in re.findall(r":(\d{2,5})\b", example)} | {8765}
+    assert 8080 in used
+    args = cdn_emulator.build_parser().parse_args([])
+    assert (args.port, args.origin_port, args.login) == (8070, 8071, "demo")
+    assert not {args.port, args.origin_port} & used
+    assert args.answer_delay == 0 and args.fault_rate == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fault-rate", "1.5"], "--fault-rate: must be between 0 and 1"),
+    (["--answer-delay", "-1"], "--answer-delay: must be a number of seconds"),
+    (["--port", "70000"], "--port: must be between 0 and 65535"),
+    (["--port", "0", "--origin-folder", "/nonexistent/folder"], "is not a folder"),
+])
+def test_command_line_errors_are_one_line(argv, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("cdn_emulator.py")
+    result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error():
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("cdn_emulator.py")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(script), "--port", str(port)], capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
