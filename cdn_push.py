@@ -4832,25 +4832,20 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
     return EXIT_OK
 
 
-def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
-    """A full local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks."""
-    emulator_file = Path(__file__).resolve().parent / "tests" / "cdn_emulator.py"
-    if not emulator_file.exists():
-        raise ConfigError(f"the demo needs {emulator_file} (it ships in the project's tests/ folder)")
-    sys.path.insert(0, str(emulator_file.parent))
-    import cdn_emulator  # noqa: E402  (lives beside the tests)
+DEMO_SAMPLES = {
+    "welcome.mp4": 256 * 1024,
+    "series/episode 01.mp4": 3 * 1024 * 1024 + 7,
+    "series/épisode #2?.mp4": 300 * 1024,
+    "trailers/100% + more.webm": 64 * 1024,
+    "empty.txt": 0,
+}
+DEMO_LOGIN, DEMO_PASSWORD = "demo", "demo-secret"
 
-    workdir = Path(tempfile.mkdtemp(prefix="cdn-push-demo-"))
-    folder = workdir / "drop"
-    samples = {
-        "welcome.mp4": 256 * 1024,
-        "series/episode 01.mp4": 3 * 1024 * 1024 + 7,
-        "series/épisode #2?.mp4": 300 * 1024,
-        "trailers/100% + more.webm": 64 * 1024,
-        "empty.txt": 0,
-    }
+
+def demo_folder(folder: Path) -> None:
+    """Sample files with awkward names, an hour old, and one still being written (.part)."""
     rng = random.Random(7)
-    for relpath, size in samples.items():
+    for relpath, size in DEMO_SAMPLES.items():
         target = folder / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(rng.randbytes(size))
@@ -4858,49 +4853,99 @@ def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
     old = time.time() - 3600
     for path in folder.rglob("*"):
         os.utime(path, (old, old))
+
+
+@contextlib.contextmanager
+def demo_emulator() -> Iterator[str]:
+    """The CDN emulator (tests/cdn_emulator.py) as a process of its own; yields its API URL."""
+    import shlex
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "tests" / "cdn_emulator.py"
+    if not script.exists():
+        raise ConfigError(f"the demo needs {script} (it ships in the project's tests/ folder)")
+    process = subprocess.Popen([sys.executable, str(script), "--port", "0", "--login", DEMO_LOGIN,
+                                "--password", DEMO_PASSWORD], stdout=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL)
+    try:
+        first = process.stdout.readline() if process.stdout else ""
+        fields = dict(part.split("=", 1) for part in shlex.split(first) if "=" in part)
+        if "api.url" not in fields:
+            raise CdnPushError(f"the CDN emulator did not start: {printable(first.strip()) or 'no output'}")
+        yield fields["api.url"]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def demo_config(workdir: Path, api_url: str, port: int) -> dict[str, Any]:
+    return {
+        "folder": str(workdir / "drop"), "ledger": str(workdir / "ledger.sqlite3"),
+        "api": {"url": api_url, "login": DEMO_LOGIN, "password": DEMO_PASSWORD, "retry": {"backoff_base": 0.1}},
+        "origin": {"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}},
+        "callback": {"wait_seconds": 60}, "monitor": {"listen": None},
+        "name_prefix": "demo/", "scan": {"settle_seconds": 0},
+        "rules": [{"match": "trailers/**", "fetch_prio": 1, "speed": "130%"}],
+    }
+
+
+def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
+    """A full local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks."""
+    import shutil
+
+    workdir = Path(tempfile.mkdtemp(prefix="cdn-push-demo-"))
+    demo_folder(workdir / "drop")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-
-    emulator = cdn_emulator.CdnEmulator(login="demo", password="demo-api-secret").start()
     try:
-        config = parse_config({
-            "folder": str(folder), "ledger": str(workdir / "ledger.sqlite3"),
-            "api": {"url": emulator.api_url, "login": "demo", "password": "demo-api-secret",
-                    "retry": {"backoff_base": 0.1}},
-            "origin": {"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}},
-            "callback": {"wait_seconds": 60},
-            "name_prefix": "demo/", "scan": {"settle_seconds": 0},
-            "rules": [{"match": "trailers/**", "fetch_prio": 1, "speed": "130%"}],
-        }, env={}, base_dir=workdir, source="embedded demo config")
-        out(f"demo: pushing {folder}\n      built-in origin and callbacks on http://127.0.0.1:{port}, "
-            f"CDN emulator at {emulator.api_url}")
-        stop = threading.Event()
-        first = run_one_shot(config, stop=stop, show_progress=sys.stderr.isatty(), out=out)
-        out(first.line())
-        out("demo: what the CDN emulator downloaded and verified:")
-        verified = 0
-        for record in emulator.snapshot():
-            ok = record["state"] == "ready" and record["callback_result"] == "200"
-            verified += ok
-            out(f"  {record['state']:<7} {record['name']:<36} {record['size']:>9} bytes  "
-                f"sha-256 {record['sha256'][:16]}…  {record['streams']} stream(s), callback "
-                f"{record['callback_result']}{'  ' + record['message'] if record['message'] else ''}")
-        with Ledger.open(config.ledger) as ledger:
-            counts = ledger.counts()
-        out("demo: the ledger: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-        second = run_one_shot(config, stop=stop, show_progress=False, out=out)
-        out("demo: second run (nothing changed): " + second.line())
-        all_good = (first.exit_code() == EXIT_OK and verified == len(samples) and second.submitted == 0
-                    and counts[STATE_CONFIRMED] == len(samples))
-        out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(samples)} files fetched, verified and "
-            f"confirmed{'; work folder kept at ' + str(workdir) if keep else ''}")
+        with demo_emulator() as api_url:
+            raw = demo_config(workdir, api_url, port)
+            config = parse_config(raw, env={}, base_dir=workdir, source="embedded demo config")
+            out(f"demo: pushing {config.folder}\n      built-in origin and callbacks on http://127.0.0.1:{port}, "
+                f"CDN emulator at {api_url}")
+            all_good = demo_round_trip(config, api_url, out)
+        if keep:
+            kept = workdir / "config.yaml"
+            import yaml
+
+            fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                yaml.safe_dump(raw, handle, allow_unicode=True, sort_keys=False)
+            out(f"demo: kept {workdir}; see its ledger with:\n      python {Path(__file__).name} status "
+                f"--config {kept}")
         return EXIT_OK if all_good else EXIT_INCOMPLETE
     finally:
-        emulator.stop()
         if not keep:
-            import shutil
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def demo_round_trip(config: Config, api_url: str, out: Callable[[str], None]) -> bool:
+    """Two runs against the emulator: everything imported and confirmed, then nothing to do."""
+    import requests
+
+    stop = threading.Event()
+    first = run_one_shot(config, stop=stop, show_progress=sys.stderr.isatty(), out=out)
+    out(first.line())
+    out("demo: what the CDN emulator downloaded and verified:")
+    records = requests.get(api_url.rsplit("/", 1)[0] + "/_emulator/state", timeout=10).json()
+    verified = 0
+    for record in records:
+        ok = record["state"] == "ready" and record["callback_result"] == "200"
+        verified += ok
+        out(f"  {record['state']:<7} {printable(record['name']):<36} {record['size']:>9} bytes  "
+            f"sha-256 {record['sha256'][:16]}…  {record['streams']} stream(s), callback "
+            f"{record['callback_result']}{'  ' + printable(record['message']) if record['message'] else ''}")
+    with Ledger.open(config.ledger) as ledger:
+        counts = ledger.counts()
+    out("demo: the ledger: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    second = run_one_shot(config, stop=stop, show_progress=False, out=out)
+    out("demo: second run (nothing changed): " + second.line())
+    all_good = (first.exit_code() == EXIT_OK and verified == len(DEMO_SAMPLES) and second.submitted == 0
+                and counts[STATE_CONFIRMED] == len(DEMO_SAMPLES))
+    out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(DEMO_SAMPLES)} files fetched, verified "
+        "and confirmed")
+    return all_good
 
 
 # ----------------------------------------------------------------------------
