@@ -1,18 +1,38 @@
 #!/usr/bin/env python3
 """cdn-push: push a folder of video files into a pull-based video CDN and know it arrived.
 
-The CDN imports a file by downloading it from a location URL that we name in a
-``file/add`` request, then verifies its size and sha-256.  cdn-push walks a folder,
-hashes every file, sends one import request per new or changed file, retries what
-can be retried and records every step in a local SQLite ledger, so that a second
-run does nothing when nothing changed.
+The CDN imports a file by downloading it from a location URL named in a ``file/add``
+request, then verifies its size and sha-256. cdn-push walks (or watches) a folder, hashes
+each file, sends one import request per new or changed file, retries what can be retried,
+can serve the folder itself and take the CDN's callbacks, and records every step in a
+SQLite ledger, so that a second run does nothing when nothing changed.
 
 Usage::
 
-    python cdn_push.py                   # one pass over the folder (cron)
-    python cdn_push.py --dry-run         # show what would be submitted
+    python cdn_push.py [run]             # one pass over the folder (cron); run --dry-run to look first
+    python cdn_push.py watch             # the service: watch the folder, full passes alongside
     python cdn_push.py status [--json]   # what the ledger knows
+    python cdn_push.py reload            # make a running service reread its configuration
     python cdn_push.py demo              # local round trip with the CDN emulator
+
+Sections, in dependency order (each under a banner of its name):
+
+    Constants and exit codes   states, decisions, exit codes, sizes
+    Errors                     one root (CdnPushError), a class per area, the one error -> exit code map
+    Config                     the YAML file to a frozen Config: every key checked and named (pure)
+    Rules and requests         globs, per-file overrides, locations, file/add fields (pure)
+    Redaction and logging      printable(), Redactor, log formatting set up and torn down by main
+    Scan and hash              the folder walk one folder at a time, sha-256 of a file
+    Ledger                     SQLite: rows, queries, migrations, the lock, private state files
+    CDN client                 answers classified (pure); file/add with bounded retries
+    Origin and callbacks       the built-in origin: signed links, callbacks, a hardened server
+    Pipeline                   the decide step (pure); scan, hash, submit and confirm as stages
+    Status page                /status.json rendered as HTML (pure)
+    Monitor                    the read-only page, /status.json and /metrics listener
+    One-shot runs              what a run needs, the origin and monitor around it, one pass
+    Watch service              events, settling, rescans, reload, systemd notifications
+    Status, reload and demo    the small commands
+    CLI                        subcommands, signals, main
 
 See README.md for the configuration reference and exit codes.
 """
@@ -68,6 +88,7 @@ def missing_packages() -> list[str]:
 __version__ = "0.2.0"
 
 log = logging.getLogger("cdn_push")
+
 
 # ----------------------------------------------------------------------------
 # Constants and exit codes
@@ -845,6 +866,10 @@ def config_path_from(arg: str | None, env: Mapping[str, str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(arg or env.get(ENV_CONFIG) or DEFAULT_CONFIG_NAME)))
 
 
+# ----------------------------------------------------------------------------
+# Rules and requests
+# ----------------------------------------------------------------------------
+
 @functools.lru_cache(maxsize=512)
 def compile_glob(pattern: str) -> re.Pattern[str]:
     """Translate a glob where * stays within a folder, ** crosses folders, ? is one char."""
@@ -951,6 +976,10 @@ def build_request(config: Config, relpath: str, size: int, sha256: str,
     return params
 
 
+# ----------------------------------------------------------------------------
+# Redaction and logging
+# ----------------------------------------------------------------------------
+
 UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -990,6 +1019,231 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then masks every known secret."""
+
+    def __init__(self, fmt: str, datefmt: str | None, redactor: Redactor) -> None:
+        super().__init__(fmt, datefmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Writes log lines above any progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is None:        # no progress bar was ever made: nothing to write around
+                self.stream.write(self.format(record) + "\n")
+                self.flush()
+            else:
+                tqdm.tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logging_configured(verbosity: int, redactor: Redactor, stream: Any = None) -> Iterator[logging.Handler]:
+    """cdn-push's logging for as long as the block runs; what was there before comes back after."""
+    saved = (log.handlers[:], log.level, log.propagate)
+    handler = configure_logging(verbosity, redactor, stream)
+    try:
+        yield handler
+    finally:
+        handler.flush()
+        log.handlers[:], log.level, log.propagate = saved
+
+
+def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) -> logging.Handler:
+    stream = stream or sys.stderr
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt, datefmt = "%(levelname)s %(message)s", None   # journald stamps lines itself
+    else:
+        fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+    handler = TqdmHandler(stream)
+    handler.setFormatter(RedactingFormatter(fmt, datefmt, redactor))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    return handler
+
+
+# ----------------------------------------------------------------------------
+# Scan and hash
+# ----------------------------------------------------------------------------
+
+class FileEntry(NamedTuple):
+    """One file as listed: a NamedTuple, because a walk makes millions of them."""
+
+    relpath: str
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+class FileChangedError(CdnPushError):
+    """The file changed while it was read; it is left for the next pass."""
+
+
+class HashInterrupted(CdnPushError):
+    """Hashing was cut short by a stop; the file is hashed again by the next pass."""
+
+
+TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY_PATTERNS]
+                                     + [RSYNC_TEMPORARY.pattern.lstrip("^").replace("$", r"\Z")]), re.S)
+
+
+def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
+    """Why a path is not imported, or None; pure, so rules stay testable."""
+    name = relpath.rpartition("/")[2]
+    if scan.skip_hidden and name[:1] == ".":
+        return "hidden"
+    if scan.skip_temporary and not is_dir and TEMPORARY_NAME.match(name):
+        return "temporary"
+    if scan.exclude and any(glob_matches(p, relpath) for p in scan.exclude):
+        return "excluded"
+    if not is_dir and scan.include and not any(glob_matches(p, relpath) for p in scan.include):
+        return "not included"
+    return None
+
+
+def walk_folder(root: Path, scan: ScanConfig,
+                on_problem: Callable[[str, str], None] = lambda path, why: None,
+                start: str = "") -> Iterator[tuple[str, list[FileEntry]]]:
+    """Yield (relative folder, its files) one folder at a time, so memory stays flat.
+
+    `start` walks only that subfolder (relative to root).
+    """
+    root_real = os.path.realpath(root)
+    visited: set[tuple[int, int]] = set()
+    stack = [start]
+    while stack:
+        reldir = stack.pop()
+        absdir = os.path.join(root, reldir) if reldir else str(root)
+        try:
+            dir_stat = os.stat(absdir)
+            if (dir_stat.st_dev, dir_stat.st_ino) in visited:
+                on_problem(reldir, "folder seen before (symlink loop); skipped")
+                continue
+            if scan.follow_symlinks:
+                visited.add((dir_stat.st_dev, dir_stat.st_ino))
+            iterator = os.scandir(absdir)
+        except OSError as exc:
+            on_problem(reldir or ".", f"cannot list folder: {exc.strerror or exc}")
+            continue
+        files: list[FileEntry] = []
+        subdirs: list[str] = []
+        prefix = reldir + "/" if reldir else ""
+        follow = scan.follow_symlinks
+        with iterator:
+            for item in iterator:
+                relpath = prefix + item.name
+                if not relpath.isascii():
+                    try:
+                        relpath.encode("utf-8")
+                    except UnicodeEncodeError:
+                        on_problem(os.fsencode(relpath).decode("utf-8", "backslashreplace"),
+                                   "name is not valid UTF-8; rename the file to import it")
+                        continue
+                try:
+                    if item.is_symlink():
+                        if not follow:
+                            continue
+                        target = os.path.realpath(item.path)
+                        if os.path.commonpath([root_real, target]) != root_real:
+                            on_problem(relpath, "symlink leads outside the folder; skipped")
+                            continue
+                    st = item.stat(follow_symlinks=follow)
+                    mode = st.st_mode
+                    if S_ISDIR(mode):
+                        if skip_reason(relpath, scan, is_dir=True) is None:
+                            subdirs.append(relpath)
+                        continue
+                    if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
+                        continue
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    on_problem(relpath, f"cannot stat: {exc.strerror or exc}")
+                    continue
+                files.append(FileEntry(relpath, item.path, st.st_size, st.st_mtime_ns, st.st_ino))
+        yield reldir, files
+        stack.extend(sorted(subdirs, reverse=True))
+
+
+S_ISDIR, S_ISREG = stat.S_ISDIR, stat.S_ISREG   # bound once: called for every entry of every walk
+_buffers = threading.local()
+
+
+def _hash_buffer(size: int) -> bytearray:
+    """One reused buffer per hashing thread: allocating 128 KiB per small file costs more than its hash."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _buffers.buffer = bytearray(size)
+    return buffer
+
+
+def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
+              cancel: threading.Event | None = None, buffer_size: int = HASH_BUFFER_SIZE) -> str:
+    """sha-256 of the file, read with one reused buffer.
+
+    Raises FileChangedError if the file is not the one that was scanned, or changes
+    while it is read; OSError if it cannot be read. Plain os calls: for small files the
+    io module's objects cost more than the hash.
+    """
+    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        if (before.st_size, before.st_mtime_ns, before.st_ino) != (entry.size, entry.mtime_ns, entry.inode):
+            raise FileChangedError(f"{entry.relpath} changed since it was listed")
+        digest = hashlib.sha256()
+        view = memoryview(_hash_buffer(buffer_size))
+        total, size = 0, entry.size
+        # Reading stops at the listed size; a file still growing shows in the fstat after.
+        while total < size:
+            count = os.readv(fd, [view])
+            if not count:
+                break
+            digest.update(view[:count])
+            total += count
+            if size > buffer_size:
+                progress(count)
+                if cancel is not None and cancel.is_set():
+                    raise HashInterrupted(f"{entry.relpath}: stopped while hashing")
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if total != size or (after.st_size, after.st_mtime_ns, after.st_ino) != (size, entry.mtime_ns, entry.inode):
+        raise FileChangedError(f"{entry.relpath} changed while it was hashed")
+    if size <= buffer_size and size:
+        progress(size)
+    return digest.hexdigest()
+
+
+def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
+                 cancel: threading.Event | None = None) -> str | Exception:
+    """The file's sha-256, or what stopped reading it (FileChangedError, HashInterrupted, OSError)."""
+    try:
+        return hash_file(entry, progress, cancel)
+    except (FileChangedError, HashInterrupted, OSError) as exc:
+        return exc
+
+
+def current_stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 # ----------------------------------------------------------------------------
@@ -1425,178 +1679,6 @@ class LedgerLock:
 
 
 # ----------------------------------------------------------------------------
-# Scan and hash
-# ----------------------------------------------------------------------------
-
-class FileEntry(NamedTuple):
-    """One file as listed: a NamedTuple, because a walk makes millions of them."""
-
-    relpath: str
-    path: str
-    size: int
-    mtime_ns: int
-    inode: int
-
-
-class FileChangedError(CdnPushError):
-    """The file changed while it was read; it is left for the next pass."""
-
-
-class HashInterrupted(CdnPushError):
-    """Hashing was cut short by a stop; the file is hashed again by the next pass."""
-
-
-TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY_PATTERNS]
-                                     + [RSYNC_TEMPORARY.pattern.lstrip("^").replace("$", r"\Z")]), re.S)
-
-
-def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
-    """Why a path is not imported, or None; pure, so rules stay testable."""
-    name = relpath.rpartition("/")[2]
-    if scan.skip_hidden and name[:1] == ".":
-        return "hidden"
-    if scan.skip_temporary and not is_dir and TEMPORARY_NAME.match(name):
-        return "temporary"
-    if scan.exclude and any(glob_matches(p, relpath) for p in scan.exclude):
-        return "excluded"
-    if not is_dir and scan.include and not any(glob_matches(p, relpath) for p in scan.include):
-        return "not included"
-    return None
-
-
-def walk_folder(root: Path, scan: ScanConfig,
-                on_problem: Callable[[str, str], None] = lambda path, why: None,
-                start: str = "") -> Iterator[tuple[str, list[FileEntry]]]:
-    """Yield (relative folder, its files) one folder at a time, so memory stays flat.
-
-    `start` walks only that subfolder (relative to root).
-    """
-    root_real = os.path.realpath(root)
-    visited: set[tuple[int, int]] = set()
-    stack = [start]
-    while stack:
-        reldir = stack.pop()
-        absdir = os.path.join(root, reldir) if reldir else str(root)
-        try:
-            dir_stat = os.stat(absdir)
-            if (dir_stat.st_dev, dir_stat.st_ino) in visited:
-                on_problem(reldir, "folder seen before (symlink loop); skipped")
-                continue
-            if scan.follow_symlinks:
-                visited.add((dir_stat.st_dev, dir_stat.st_ino))
-            iterator = os.scandir(absdir)
-        except OSError as exc:
-            on_problem(reldir or ".", f"cannot list folder: {exc.strerror or exc}")
-            continue
-        files: list[FileEntry] = []
-        subdirs: list[str] = []
-        prefix = reldir + "/" if reldir else ""
-        follow = scan.follow_symlinks
-        with iterator:
-            for item in iterator:
-                relpath = prefix + item.name
-                if not relpath.isascii():
-                    try:
-                        relpath.encode("utf-8")
-                    except UnicodeEncodeError:
-                        on_problem(os.fsencode(relpath).decode("utf-8", "backslashreplace"),
-                                   "name is not valid UTF-8; rename the file to import it")
-                        continue
-                try:
-                    if item.is_symlink():
-                        if not follow:
-                            continue
-                        target = os.path.realpath(item.path)
-                        if os.path.commonpath([root_real, target]) != root_real:
-                            on_problem(relpath, "symlink leads outside the folder; skipped")
-                            continue
-                    st = item.stat(follow_symlinks=follow)
-                    mode = st.st_mode
-                    if S_ISDIR(mode):
-                        if skip_reason(relpath, scan, is_dir=True) is None:
-                            subdirs.append(relpath)
-                        continue
-                    if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
-                        continue
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    on_problem(relpath, f"cannot stat: {exc.strerror or exc}")
-                    continue
-                files.append(FileEntry(relpath, item.path, st.st_size, st.st_mtime_ns, st.st_ino))
-        yield reldir, files
-        stack.extend(sorted(subdirs, reverse=True))
-
-
-S_ISDIR, S_ISREG = stat.S_ISDIR, stat.S_ISREG   # bound once: called for every entry of every walk
-_buffers = threading.local()
-
-
-def _hash_buffer(size: int) -> bytearray:
-    """One reused buffer per hashing thread: allocating 128 KiB per small file costs more than its hash."""
-    buffer = getattr(_buffers, "buffer", None)
-    if buffer is None or len(buffer) != size:
-        buffer = _buffers.buffer = bytearray(size)
-    return buffer
-
-
-def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
-              cancel: threading.Event | None = None, buffer_size: int = HASH_BUFFER_SIZE) -> str:
-    """sha-256 of the file, read with one reused buffer.
-
-    Raises FileChangedError if the file is not the one that was scanned, or changes
-    while it is read; OSError if it cannot be read. Plain os calls: for small files the
-    io module's objects cost more than the hash.
-    """
-    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        before = os.fstat(fd)
-        if (before.st_size, before.st_mtime_ns, before.st_ino) != (entry.size, entry.mtime_ns, entry.inode):
-            raise FileChangedError(f"{entry.relpath} changed since it was listed")
-        digest = hashlib.sha256()
-        view = memoryview(_hash_buffer(buffer_size))
-        total, size = 0, entry.size
-        # Reading stops at the listed size; a file still growing shows in the fstat after.
-        while total < size:
-            count = os.readv(fd, [view])
-            if not count:
-                break
-            digest.update(view[:count])
-            total += count
-            if size > buffer_size:
-                progress(count)
-                if cancel is not None and cancel.is_set():
-                    raise HashInterrupted(f"{entry.relpath}: stopped while hashing")
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if total != size or (after.st_size, after.st_mtime_ns, after.st_ino) != (size, entry.mtime_ns, entry.inode):
-        raise FileChangedError(f"{entry.relpath} changed while it was hashed")
-    if size <= buffer_size and size:
-        progress(size)
-    return digest.hexdigest()
-
-
-def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
-                 cancel: threading.Event | None = None) -> str | Exception:
-    """The file's sha-256, or what stopped reading it (FileChangedError, HashInterrupted, OSError)."""
-    try:
-        return hash_file(entry, progress, cancel)
-    except (FileChangedError, HashInterrupted, OSError) as exc:
-        return exc
-
-
-def current_stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-# ----------------------------------------------------------------------------
 # CDN client
 # ----------------------------------------------------------------------------
 
@@ -1829,7 +1911,7 @@ def _short(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Origin and callback server
+# Origin and callbacks
 # ----------------------------------------------------------------------------
 
 SIGNATURE_HEX = 32          # 128 bits of HMAC-SHA256 in every signed link and token
@@ -3455,7 +3537,7 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------
-# Status page: /status.json rendered for people (pure)
+# Status page
 # ----------------------------------------------------------------------------
 
 PAGE_STATES = ("pending", "submitted", "confirmed", "rejected", "failed", "waiting")
@@ -4059,16 +4141,8 @@ def _problems_section(status: Mapping[str, Any], now: float) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Monitor: status page, status.json, Prometheus metrics
+# Monitor
 # ----------------------------------------------------------------------------
-
-PROBLEM_ADVICE = {
-    STATE_REJECTED: "fix what the CDN says (name, parameters), then run with --retry-rejected",
-    STATE_FAILED: "the CDN could not fetch or verify it: check the origin; the next run tries again",
-    "conflict": "it changed after its import and no_replace is set: rename it to import it as a new file",
-    "unreadable": "check the file's permissions and name; it is tried again by the next pass",
-}
-
 
 def status_document(config: Config, activity: Mapping[str, Any], counts: Mapping[str, int],
                     sizes: Mapping[str, int], problems: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
@@ -4088,7 +4162,7 @@ def status_document(config: Config, activity: Mapping[str, Any], counts: Mapping
         "rates": {"hashed_bytes_per_second": activity["hash_rate"],
                   "imports_per_minute": sum(chart["imports"][-5:]) / 5},
         "now": activity["now"], "chart": chart, "recent": activity["recent"],
-        "problems": [{**problem, "advice": PROBLEM_ADVICE.get(problem["state"], "")} for problem in
+        "problems": [{**problem, "advice": render_problems_advice(problem["state"], problem["reason"])} for problem in
                      [*problems, *activity["unreadable"]]],
     }
 
@@ -4257,7 +4331,7 @@ def monitoring(config: Config, activity: Activity, *, service: bool) -> Iterator
 
 
 # ----------------------------------------------------------------------------
-# Runners
+# One-shot runs
 # ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -4300,14 +4374,6 @@ def check_can_submit(config: Config) -> None:
 PLACEHOLDERS = ("example.com", "example.org", "example.net")   # RFC 2606: never a real origin or API
 
 
-def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
-              load: Callable[[], Config]) -> int:
-    check_can_submit(config)
-    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
-        return WatchService(config, ledger, stop=stop, reload=reload, load=load,
-                            notifier=SystemdNotifier()).run()
-
-
 def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, dry_run: bool = False,
                  retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
     """One locked pass over the folder; the caller turns the summary into an exit code."""
@@ -4333,7 +4399,17 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
             client.close()
 
 
-# -- watch: a drop folder as a service ---------------------------------------------
+# ----------------------------------------------------------------------------
+# Watch service
+# ----------------------------------------------------------------------------
+
+def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
+              load: Callable[[], Config]) -> int:
+    check_can_submit(config)
+    with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
+        return WatchService(config, ledger, stop=stop, reload=reload, load=load,
+                            notifier=SystemdNotifier()).run()
+
 
 CLOSE_GRACE = 0.5        # seconds a closed (or renamed-in) file must stay unchanged
 LOOP_TICK = 0.25         # seconds between two iterations of the watch loop
@@ -4754,6 +4830,10 @@ class WatchService:
                       f"{', '.join(changed) + ' changed' if changed else 'nothing changed'}")
 
 
+# ----------------------------------------------------------------------------
+# Status, reload and demo
+# ----------------------------------------------------------------------------
+
 def lock_is_held(lock: Path) -> bool:
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
@@ -4946,63 +5026,6 @@ def demo_round_trip(config: Config, api_url: str, out: Callable[[str], None]) ->
     out(f"demo: {'OK' if all_good else 'FAILED'}: {verified} of {len(DEMO_SAMPLES)} files fetched, verified "
         "and confirmed")
     return all_good
-
-
-# ----------------------------------------------------------------------------
-# Logging
-# ----------------------------------------------------------------------------
-
-class RedactingFormatter(logging.Formatter):
-    """Formats a record, traceback included, then masks every known secret."""
-
-    def __init__(self, fmt: str, datefmt: str | None, redactor: Redactor) -> None:
-        super().__init__(fmt, datefmt)
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self.redactor(super().format(record))
-
-
-class TqdmHandler(logging.StreamHandler):
-    """Writes log lines above any progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm = sys.modules.get("tqdm")
-            if tqdm is None:        # no progress bar was ever made: nothing to write around
-                self.stream.write(self.format(record) + "\n")
-                self.flush()
-            else:
-                tqdm.tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def logging_configured(verbosity: int, redactor: Redactor, stream: Any = None) -> Iterator[logging.Handler]:
-    """cdn-push's logging for as long as the block runs; what was there before comes back after."""
-    saved = (log.handlers[:], log.level, log.propagate)
-    handler = configure_logging(verbosity, redactor, stream)
-    try:
-        yield handler
-    finally:
-        handler.flush()
-        log.handlers[:], log.level, log.propagate = saved
-
-
-def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) -> logging.Handler:
-    stream = stream or sys.stderr
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt, datefmt = "%(levelname)s %(message)s", None   # journald stamps lines itself
-    else:
-        fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
-    handler = TqdmHandler(stream)
-    handler.setFormatter(RedactingFormatter(fmt, datefmt, redactor))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-    return handler
 
 
 # ----------------------------------------------------------------------------
