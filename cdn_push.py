@@ -4568,7 +4568,7 @@ class WatchService:
         self.polling = config.scan.poll
         self.rescan_now = threading.Event()
         self.rescan_after_pass = False
-        self.passes = self.passes_done = 0
+        self.passes = self.passes_done = self.turns = 0
         self.next_rescan = math.inf
         self.last_ping = self.last_status = -math.inf
         self._trouble = WatchdogTroubleHandler(self.rescan_now)
@@ -4656,6 +4656,7 @@ class WatchService:
 
     def iteration(self, tick: float = LOOP_TICK) -> None:
         """Take events, hand settled files to the pipeline, start a rescan when due, step, ping."""
+        self.turns += 1
         if self.reload.is_set():
             self.reload.clear()
             self.reload_config()

@@ -64,6 +64,23 @@ class Running:
             self.error = exc
             self.ready.set()
 
+    def wait_idle(self, turns=3, timeout=20.0):
+        """Nothing settling, queued, hashed or scanned, and no event waiting, for `turns` loop turns:
+        whatever was going to be submitted has been."""
+        service, deadline, since = self.service, time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            pipeline = service.pipeline
+            quiet = not (service.candidates or pipeline._queued or pipeline.scanning or pipeline._hashing
+                         or pipeline._fresh_work or pipeline._decided or not service.collector.events.empty())
+            if not quiet:
+                since = None
+            elif since is None:
+                since = service.turns
+            elif service.turns >= since + turns:
+                return
+            time.sleep(0.02)
+        raise AssertionError("the service never became idle")
+
     def close(self):
         self.stop.set()
         self.thread.join(30)
@@ -104,7 +121,7 @@ def test_first_pass_then_new_files_are_imported_within_seconds(drop, emulator, w
 
 
 def test_slow_writer_is_submitted_once_after_its_last_byte(drop, emulator, watch):
-    watch(scan={"settle_seconds": 1})
+    running = watch(scan={"settle_seconds": 1})
     chunk = os.urandom(2048)
     with open(drop / "slow.mp4", "wb") as handle:
         for _ in range(40):                       # about 2 s at 40 KB/s, longer than settle_seconds
@@ -113,7 +130,7 @@ def test_slow_writer_is_submitted_once_after_its_last_byte(drop, emulator, watch
             time.sleep(0.05)
         assert "slow.mp4" not in names(emulator)
     wait_for(lambda: "slow.mp4" in names(emulator), what="slow.mp4 submitted")
-    time.sleep(1.5)
+    running.wait_idle()
     requests = [r for r in emulator.requests if r["name"] == "slow.mp4"]
     assert len(requests) == 1
     assert requests[0]["size"] == str(40 * 2048)
@@ -122,20 +139,20 @@ def test_slow_writer_is_submitted_once_after_its_last_byte(drop, emulator, watch
 
 def test_slow_writer_that_reopens_is_not_taken_early(drop, emulator, watch):
     """Appending in separate open/close calls: each close is followed by more data."""
-    watch(scan={"settle_seconds": 1})
+    running = watch(scan={"settle_seconds": 1})
     for _ in range(12):
         with open(drop / "append.mp4", "ab") as handle:
             handle.write(b"x" * 1000)
         time.sleep(0.2)
     wait_for(lambda: "append.mp4" in names(emulator), what="append.mp4 submitted")
-    time.sleep(1.5)
+    running.wait_idle()
     sizes = [r["size"] for r in emulator.requests if r["name"] == "append.mp4"]
     # Each submission is of a complete, then-stable file; the last one is the final size.
     assert sizes[-1] == "12000"
 
 
 def test_rsync_style_temp_then_rename_is_submitted_once_under_the_final_name(drop, emulator, watch):
-    watch()
+    running = watch()
     temp = drop / "sub" / ".movie.mp4.Xa9Qz2"
     temp.parent.mkdir()
     with open(temp, "wb") as handle:
@@ -146,23 +163,23 @@ def test_rsync_style_temp_then_rename_is_submitted_once_under_the_final_name(dro
     for name in ("clip.mp4.crdownload", "~$notes.docx", "x.part"):
         (drop / name).write_bytes(b"temp")
     wait_for(lambda: "sub/movie.mp4" in names(emulator), what="renamed file submitted")
-    time.sleep(1.5)
+    running.wait_idle()
     assert names(emulator) == ["sub/movie.mp4"]
 
 
 def test_burst_of_500_files_all_submitted_once(tmp_path, drop, emulator, watch):
-    watch(workers={"hash": 2, "submit": 8})
+    running = watch(workers={"hash": 2, "submit": 8})
     source = tmp_path / "source"
     write_files(source, {f"f{i:03}.mp4": f"file {i}".encode() for i in range(500)})
     for path in sorted(source.iterdir()):
         shutil.copy2(path, drop / path.name)
     wait_for(lambda: len(emulator.requests) >= 500, timeout=60, what="500 files submitted")
-    time.sleep(1.5)
+    running.wait_idle()
     assert sorted(names(emulator)) == [f"f{i:03}.mp4" for i in range(500)]
 
 
 def test_folder_moved_in_or_created_with_files_is_fully_imported(tmp_path, drop, emulator, watch):
-    watch()
+    running = watch()
     outside = tmp_path / "outside"
     write_files(outside, {"a.mp4": b"a", "deep/b.mp4": b"b", "deep/er/c.mp4": b"c"})
     os.rename(outside, drop / "moved")                 # mv of a whole tree: one event for the folder
@@ -170,7 +187,7 @@ def test_folder_moved_in_or_created_with_files_is_fully_imported(tmp_path, drop,
     shutil.copy2(drop / "moved" / "a.mp4", drop / "made" / "x" / "y" / "copy.mp4")
     expected = {"moved/a.mp4", "moved/deep/b.mp4", "moved/deep/er/c.mp4", "made/x/y/copy.mp4"}
     wait_for(lambda: expected <= set(names(emulator)), what="whole trees submitted")
-    time.sleep(1.2)
+    running.wait_idle()
     assert sorted(names(emulator)) == sorted(expected)
 
 
@@ -184,7 +201,7 @@ def test_changed_after_import_is_imported_again(drop, emulator, watch):
 
 
 def test_deleted_before_settling_is_never_submitted(drop, emulator, watch):
-    watch(scan={"settle_seconds": 1.5})
+    running = watch(scan={"settle_seconds": 1.5})
     with open(drop / "brief.mp4", "wb") as handle:
         handle.write(b"here for a moment")
         handle.flush()
@@ -192,7 +209,7 @@ def test_deleted_before_settling_is_never_submitted(drop, emulator, watch):
         os.unlink(drop / "brief.mp4")
     (drop / "stays.mp4").write_bytes(b"stays")
     wait_for(lambda: "stays.mp4" in names(emulator))
-    time.sleep(1.0)
+    running.wait_idle()
     assert names(emulator) == ["stays.mp4"]
 
 
@@ -248,7 +265,7 @@ def test_watcher_overflow_triggers_a_full_rescan(drop, emulator, watch, caplog):
     # Files whose events were "lost": written with an old mtime while the watcher is told to drop them.
     running.service.collector.on_any_event = lambda event: None
     write_files(drop, {"lost1.mp4": b"1", "lost2.mp4": b"2"})
-    time.sleep(0.5)
+    running.wait_idle(turns=5)                # several looks at the folder, and no event to act on
     assert names(emulator) == []
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; events were lost")
     wait_for(lambda: sorted(names(emulator)) == ["lost1.mp4", "lost2.mp4"])
@@ -259,8 +276,9 @@ def test_reload_with_broken_config_keeps_running(tmp_path, drop, emulator, raw_c
     path.write_text("folder: [broken\n")
     load = lambda: cdn_push.load_config(path, {})[0]
     running = watch(service_kwargs={"load": load})
+    turns = running.service.turns
     running.reload.set()
-    time.sleep(0.5)
+    wait_for(lambda: not running.reload.is_set() and running.service.turns > turns + 1, what="the reload")
     assert running.thread.is_alive()
     write_files(drop, {"after.mp4": b"after"}, age=0)
     wait_for(lambda: "after.mp4" in names(emulator))
@@ -302,16 +320,35 @@ def start_watch(config_path: Path) -> subprocess.Popen:
     return start_cdn_push("watch", "--config", str(config_path))
 
 
+class StderrLines:
+    """A process's log lines as they come, so a test can wait for what it says (never a fixed sleep)."""
+
+    def __init__(self, process):
+        self.process, self.lines = process, []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(process.stderr), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text, timeout=20.0):
+        wait_for(lambda: any(text in line for line in list(self.lines)) or self.process.poll() is not None,
+                 timeout, what=repr(text))
+        assert self.process.poll() is None, f"the process ended: {''.join(self.lines)}"
+
+    def finish(self, timeout=30.0):
+        self.process.wait(timeout)
+        self.reader.join(timeout)
+        return "".join(self.lines)
+
+
 def test_sigterm_during_a_burst_exits_0_and_a_restart_finishes(tmp_path, drop, emulator, write_config, raw_config):
     emulator.answer_delay = 0.03
     config = write_config(scan={"settle_seconds": 1}, workers={"hash": 1, "submit": 1})
     process = start_watch(config)
-    wait_for(lambda: emulator.requests is not None and process.poll() is None)
-    time.sleep(1.0)
+    log = StderrLines(process)
+    log.wait_for("pass done")            # watching, and the (empty) first pass is over
     write_files(drop, {f"b{i:03}.mp4": os.urandom(200) for i in range(150)})
     wait_for(lambda: len(emulator.requests) >= 10, what="burst under way")
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
+    err = log.finish()
     assert process.returncode == 0, err
     assert "Traceback" not in err
     sent = len(emulator.requests)
@@ -333,18 +370,18 @@ def test_sigterm_during_a_burst_exits_0_and_a_restart_finishes(tmp_path, drop, e
 def test_sighup_with_broken_config_keeps_the_process_running(tmp_path, drop, emulator, write_config):
     config = write_config(scan={"settle_seconds": 1})
     process = start_watch(config)
+    log = StderrLines(process)
     try:
-        time.sleep(1.5)
+        log.wait_for("watching ")            # signal handlers are in place once it says so
         good = config.read_text()
         config.write_text(good + "\nnot_a_key: 1\n")
         process.send_signal(signal.SIGHUP)
-        time.sleep(0.8)
-        assert process.poll() is None
+        log.wait_for("configuration not reloaded")
         write_files(drop, {"still.mp4": b"still running"})
         wait_for(lambda: "still.mp4" in names(emulator))
     finally:
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
+        err = log.finish()
     assert process.returncode == 0
     assert "configuration not reloaded" in err and "not_a_key" in err
 
