@@ -5155,6 +5155,9 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.version_info < (3, 11):      # what CI tests; older Pythons are not claimed
+        print(f"cdn-push needs Python 3.11 or newer; this is {sys.version.split()[0]}", file=sys.stderr)
+        return EXIT_USAGE
     missing = missing_packages()
     if missing:
         print(f"cdn-push needs the Python packages {', '.join(missing)}: run ./install.sh "

@@ -54,7 +54,13 @@ quietly() {
 
 make_venv() {
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
-        echo "install.sh: $PYTHON not found; install Python 3.9 or newer" >&2
+        echo "install.sh: $PYTHON not found; install Python 3.11 or newer" >&2
+        exit 2
+    fi
+    # 3.11 is what CI tests; older Pythons are not claimed.
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "install.sh: $PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null);" \
+             "cdn-push needs Python 3.11 or newer (PYTHON=/path/to/python3.11 ./install.sh picks another)" >&2
         exit 2
     fi
     if [ ! -x .venv/bin/python ]; then
