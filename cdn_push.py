@@ -4896,7 +4896,7 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
         else:
             out(f"no ledger yet at {config.ledger}: nothing has been pushed")
         return EXIT_OK
-    with Ledger.open(config.ledger) as ledger:
+    with Ledger.reader(config.ledger) as ledger:     # read-only: root may look at the service's ledger
         counts = ledger.counts()
         if as_json:
             files = [row.as_json() for row in ledger.all_rows(state)]
