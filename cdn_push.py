@@ -940,7 +940,7 @@ def build_location(origin: OriginConfig, relpath: str) -> str:
         if origin.password:
             userinfo += ":" + quote(origin.password.reveal(), safe="")
         userinfo += "@"
-    path = parts.path.rstrip("/") + "/" + "/".join(quote(seg, safe="") for seg in relpath.split("/"))
+    path = parts.path.rstrip("/") + "/" + quote_path(relpath)
     return urlunsplit((parts.scheme, userinfo + parts.netloc, path, parts.query, ""))
 
 
@@ -958,6 +958,11 @@ def mask_url(url: str) -> str:
 
 def cdn_name(prefix: str, relpath: str) -> str:
     return prefix + relpath
+
+
+def quote_path(relpath: str) -> str:
+    """Each segment of a relative path percent-encoded, '/' kept: how every URL names a file."""
+    return "/".join(quote(segment, safe="") for segment in relpath.split("/"))
 
 
 def build_request(config: Config, relpath: str, size: int, sha256: str,
@@ -1098,6 +1103,11 @@ class HashInterrupted(CdnPushError):
 
 TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY_PATTERNS]
                                      + [RSYNC_TEMPORARY.pattern.lstrip("^").replace("$", r"\Z")]), re.S)
+
+
+def check_folder(config: Config) -> None:
+    if not config.folder.is_dir():
+        raise ConfigError(f"'folder' {config.folder} is not a folder (from {config.source})")
 
 
 def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
@@ -1396,7 +1406,9 @@ def ledger_advice(path: str, exc: BaseException) -> str:
 class Ledger:
     """The SQLite record of every file: what it held when hashed and what the CDN accepted.
 
-    Used from one thread; WAL lets `status` read while a run writes.
+    One connection, used only by the thread that owns it (the pipeline's; check_same_thread is off
+    because that thread is not always the one that opened it); other threads open a `reader`.
+    WAL lets `status`, the origin and the monitor read while a run writes.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: str, clock: Callable[[], float] = time.time):
@@ -1591,6 +1603,13 @@ class Ledger:
         return [{"path": path, "state": state if state != STATE_SUBMITTED else "conflict",
                  "reason": printable(mask_signed_paths(error or "")), "time": updated}
                 for path, state, error, updated in rows]
+
+    def mark_all_accepted(self) -> None:
+        """Record every hashed row as imported as it is: for benchmarks and tests that start from a
+        folder the CDN already holds."""
+        self._run(f"UPDATE files SET state='{STATE_SUBMITTED}', accepted_name=name, accepted_size=size, "
+                  "accepted_sha256=sha256 WHERE sha256 IS NOT NULL")
+        self.commit()
 
     def meta(self, key: str) -> str | None:
         found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -1969,10 +1988,6 @@ class UrlSigner:
     def callback(self, public_url: str, relpath: str, sha256: str, attempt: int) -> str:
         token = self.sign("cb", relpath, sha256, str(attempt))
         return f"{public_url}/cb/{attempt}/{token}/{quote_path(relpath)}"
-
-
-def quote_path(relpath: str) -> str:
-    return "/".join(quote(segment, safe="") for segment in relpath.split("/"))
 
 
 def safe_relpath(encoded: str) -> str | None:
@@ -3016,8 +3031,7 @@ class Pipeline:
         """Begin a pass over the whole folder; False if one is running already."""
         if self.scanning:
             return False
-        if not self.config.folder.is_dir():
-            raise ConfigError(f"'folder' {self.config.folder} is not a folder (from {self.config.source})")
+        check_folder(self.config)
         self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
         self.activity.pass_started()
@@ -3123,7 +3137,7 @@ class Pipeline:
     def _unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
         """The ledger vouches for this file: same stat, accepted as it is, nothing amiss."""
         if (row is not None and row.sha256 and (row.size, row.mtime_ns, row.inode) == entry[2:]
-                and row.accepted and row.name == self.config.name_prefix + entry.relpath
+                and row.accepted and row.name == cdn_name(self.config.name_prefix, entry.relpath)
                 and not self._unconfirmed_due(row.state, row.attempts, row.updated_at)):
             self.summary.unchanged += 1
             return True
@@ -4610,8 +4624,7 @@ class WatchService:
 
     def start_watching(self) -> None:
         folder = str(self.config.folder)
-        if not self.config.folder.is_dir():
-            raise ConfigError(f"'folder' {folder} is not a folder (from {self.config.source})")
+        check_folder(self.config)
         try:
             observer = self.observer_factory(self.polling, self.config.scan.poll_interval)
             observer.schedule(self.collector, folder, recursive=True)

@@ -280,9 +280,7 @@ def test_hundred_thousand_files_first_pass_and_rerun(fast_dir, make_config):
         first = Pipeline(config, ledger, None, clock=lambda: old + 7200)
         first.scan_and_hash()
         assert first.summary.new == count and ledger.count_pending() == count
-        ledger._db.execute("UPDATE files SET state='submitted', accepted_name=name, accepted_size=size, "
-                           "accepted_sha256=sha256")
-        ledger.commit()
+        ledger.mark_all_accepted()
         again = Pipeline(config, ledger, None, clock=lambda: old + 7200)
         again.scan_and_hash()
     assert again.summary.unchanged == count and again.summary.bytes_hashed == 0
