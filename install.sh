@@ -170,6 +170,8 @@ install_service() {
     else
         echo "systemd is not running here; the unit is installed for when it is"
     fi
+    echo "status page of the running service: http://127.0.0.1:8765/ on this machine" \
+         "(from elsewhere: ssh -L 8765:127.0.0.1:8765 this-host); journalctl -u cdn-push for its log"
 }
 
 if [ "${1:-}" = --print-unit ]; then
