@@ -668,10 +668,13 @@ def private_candidates(config: Config) -> list[tuple[str, str]]:
     """Every file cdn-push itself reads secrets from or keeps state in, with the key that names it."""
     ledger = str(config.ledger)
     found = [(config.source, "the configuration file")] if os.path.isfile(config.source) else []
-    found += [(ledger + suffix, "ledger") for suffix in ("", "-wal", "-shm", "-journal", ".lock", ".reload")]
-    found += [(str(config.origin.secret_file), "origin.secret_file"), (config.api.ca_bundle, "api.ca_bundle")]
+    found += [(ledger + suffix, "the ledger ('ledger')") for suffix in ("", "-wal", "-shm", "-journal", ".lock",
+                                                                       ".reload")]
+    found += [(str(config.origin.secret_file), "the signing key ('origin.secret_file')"),
+              (config.api.ca_bundle, "the CA bundle ('api.ca_bundle')")]
     if config.origin.serve is not None:
-        found += [(config.origin.serve.cert, "origin.serve.cert"), (config.origin.serve.key, "origin.serve.key")]
+        found += [(config.origin.serve.cert, "the TLS certificate ('origin.serve.cert')"),
+                  (config.origin.serve.key, "the TLS key ('origin.serve.key')")]
     return [(path, key) for path, key in found if path]
 
 
@@ -831,21 +834,45 @@ YAML_PROBLEMS: tuple[tuple[str, str], ...] = (
 )
 
 
+UNCLOSED_QUOTE = re.compile(r"""^\s*(?:- )?(?:[^\s#:][^:#]*:\s+)?(["'])(?P<rest>.*)$""")
+NO_SPACE_AFTER_COLON = re.compile(r"^\s*(?:- )?[A-Za-z_][\w.-]*:(?=[^\s/])")
+
+
+def yaml_slip(lines: Sequence[str], last: int) -> tuple[int, int, str] | None:
+    """The first line up to `last` with a slip PyYAML reports far from it: a value whose opening
+    quote is not closed on its line (YAML then reads on, into later lines), or 'key:value'."""
+    for number, line in enumerate(lines[:last + 1]):
+        if line.lstrip().startswith("#"):
+            continue
+        found = UNCLOSED_QUOTE.match(line)
+        if found:
+            quote_char, rest = found.group(1), found.group("rest")
+            closed = rest.replace('\\"', "").find(quote_char) if quote_char == '"' else rest.find(quote_char)
+            if closed < 0:
+                return number, found.start(1), "a quote opened here is not closed on its line: add the closing quote"
+        colon = NO_SPACE_AFTER_COLON.match(line)
+        if colon:
+            return number, colon.end() - 1, "a ':' needs a space after it ('key: value')"
+    return None
+
+
 def yaml_error_message(path: Path, text: str, exc: Any) -> str:
     """Where a YAML mistake really is (a line with a caret under it) and what it is, in plain words."""
     problem = str(getattr(exc, "problem", None) or "not valid YAML")
     context = str(getattr(exc, "context", None) or "")
     mark = getattr(exc, "problem_mark", None)
-    if "quoted scalar" in context and getattr(exc, "context_mark", None) is not None:
-        mark = exc.context_mark       # PyYAML points where it gave up, often many lines later
     words = next((said for found, said in YAML_PROBLEMS if found in problem + " " + context), problem)
+    lines = text.splitlines()
     if mark is None:
         return f"{path}: {words}"
-    lines = text.splitlines()
-    shown = lines[mark.line] if mark.line < len(lines) else ""
-    gutter = f"{mark.line + 1:>5} | "
-    return (f"{path}: line {mark.line + 1}, column {mark.column + 1}: {words}\n{gutter}"
-            f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * mark.column}^")
+    line, column = mark.line, mark.column
+    slip = None if "'\\t'" in problem else yaml_slip(lines, min(line, len(lines) - 1))
+    if slip is not None:
+        line, column, words = slip     # PyYAML points where it gave up, often many lines later
+    shown = lines[line] if line < len(lines) else ""
+    gutter = f"{line + 1:>5} | "
+    return (f"{path}: line {line + 1}, column {column + 1}: {words}\n{gutter}"
+            f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * column}^")
 
 
 def _holds_password(raw: Any) -> bool:
@@ -1008,22 +1035,28 @@ def printable(text: str) -> str:
 
 
 class Redactor:
-    """Replaces every known secret, raw or percent-encoded, by ***."""
+    """Replaces every known secret, raw or percent-encoded, by ***.
+
+    Only where it stands on its own (not inside a longer word or number): masking "add" inside
+    "address" would garble the message and tell the reader the password.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
             if secret and len(secret) >= 3:
                 self._secrets.update({secret, quote(secret, safe=""), quote(secret)})
+        alternatives = "|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
+        self._pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])") if alternatives else None
 
     def __call__(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        if self._pattern is None or not any(secret in text for secret in self._secrets):
+            return text
+        return self._pattern.sub(MASK, text)
 
 
 class RedactingFormatter(logging.Formatter):
@@ -1619,6 +1652,12 @@ class Ledger:
         self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
         self._changed(1, 1)
 
+    def count_awaiting(self, now: float) -> int:
+        """Files not confirmed yet: accepted and awaiting the callback, or reported failed by the CDN
+        and waiting to be sent again."""
+        return self._run("SELECT count(*) FROM files WHERE state=? OR (state=? AND retry_at > ?)",
+                         (STATE_SUBMITTED, STATE_PENDING, now)).fetchone()[0]
+
     def counts(self) -> dict[str, int]:
         found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
         return {state: found.get(state, 0) for state in STATES}
@@ -1814,7 +1853,8 @@ class CdnClient:
         self._limiter = RateLimiter(api.rate_limit)
         self._sessions: list[Any] = []
         self._sessions_lock = threading.Lock()
-        self.on_retry: Callable[[], None] = lambda: None
+        self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
+        self._cancelled = threading.Event()
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
@@ -1842,6 +1882,10 @@ class CdnClient:
     def prepare(self) -> None:
         """Make this thread's session ahead of its first request."""
         self._session()
+
+    def cancel(self) -> None:
+        """Retry waits end at once (the pipeline halts): the file stays pending for the next run."""
+        self._cancelled.set()
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -1884,20 +1928,25 @@ class CdnClient:
         if isinstance(exc, _TransientError) and exc.retry_after is not None:
             backoff = exc.retry_after + random.uniform(0, 0.1 * max(exc.retry_after, 1.0))
         wait = min(backoff, policy.max_seconds)
-        self.on_retry()
-        log.info("the CDN did not answer well (%s); try %d of %d in %.0fs", exc, retry_state.attempt_number + 1,
-                 policy.attempts, wait)
+        # tenacity asks for the wait before it decides to stop: say it only when we do wait.
+        self._local.next_try = (exc, retry_state.attempt_number + 1, wait)
         return wait
 
     def _sleep_unless_stopped(self, seconds: float) -> None:
         """Waits between retries end at once on a stop, with the real clock or an injected one."""
-        if self._stop.is_set():
+        exc, attempt, wait = getattr(self._local, "next_try", (None, 0, seconds))
+        self.on_retry(exc, wait)
+        log.info("the CDN did not answer well for %s (%s); try %d of %d in %.0fs",
+                 printable(getattr(self._local, "name", "?")), exc, attempt, self.api.retry.attempts, wait)
+        if self._stop.is_set() or self._cancelled.is_set():
             raise StopRequested()
         if self._sleep is time.sleep:
-            self._stop.wait(seconds)
+            deadline = time.monotonic() + seconds
+            while not (self._stop.is_set() or self._cancelled.is_set()) and time.monotonic() < deadline:
+                self._cancelled.wait(min(0.2, deadline - time.monotonic()))     # a stop is seen within 0.2 s
         else:
             self._sleep(seconds)
-        if self._stop.is_set():
+        if self._stop.is_set() or self._cancelled.is_set():
             raise StopRequested()
 
     def add_file(self, params: Mapping[str, str]) -> CdnAnswer:
@@ -1912,12 +1961,14 @@ class CdnClient:
             sleep=self._sleep_unless_stopped,
             reraise=True,
         )
+        self._local.name = params.get("name", "?")
         try:
             return retrying(self._post_once, "file/add", params)
         except _TransientError as exc:
             attempts = retrying.statistics.get("attempt_number", policy.attempts)
             if exc.connection:
-                raise CdnUnavailableError(f"{exc} (after {attempts} attempts)") from None
+                raise CdnUnavailableError(f"{exc} (after {attempts} attempts); check 'api.url' and the "
+                                          "network") from None
             raise CdnRetriesExhausted(f"{exc} (after {attempts} attempts)") from None
 
 
@@ -2626,9 +2677,13 @@ class Activity:
         for old in [m for m in self.minutes if m <= minute - self.CHART_MINUTES]:
             del self.minutes[old]
 
-    def retried(self) -> None:
+    def retried(self, exc: BaseException | None = None, wait: float = 0.0) -> None:
+        """A retry wait; a connection that failed already says the CDN is unreachable."""
         with self._lock:
             self.requests["retried"] += 1
+            if isinstance(exc, _TransientError) and exc.connection:
+                since = self.cdn["since"] if self.cdn["problem"] == "unreachable" else self.clock()
+                self.cdn = {"up": False, "problem": "unreachable", "since": since, "next_try_at": self.clock() + wait}
 
     def hashed(self, size: int) -> None:
         with self._lock:
@@ -2794,6 +2849,7 @@ class SubmitQueue:
         return self.clear()
 
 
+FRESH_QUEUED_MAX = 1000   # jobs queued in memory at most; fresh drops beyond wait in the ledger
 WAITING_SHOWN = 5         # files named when a run leaves some waiting
 SCAN_SLICE = 0.05         # seconds of scanning and inline hashing per step, so events and answers wait little
 FLUSH_EVERY = 0.2         # seconds between two ledger transactions of hashed files
@@ -2867,10 +2923,12 @@ class Pipeline:
         self._set_aside: set[str] = set()       # pending, but the file changed after hashing
         self._consecutive_failures = 0
         self.paused_until = 0.0
+        self._cdn_was_down = False
         self._retired_clients: list[CdnClient] = []
         self._confirm_deadline: float | None = None
         self._bars: dict[str, Any] = {}
         self._origin_checked = False
+        self._origin_to_record: str | None = None
         self.resend_before = self._links_valid_since()
 
     # -- progress ----------------------------------------------------------------
@@ -2978,6 +3036,9 @@ class Pipeline:
         self._flush_decided(force=True)
         for job in self._queue.close():
             self._queued.discard(job.row.path)
+        for client in [self.client, *self._retired_clients]:
+            if client is not None:
+                client.cancel()        # retry waits end now; requests already on the wire finish
         for worker in self._workers:
             worker.join()
         self._workers.clear()
@@ -2995,7 +3056,7 @@ class Pipeline:
         """With callbacks, a run is done only when the CDN confirmed every file, this run's or not."""
         if not self.callbacks_on:
             return
-        self.summary.unconfirmed = self.ledger.counts()[STATE_SUBMITTED]
+        self.summary.unconfirmed = self.ledger.count_awaiting(self.clock())
         if not self.summary.unconfirmed or self.summary.fatal is not None:
             return
         if self.stop.is_set():
@@ -3028,11 +3089,13 @@ class Pipeline:
     # -- stage 1 and 2: scan and hash -----------------------------------------------
 
     def start_scan(self) -> bool:
-        """Begin a pass over the whole folder; False if one is running already."""
-        if self.scanning:
+        """Begin a pass over the whole folder; False if one is running already (its large files
+        still being hashed included)."""
+        if self.scanning or self.pass_started is not None:
             return False
         check_folder(self.config)
         self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
+        self._hash_progress(0)       # the bar is made here, on this thread; hash threads only move it
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
         self.activity.pass_started()
         if self.feeding and self.client is not None and not self.dry_run:
@@ -3095,15 +3158,16 @@ class Pipeline:
             return 0
         reldir, entries = batch
         settle_before_ns = int((self.clock() - self.config.scan.settle_seconds) * 1e9)
+        known = self.ledger.quick_rows_in_dir(reldir)
         settled = []
         for entry in entries:
-            if entry.mtime_ns > settle_before_ns:
+            if entry.mtime_ns <= settle_before_ns or entry.relpath in self._private:
+                settled.append(entry)
+            elif not self._unchanged(entry, known.get(entry.relpath)):    # young, and new to the ledger
                 age = max(0.0, self.clock() - entry.mtime_ns / 1e9)
                 self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is "
                                              f"{self.config.scan.settle_seconds:g}")
-            else:
-                settled.append(entry)
-        self._triage(settled, self.ledger.quick_rows_in_dir(reldir), fresh=False)
+        self._triage(settled, known, fresh=False)
         return 1
 
     def _triage(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
@@ -3114,9 +3178,13 @@ class Pipeline:
             if entry.relpath in self._private:
                 self._skip_private(entry.relpath)
                 continue
+            if entry.relpath in self._hashing_paths:
+                continue            # on its way already: a second look would race the first
             row = known.get(entry.relpath)
             if row is None or row.sha256 is None or (row.size, row.mtime_ns, row.inode) != entry[2:]:
                 unknown.append(entry)
+            elif entry.relpath in self._queued:
+                continue            # being sent as it is: its answer, not a stale decision, comes next
             elif not self._unchanged(entry, row):
                 self._decided_row(self._decide(entry, self.ledger.get(entry.relpath), row.sha256), fresh)
         moved = self.ledger.find_moved([e for e in unknown if e.relpath not in known])
@@ -3131,7 +3199,7 @@ class Pipeline:
     def _skip_private(self, relpath: str) -> None:
         if relpath not in self._private_warned:
             self._private_warned.add(relpath)
-            log.warning("skipped %s: it is the file named by '%s', which holds secrets or state; keep it "
+            log.warning("skipped %s: it is %s, which holds cdn-push's own secrets or state; keep it "
                         "outside 'folder'", printable(relpath), self._private[relpath])
 
     def _unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
@@ -3165,7 +3233,7 @@ class Pipeline:
             self.summary.bytes_hashed += entry.size
             self.summary.hashed_files += 1
             self.activity.hashed(entry.size)
-            row = self.ledger.get(entry.relpath) if job.known is not None else None
+            row = self.ledger.get(entry.relpath)      # now, not as it was listed: an answer may have come
             self._decided_row(self._decide(entry, row, outcome), job.fresh)
         elif isinstance(outcome, FileChangedError):
             self._waiting(entry.relpath, "it changed while it was hashed")
@@ -3200,6 +3268,10 @@ class Pipeline:
         if self.pass_started is not None and not self.scanning and not any(
                 not job.fresh for job in self._hashing.values()):
             started, self.pass_started = self.pass_started, None
+            self._set_aside.clear()         # looked at again by the feeder: gone, changed or ready
+            if self._origin_to_record is not None and not self.stop.is_set():
+                self.ledger.set_meta("origin", self._origin_to_record)
+                self._origin_to_record = None
             self.activity.pass_ended()
             self.on_pass_done(started)
 
@@ -3214,7 +3286,7 @@ class Pipeline:
         identity = self.config.origin.identity
         before = self.ledger.meta("origin")
         if before != identity:
-            self.ledger.set_meta("origin", identity)
+            self._origin_to_record = identity      # once a pass is through: until then links may be old
         return self.clock() if (before is not None and before != identity) or self.config.origin.serve else 0.0
 
     def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
@@ -3298,15 +3370,17 @@ class Pipeline:
         return fed
 
     def _enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
-        if row.path in self._queued or self.client is None or self.summary.fatal is not None:
-            return 0
+        if (row.path in self._queued or self.client is None or self.summary.fatal is not None
+                or time.monotonic() < self.paused_until or len(self._queue) >= FRESH_QUEUED_MAX):
+            return 0        # it stays pending in the ledger; the feeder takes it later
         params = self._params_if_unchanged(row)
         if params is None:
             return 1
         if not self._origin_checked:
             self._origin_checked = True
-            self.summary.fatal = self.check_origin(row, params["location"])
-            if self.summary.fatal is not None:
+            problem = self.check_origin(row, params["location"])
+            if problem is not None:
+                self._origin_down(problem)
                 return 0
         self._start_workers()
         self._queued.add(row.path)
@@ -3363,6 +3437,7 @@ class Pipeline:
         """Request fields for a pending row, or None if the file moved on since it was hashed."""
         found = current_stat(str(self.config.folder / row.path))
         if found is None:
+            self.awaiting.discard(row.path)
             log.info("gone: %s disappeared before it was submitted", printable(row.path))
             if row.accepted_sha256 is None:
                 self.ledger.forget(row.path)
@@ -3397,6 +3472,9 @@ class Pipeline:
     def _take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
         if isinstance(outcome, CdnAnswer):
             self._consecutive_failures = 0
+            if self._cdn_was_down:
+                self._cdn_was_down = False
+                log.info("the CDN answers again")
             self._answered(job.row, job.params, outcome)
         elif isinstance(outcome, (CdnAuthError, CdnEndpointError)):
             self.activity.cdn_down("credentials refused" if isinstance(outcome, CdnAuthError) else
@@ -3418,6 +3496,16 @@ class Pipeline:
         else:
             raise outcome
 
+    def _origin_down(self, problem: OriginError) -> None:
+        """One-shot: the run ends (exit 6). Watch: nothing is sent for a while, then checked again."""
+        if self.cdn_retry_pause is None:
+            self.summary.fatal = problem
+            return
+        log.error("%s; trying again in %gs", problem, self.cdn_retry_pause)
+        self._origin_checked = False
+        self.paused_until = time.monotonic() + self.cdn_retry_pause
+        self.activity.cdn_down("the CDN cannot fetch from the origin", self.clock() + self.cdn_retry_pause)
+
     def _cdn_down(self, exc: CdnUnavailableError) -> None:
         """One-shot: the run ends (exit 4). Watch: pause sending, keep scanning, try again later."""
         self._consecutive_failures = 0
@@ -3427,6 +3515,7 @@ class Pipeline:
             if self.summary.fatal is None:
                 self.summary.fatal = exc
             return
+        self._cdn_was_down = True
         if time.monotonic() >= self.paused_until:
             log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
         self.paused_until = time.monotonic() + self.cdn_retry_pause
@@ -3450,6 +3539,7 @@ class Pipeline:
         if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
             self.summary.submitted += 1
             # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
+            self.summary.confirmed += held
             self.ledger.put(row._replace(
                 state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=attempts, last_error=None,
                 response=self._clean(answer.body), accepted_name=params["name"],
@@ -3458,8 +3548,11 @@ class Pipeline:
                      else "already in the CDN:", printable(params["name"]), params["size"])
             if answer.outcome == OUTCOME_ACCEPTED and self.callbacks_on:
                 self.awaiting.add(row.path)
+            else:
+                self.awaiting.discard(row.path)
         else:
             self.summary.rejected += 1
+            self.awaiting.discard(row.path)
             message = self._clean(answer.message)
             self.ledger.put(row._replace(state=STATE_REJECTED, attempts=attempts, last_error=message,
                                          response=self._clean(answer.body)))
@@ -4647,7 +4740,13 @@ class WatchService:
 
     def start_pass(self) -> None:
         """A full pass over the folder, alongside everything else; after the running one if any."""
-        if self.pipeline.start_scan():
+        try:
+            started = self.pipeline.start_scan()
+        except ConfigError as exc:           # the folder gone for a moment (a mount): try again later
+            log.error("%s; trying again in %gs", exc, CDN_RETRY_PAUSE)
+            self.next_rescan = self.clock() + CDN_RETRY_PAUSE
+            return
+        if started:
             self.passes += 1
         else:
             self.rescan_after_pass = True
@@ -4690,7 +4789,7 @@ class WatchService:
             self.pipeline.add_fresh(ready)
         self.activity.waiting = len(self.candidates)
         self.pipeline.step(timeout=tick)
-        if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError, OriginError)):
+        if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError)):
             raise self.pipeline.summary.fatal        # wrong credentials or addresses stop the service
         self.ping_if_due()
 

@@ -352,7 +352,7 @@ def test_yaml_mistakes_name_the_real_line_and_say_what_is_wrong(capsys, tmp_path
     config.write_text('folder: /tmp\napi:\n  login: x\n  password: "abc\n  timeout: 3\nscan:\n  x: 1\n')
     assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE
     err = capsys.readouterr().err
-    assert f"{config}: line 4, column 13: a quote opened here is never closed" in err
+    assert f"{config}: line 4, column 13: a quote opened here is not closed on its line" in err
     assert '    4 |   password: "abc\n      |             ^' in err
     config.write_text("folder: /tmp\napi:\n\tlogin: x\n")
     assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE

@@ -322,6 +322,9 @@ class GatedClient:
     def prepare(self):
         pass
 
+    def cancel(self):
+        pass
+
     def add_file(self, params):
         with self.lock:
             self.sent.append(params["name"])

@@ -482,6 +482,9 @@ class RecordingClient:
     def prepare(self):
         pass
 
+    def cancel(self):
+        pass
+
     def add_file(self, params):
         self.sent.append(params["name"])
         return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", "ok")
