@@ -267,6 +267,7 @@ class ApiConfig:
     ca_bundle: str | None = None
     rate_limit: float = 0.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    password_from: str = ""         # where the password in use came from, for messages
 
 
 @dataclass(frozen=True)
@@ -574,6 +575,8 @@ def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) 
         url=url.rstrip("/"),
         login=_string(raw.get("login"), "api.login"),
         password=Secret(env.get(ENV_API_PASSWORD) or _string(raw.get("password"), "api.password")),
+        password_from=(f"{ENV_API_PASSWORD} (which wins over api.password)" if env.get(ENV_API_PASSWORD)
+                       else "api.password"),
         timeout=float(number(raw, "timeout", default.timeout, minimum=0.1)),
         callback_param=_string(raw.get("callback_param"), "api.callback_param") or default.callback_param,
         verify_tls=_boolean(raw.get("verify_tls"), "api.verify_tls", default.verify_tls),
@@ -780,8 +783,9 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"no configuration file at {path}: copy config.example.yaml to "
-                          f"{path.name} and fill in folder, api.login and origin.base_url") from None
+        raise ConfigError(f"no configuration file at {path}: give one with --config PATH (or "
+                          f"{ENV_CONFIG}), or copy config.example.yaml there and fill in folder, api.login "
+                          "and origin.base_url (or origin.serve)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.__class__.__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
@@ -1914,7 +1918,9 @@ class CdnClient:
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
-        if isinstance(outcome, (CdnAuthError, CdnEndpointError)):
+        if isinstance(outcome, CdnAuthError):
+            raise CdnAuthError(f"{outcome}; the password in use came from {self.api.password_from or 'nowhere'}")
+        if isinstance(outcome, CdnEndpointError):
             raise outcome
         return outcome
 
@@ -3064,7 +3070,9 @@ class Pipeline:
                         self.summary.unconfirmed)
         else:
             log.warning("%d files not confirmed by the CDN (callback.wait_seconds is %gs); they stay "
-                        "'submitted' and the next run asks again", self.summary.unconfirmed,
+                        "'submitted' and a later run asks again. If no callback ever arrives, check that "
+                        "'callback.public_url' reaches this machine and that 'api.callback_param' is the "
+                        "parameter name the CDN expects", self.summary.unconfirmed,
                         self.config.callback.wait_seconds)
 
     # -- for tests and the benchmark: one stage at a time ---------------------------
@@ -3404,6 +3412,9 @@ class Pipeline:
         problem = probe_origin(url, size)
         if problem is None:
             return None
+        if origin.serve is not None and urlsplit(origin.serve.public_url).port not in (None, origin.serve.listen_port):
+            problem += (f" (origin.serve.listen is port {origin.serve.listen_port} and public_url names port "
+                        f"{urlsplit(origin.serve.public_url).port}: something must forward one to the other)")
         return OriginError(f"the CDN could not fetch files through '{key}' ({printable(shown)}): {problem}. "
                            "Nothing was sent. Check that address; if this machine cannot reach its own "
                            "public address (NAT without hairpin) although the CDN can, set 'origin.check: false'")
@@ -4458,22 +4469,30 @@ def serving(config: Config) -> Iterator[tuple[UrlSigner | None, CallbackInbox | 
         yield signer, inbox
 
 
-def check_can_submit(config: Config) -> None:
-    """What a real run needs beyond a valid file; a dry run needs none of it."""
+def submit_problems(config: Config) -> list[str]:
+    """What a real run needs beyond a valid file, and lacks; pure. A dry run shows them as warnings."""
+    problems = []
     if not config.api.login:
-        raise ConfigError(f"{config.source}: 'api.login' is required to submit (only --dry-run works without it)")
+        problems.append("'api.login' is required to submit")
     if not config.api.password:
-        raise ConfigError(f"{config.source}: no API password: set {ENV_API_PASSWORD} or 'api.password'")
+        problems.append(f"no API password: set {ENV_API_PASSWORD} or 'api.password'")
     if not config.origin.base_url and config.origin.serve is None:
-        raise ConfigError(f"{config.source}: set 'origin.base_url' (the URL where the CDN can download "
-                          "the folder's files) or 'origin.serve' (cdn-push serves them itself)")
+        problems.append("set 'origin.base_url' (the URL where the CDN can download the folder's files) or "
+                        "'origin.serve' (cdn-push serves them itself)")
     for key, url in (("api.url", config.api.url), ("origin.base_url", config.origin.base_url),
                      ("origin.serve.public_url", config.origin.serve.public_url if config.origin.serve else ""),
                      ("callback.public_url", config.callback.public_url)):
         host = (urlsplit(url).hostname or "") if url else ""
         if host and (host.endswith(".invalid") or any(host == d or host.endswith("." + d) for d in PLACEHOLDERS)):
-            raise ConfigError(f"{config.source}: '{key}' still names the placeholder host {host}: set the real "
-                              "address" + (" at which the CDN reaches this machine" if "public_url" in key else ""))
+            problems.append(f"'{key}' still names the placeholder host {host}: set the real address"
+                            + (" at which the CDN reaches this machine" if "public_url" in key else ""))
+    return problems
+
+
+def check_can_submit(config: Config) -> None:
+    problems = submit_problems(config)
+    if problems:
+        raise ConfigError(f"{config.source}: {problems[0]}")
     if not config.api.verify_tls:
         log.warning("TLS certificate verification is off (api.verify_tls: false)")
 
@@ -4485,6 +4504,8 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
                  retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
     """One locked pass over the folder; the caller turns the summary into an exit code."""
     if dry_run:
+        for problem in submit_problems(config):
+            log.warning("a real run would stop here: %s: %s", config.source, problem)
         ledger_path = config.ledger if config.ledger.exists() else ":memory:"
         with Ledger.open(ledger_path) as ledger:
             pipeline = Pipeline(config, ledger, None, stop=stop, show_progress=show_progress,
@@ -4976,10 +4997,13 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
     holder = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
     if holder is not None and not lock_is_held(lock):
         holder = None       # a pid left behind by a service that has ended: never signal it
-    if holder is None or (pid is not None and holder != pid):
-        raise CdnPushError(f"no running cdn-push uses ledger {config.ledger} (its lock names "
-                           f"{'process ' + str(holder) if holder else 'no process'}); if you changed "
-                           "'ledger', restart the service instead")
+    if pid is not None and holder != pid:
+        raise CdnPushError(f"process {pid} does not hold the lock of ledger {config.ledger} ("
+                           f"{'process ' + str(holder) + ' does' if holder else 'nothing running does'}); "
+                           "if you changed 'ledger', restart the service instead")
+    if holder is None:
+        raise CdnPushError(f"no running cdn-push uses ledger {config.ledger}; if you changed 'ledger', "
+                           "restart the service instead")
     pid = holder
     record = ReloadRecord(config.ledger)
     before = record.read()["count"]
@@ -5105,8 +5129,8 @@ def run_demo(out: Callable[[str], None] = print, *, keep: bool = False) -> int:
             fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 yaml.safe_dump(raw, handle, allow_unicode=True, sort_keys=False)
-            out(f"demo: kept {workdir}; see its ledger with:\n      python {Path(__file__).name} status "
-                f"--config {kept}")
+            out(f"demo: kept {workdir}; see its ledger with:\n      {sys.executable} {Path(__file__).resolve()} "
+                f"status --config {kept}")
         return EXIT_OK if all_good else EXIT_INCOMPLETE
     finally:
         if not keep:
@@ -5148,40 +5172,46 @@ def demo_round_trip(config: Config, api_url: str, out: Callable[[str], None]) ->
 EXIT_CODES_HELP = f"""\
 exit codes:
   {EXIT_OK} all done   {EXIT_INCOMPLETE} some files rejected/failed/unconfirmed   {EXIT_USAGE} usage or config error
-  {EXIT_LOCKED} another instance running   {EXIT_CDN_UNAVAILABLE} CDN unreachable or credentials refused
-  {EXIT_LEDGER} ledger unusable
+  {EXIT_LOCKED} another instance running   {EXIT_CDN_UNAVAILABLE} CDN unreachable, credentials refused or api.url wrong
+  {EXIT_LEDGER} ledger unusable   {EXIT_ORIGIN} the CDN cannot fetch from the origin   {EXIT_BUG} a bug in cdn-push
 
 environment: {ENV_CONFIG}, {ENV_API_PASSWORD}, {ENV_ORIGIN_PASSWORD}, {ENV_ORIGIN_SECRET}
+"""
+
+RELOAD_EXIT_HELP = f"""\
+exit codes:
+  {EXIT_OK} the service applied the new configuration   {EXIT_INCOMPLETE} it refused it (the message says why)
+  {EXIT_USAGE} the configuration file itself is invalid (the service was not disturbed)
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("one pass: hash the folder, submit new and changed files (the default)", """\
 examples:
-  python cdn_push.py                         # run with ./config.yaml
-  python cdn_push.py run --config /etc/cdn-push/config.yaml -q
-  python cdn_push.py run --dry-run           # what would be submitted; changes nothing
+  .venv/bin/python cdn_push.py                         # run with ./config.yaml
+  .venv/bin/python cdn_push.py run --config /etc/cdn-push/config.yaml -q
+  .venv/bin/python cdn_push.py run --dry-run           # what would be submitted; changes nothing
   */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
 """),
     "watch": ("service: watch the folder and import each file as it settles, full passes alongside", """\
 examples:
-  python cdn_push.py watch --config /etc/cdn-push/config.yaml   # what the systemd unit runs
-  python cdn_push.py watch --poll            # NFS/SMB mounts, where inotify events do not arrive
+  .venv/bin/python cdn_push.py watch --config /etc/cdn-push/config.yaml   # what the systemd unit runs
+  .venv/bin/python cdn_push.py watch --poll            # NFS/SMB mounts, where inotify events do not arrive
 """),
     "status": ("show what the ledger knows", """\
 examples:
-  python cdn_push.py status
-  python cdn_push.py status --state rejected
-  python cdn_push.py status --json | jq '.counts'
+  .venv/bin/python cdn_push.py status
+  .venv/bin/python cdn_push.py status --state rejected
+  .venv/bin/python cdn_push.py status --json | jq '.counts'
 """),
     "reload": ("make a running watch service reread its configuration and wait for the outcome", """\
 examples:
-  python cdn_push.py reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
+  .venv/bin/python cdn_push.py reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
   systemctl reload cdn-push                  # the unit runs this command
 """),
     "demo": ("local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks", """\
 examples:
-  python cdn_push.py demo
-  python cdn_push.py demo --keep             # keep the work folder, its config and ledger
+  .venv/bin/python cdn_push.py demo
+  .venv/bin/python cdn_push.py demo --keep             # keep the work folder, its config and ledger
 """),
 }
 
@@ -5207,7 +5237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"cdn-push {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub = {name: commands.add_parser(name, help=text, description=text, epilog=examples + "\n" + EXIT_CODES_HELP,
+    sub = {name: commands.add_parser(name, help=text, description=text,
+                                     epilog=examples + "\n" + (RELOAD_EXIT_HELP if name == "reload" else EXIT_CODES_HELP),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
            for name, (text, examples) in COMMANDS.items()}
     for command in sub.values():
@@ -5233,6 +5264,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     for token in argv:
         if (token in COMMANDS and not takes_value) or token in ("-h", "--help", "--version"):
             break
+        if not token.startswith("-") and not takes_value:
+            parser.error(f"unknown command {token!r} (commands: {', '.join(COMMANDS)})")
         takes_value = token in ("-c", "--config")
     else:
         argv.insert(0, "run")
@@ -5272,8 +5305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     missing = missing_packages()
     if missing:
-        print(f"cdn-push needs the Python packages {', '.join(missing)}: run ./install.sh "
-              "(or pip install -r requirements.txt)", file=sys.stderr)
+        print(f"cdn-push needs the Python packages {', '.join(missing)}, which this Python "
+              f"({sys.executable}) lacks: run ./install.sh, then use .venv/bin/python cdn_push.py",
+              file=sys.stderr)
         return EXIT_USAGE
     parser = build_parser()
     try:

@@ -363,3 +363,33 @@ def test_the_config_path_is_shown_whole_from_anywhere(capsys, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(["status", "--config", "missing.yaml"]) == cdn_push.EXIT_USAGE
     assert str(tmp_path / "missing.yaml") in capsys.readouterr().err
+
+
+def test_an_unknown_command_is_named(capsys):
+    assert main(["frobnicate"]) == cdn_push.EXIT_USAGE
+    assert "unknown command 'frobnicate' (commands: run, watch, status, reload, demo)" in capsys.readouterr().err
+
+
+def test_a_dry_run_warns_of_what_a_real_run_would_refuse(capsys, drop, write_config):
+    write_files(drop, {"a.mp4": b"a"})
+    code, out, err = run_main(capsys, "run", "--dry-run", "--config",
+                              str(write_config(origin={"base_url": "https://videos.example.com/drop"})))
+    assert code == 0 and "would submit (new): a.mp4" in out
+    assert "a real run would stop here" in err and "'origin.base_url' still names the placeholder" in err
+
+
+def test_refused_credentials_say_where_the_password_came_from(capsys, drop, emulator, write_config, monkeypatch):
+    write_files(drop, {"a.mp4": b"a"})
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, "Stale-Env-Pa55word")
+    code, _, err = run_main(capsys, "--config", str(write_config()))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE
+    assert "came from CDN_PUSH_API_PASSWORD (which wins over api.password)" in err
+    assert "Stale-Env-Pa55word" not in err
+
+
+def test_a_password_is_masked_only_where_it_stands_alone(capsys, drop, write_config, raw_config, monkeypatch):
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, "add")
+    config = write_config()
+    config.chmod(0o644)
+    code, _, err = run_main(capsys, "status", "--config", str(config))
+    assert "holds a password" in err and "h***s" not in err and "***ress" not in err
