@@ -3241,7 +3241,9 @@ class Pipeline:
             self.summary.bytes_hashed += entry.size
             self.summary.hashed_files += 1
             self.activity.hashed(entry.size)
-            row = self.ledger.get(entry.relpath)      # now, not as it was listed: an answer may have come
+            # Read again now, not as listed (an answer may have come); a path unknown when listed stays
+            # unknown, as no other job may take it meanwhile (_hashing_paths), so a first pass skips the read.
+            row = self.ledger.get(entry.relpath) if job.known is not None else None
             self._decided_row(self._decide(entry, row, outcome), job.fresh)
         elif isinstance(outcome, FileChangedError):
             self._waiting(entry.relpath, "it changed while it was hashed")
