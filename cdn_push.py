@@ -3336,8 +3336,17 @@ class Pipeline:
                                location=self.location_for(entry.relpath))
         params["location"] = mask_url(params["location"])
         extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
-        self.out(f"would submit ({decision}): {printable(name)} size={entry.size} sha256={digest} "
-                 f"location={params['location']}{' ' + extras if extras else ''}")
+        self._say(f"would submit ({decision}): {printable(name)} size={entry.size} sha256={digest} "
+                  f"location={params['location']}{' ' + extras if extras else ''}")
+
+    def _say(self, text: str) -> None:
+        """A line of output; above the progress bars while they show, not through them."""
+        if self._bars and self.show_progress and self.out is print:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        else:
+            self.out(text)
 
     @property
     def callbacks_on(self) -> bool:
