@@ -119,6 +119,7 @@ def test_changed_file_is_imported_again_and_touched_file_is_not(drop, emulator, 
     write_files(drop, {"a.mp4": b"first", "b.mp4": b"same"})
     config = make_config()
     run(config)
+    assert emulator.wait_idle(30)       # rewriting a file the emulator is still fetching would stall its fetch
     write_files(drop, {"a.mp4": b"second version", "b.mp4": b"same"})   # b: new mtime, same bytes
     summary = run(config)
     assert (summary.changed, summary.unchanged, summary.submitted) == (1, 1, 1)
@@ -132,6 +133,7 @@ def test_no_replace_reports_a_conflict_and_submits_nothing(drop, emulator, make_
     write_files(drop, {"a.mp4": b"first"})
     config = make_config(defaults={"no_replace": True})
     run(config)
+    assert emulator.wait_idle(30)
     write_files(drop, {"a.mp4": b"edited"})
     summary = run(config)
     assert summary.conflicts == 1 and summary.submitted == 0
