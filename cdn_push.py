@@ -135,7 +135,7 @@ TEMPORARY_PATTERNS = ("*.part", "*.tmp", "*.crdownload", "~$*")
 RSYNC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.S)
 
 HASH_BUFFER_SIZE = 128 * 1024   # measured: larger buffers are no faster
-HASH_INLINE_SIZE = 1024 * 1024  # smaller files are hashed on the scanning thread (see hash_and_decide)
+HASH_INLINE_SIZE = 1024 * 1024  # smaller files are hashed on the scanning thread (see Pipeline._hash_slice)
 SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
