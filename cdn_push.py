@@ -2857,6 +2857,7 @@ class SubmitQueue:
 
 FRESH_QUEUED_MAX = 1000   # jobs queued in memory at most; fresh drops beyond wait in the ledger
 WAITING_SHOWN = 5         # files named when a run leaves some waiting
+FOLDER_CHUNK = 2000        # files of one folder looked at in one go
 SCAN_SLICE = 0.05         # seconds of scanning and inline hashing per step, so events and answers wait little
 FLUSH_EVERY = 0.2         # seconds between two ledger transactions of hashed files
 
@@ -2908,6 +2909,7 @@ class Pipeline:
         self._private_warned: set[str] = set()
         # scan and hash
         self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
+        self._folder: tuple[collections.deque[FileEntry], dict[str, QuickRow]] | None = None
         self._scan_work: collections.deque[HashJob] = collections.deque()
         self._fresh_work: collections.deque[HashJob] = collections.deque()
         self._hashing: dict[Future[str | Exception], HashJob] = {}
@@ -2997,7 +2999,7 @@ class Pipeline:
 
     @property
     def scanning(self) -> bool:
-        return self._walk is not None or bool(self._scan_work)
+        return self._walk is not None or self._folder is not None or bool(self._scan_work)
 
     def step(self, timeout: float = 0.5) -> None:
         """One turn: take answers, hashes and callbacks, scan a slice, record, feed the workers.
@@ -3019,7 +3021,12 @@ class Pipeline:
             self.wake.wait(timeout)
 
     def _observe(self) -> None:
-        """What the monitor shows of the stages right now; a few small lists, every step."""
+        """What the monitor shows of the stages right now; a few small lists, every step. Clients
+        retired by a reload are closed once no request is out."""
+        if self._retired_clients and not self._sending:
+            for client in self._retired_clients:
+                client.close()
+            self._retired_clients.clear()
         sending = [job.row for job in list(self._sending.values())]
         self.activity.observe(
             {"hash": len(self._scan_work) + len(self._fresh_work) + len(self._hashing),
@@ -3029,7 +3036,7 @@ class Pipeline:
 
     def halt(self) -> None:
         """The one way out: stop producers, let requests in flight finish, record, commit."""
-        self._walk = None
+        self._walk = self._folder = None
         for job in (*self._scan_work, *self._fresh_work):
             self._hashing_paths.discard(job.entry.relpath)
         self._scan_work.clear()
@@ -3129,6 +3136,9 @@ class Pipeline:
                 work, limit = self._fresh_work, self.config.hash_workers + 1
             elif self._scan_work:
                 work, limit = self._scan_work, self.config.hash_workers
+            elif self._folder is not None:
+                done += self._folder_chunk()
+                continue
             elif self._walk is not None:
                 done += self._next_folder()
                 continue
@@ -3158,15 +3168,25 @@ class Pipeline:
         return self._hash_pool
 
     def _next_folder(self) -> int:
-        """Take the next folder of the walk; what the ledger vouches for is done with at once."""
+        """Take the next folder of the walk, with what the ledger knows of it."""
         assert self._walk is not None
         batch = next(self._walk, None)
         if batch is None:
             self._walk = None
             return 0
         reldir, entries = batch
+        self._folder = (collections.deque(entries), self.ledger.quick_rows_in_dir(reldir))
+        return 1
+
+    def _folder_chunk(self) -> int:
+        """Up to FOLDER_CHUNK files of the current folder: what the ledger vouches for is done with
+        at once. In chunks, so a folder of 100,000 files does not hold up a turn of the loop."""
+        assert self._folder is not None
+        waiting, known = self._folder
+        entries = [waiting.popleft() for _ in range(min(FOLDER_CHUNK, len(waiting)))]
+        if not waiting:
+            self._folder = None
         settle_before_ns = int((self.clock() - self.config.scan.settle_seconds) * 1e9)
-        known = self.ledger.quick_rows_in_dir(reldir)
         settled = []
         for entry in entries:
             if entry.mtime_ns <= settle_before_ns or entry.relpath in self._private:
@@ -3176,7 +3196,7 @@ class Pipeline:
                 self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is "
                                              f"{self.config.scan.settle_seconds:g}")
         self._triage(settled, known, fresh=False)
-        return 1
+        return len(entries) or 1
 
     def _triage(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
         """What the ledger vouches for is done with at once (unchanged, or moved: no hashing);
@@ -3445,8 +3465,8 @@ class Pipeline:
             job = self._queue.get()
             if job is None:
                 return
-            client = self.client
             self._sending[threading.get_ident()] = job
+            client = self.client
             try:
                 outcome: CdnAnswer | Exception = client.add_file(job.params) if client else CdnError("no client")
             except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
@@ -4953,6 +4973,8 @@ class WatchService:
             return False, f"configuration not reloaded, keeping the running one: {exc}"
         fixed = {"ledger": (new.ledger, self.config.ledger),
                  "origin.serve": (new.origin.serve, self.config.origin.serve),
+                 "folder (served by the built-in origin)": (new.folder if new.origin.serve else None,
+                                                            self.config.folder if new.origin.serve else None),
                  "callback.listen": ((new.callback.listen_host, new.callback.listen_port),
                                      (self.config.callback.listen_host, self.config.callback.listen_port)),
                  "callback.public_url": (new.callback.public_url, self.config.callback.public_url)}

@@ -448,3 +448,19 @@ def test_a_full_queue_gives_way_to_a_more_urgent_job_only():
     assert queue.give_way(cdn_push.queue_rank(0, False)) is None          # same rank: no
     assert queue.give_way(cdn_push.queue_rank(1, False)).row.path == "b2"  # the last of the backlog
     assert [queue.get(timeout=0).row.path for _ in range(2)] == ["fresh", "b1"]
+
+
+def test_a_big_folder_is_taken_in_chunks_so_one_turn_stays_short(drop, make_config, monkeypatch):
+    write_files(drop, {f"f{i:03}.mp4": b"%d" % i for i in range(35)})
+    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)          # one unit of work per step
+    monkeypatch.setattr(cdn_push, "FOLDER_CHUNK", 10)
+    config = make_config()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None)
+        pipeline.start_scan()
+        pipeline.step(timeout=0)                              # the folder is listed
+        pipeline.step(timeout=0)                              # its first chunk looked at
+        assert len(pipeline._scan_work) == 10 and len(pipeline._folder[0]) == 25
+        step_until(pipeline, lambda: not pipeline.scanning, "the pass")
+        pipeline.halt()
+        assert pipeline.summary.hashed_files == 35 and len(ledger_paths(ledger)) == 35
