@@ -2691,10 +2691,10 @@ class Activity:
                 since = self.cdn["since"] if self.cdn["problem"] == "unreachable" else self.clock()
                 self.cdn = {"up": False, "problem": "unreachable", "since": since, "next_try_at": self.clock() + wait}
 
-    def hashed(self, size: int) -> None:
+    def hashed(self, size: int, files: int = 1) -> None:
         with self._lock:
             self.hashed_bytes += size
-            self.passes["files_hashed"] += 1
+            self.passes["files_hashed"] += files
             self.passes["bytes_hashed"] += size
 
     def answered(self, outcome: str, row: LedgerRow, name: str, state: str) -> None:
@@ -2767,6 +2767,10 @@ class Activity:
                           "confirmations": [self.minutes.get(m, [0, 0])[1] for m in minutes]},
                 "mode": self.mode,
             }
+
+
+def _no_progress(count: int) -> None:
+    pass
 
 
 class _NoBar:
@@ -2935,6 +2939,8 @@ class Pipeline:
         self._retired_clients: list[CdnClient] = []
         self._confirm_deadline: float | None = None
         self._bars: dict[str, Any] = {}
+        self._progress: Callable[[int], None] = self._hash_progress if show_progress else _no_progress
+        self._hashed_unreported = self._files_unreported = 0
         self._origin_checked = False
         self._origin_to_record: str | None = None
         self.resend_before = self._links_valid_since()
@@ -3015,14 +3021,17 @@ class Pipeline:
         # While the scan streams small files, decisions go to the ledger in batches; otherwise at once.
         self._flush_decided(force=not scanned)
         worked += scanned + self._feed()
-        self._finish_pass_if_done()
         self._observe()
+        self._finish_pass_if_done()
         if not worked:
             self.wake.wait(timeout)
 
     def _observe(self) -> None:
         """What the monitor shows of the stages right now; a few small lists, every step. Clients
         retired by a reload are closed once no request is out."""
+        if self._files_unreported:      # told once a step: a lock per small file costs more than its hash
+            self.activity.hashed(self._hashed_unreported, self._files_unreported)
+            self._hashed_unreported = self._files_unreported = 0
         if self._retired_clients and not self._sending:
             for client in self._retired_clients:
                 client.close()
@@ -3059,6 +3068,7 @@ class Pipeline:
         if self.inbox is not None:
             self.inbox.close()        # from now on the CDN is told to call again later
         self.apply_callbacks()
+        self._observe()
         self._close_bars()
         for client in self._retired_clients:
             client.close()
@@ -3110,7 +3120,8 @@ class Pipeline:
             return False
         check_folder(self.config)
         self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
-        self._hash_progress(0)       # the bar is made here, on this thread; hash threads only move it
+        if self.show_progress:
+            self._hash_progress(0)   # the bar is made here, on this thread; hash threads only move it
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
         self.activity.pass_started()
         if self.feeding and self.client is not None and not self.dry_run:
@@ -3147,10 +3158,10 @@ class Pipeline:
             job = work[0]
             if job.entry.size < HASH_INLINE_SIZE:
                 work.popleft()
-                self._hashed(job, hash_outcome(job.entry, self._hash_progress))
+                self._hashed(job, hash_outcome(job.entry, self._progress))
             elif len(self._hashing) < limit:
                 work.popleft()
-                future = self._hash_threads().submit(hash_outcome, job.entry, self._hash_progress,
+                future = self._hash_threads().submit(hash_outcome, job.entry, self._progress,
                                                      self._cancel_hashing)
                 future.add_done_callback(self._wake_up)
                 self._hashing[future] = job
@@ -3260,7 +3271,8 @@ class Pipeline:
         if isinstance(outcome, str):
             self.summary.bytes_hashed += entry.size
             self.summary.hashed_files += 1
-            self.activity.hashed(entry.size)
+            self._hashed_unreported += entry.size
+            self._files_unreported += 1
             # Read again now, not as listed (an answer may have come); a path unknown when listed stays
             # unknown, as no other job may take it meanwhile (_hashing_paths), so a first pass skips the read.
             row = self.ledger.get(entry.relpath) if job.known is not None else None

@@ -411,8 +411,8 @@ def test_stop_while_a_large_file_is_hashed_cuts_the_hash_short(drop, make_config
     started = threading.Event()
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, None)
-        real = pipeline._hash_progress
-        pipeline._hash_progress = lambda n: (started.set(), real(n))
+        real = pipeline._progress
+        pipeline._progress = lambda n: (started.set(), real(n))
         pipeline.start_scan()
         step_until(pipeline, started.is_set, "hashing under way")
         began = time.monotonic()
