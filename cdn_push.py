@@ -800,7 +800,8 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
         config = parse_config(raw, env=env, base_dir=base_dir, source=str(path),
                               default_ledger=base_dir / f"{path.stem}.ledger.sqlite3")
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        line = key_line(text, str(exc))
+        raise ConfigError(f"{path}:{f' line {line}:' if line else ''} {exc}") from None
     warnings = []
     with contextlib.suppress(OSError):
         if _holds_password(raw):
@@ -877,6 +878,37 @@ def yaml_error_message(path: Path, text: str, exc: Any) -> str:
     gutter = f"{line + 1:>5} | "
     return (f"{path}: line {line + 1}, column {column + 1}: {words}\n{gutter}"
             f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * column}^")
+
+
+def key_line(text: str, message: str) -> int | None:
+    """The line (1-based) of the first key a config error names ('scan.settle_seconds',
+    'rules[2].match'), found in the YAML's own node tree; None when it names none."""
+    import yaml
+
+    named = re.search(r"'([A-Za-z_][\w.\[\]]*)'", message)
+    if not named:
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", named.group(1)):
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            index = int(part[1:-1])
+            node = node.value[index] if index < len(node.value) else None
+        elif isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == part), None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        else:
+            break
+        if node is not None and not part.startswith("["):
+            continue
+        if node is not None:
+            line = node.start_mark.line + 1
+    return line
 
 
 def _holds_password(raw: Any) -> bool:
@@ -1030,6 +1062,10 @@ def _escape(match: re.Match[str]) -> str:
 def ascii_number(text: str, digits: int) -> bool:
     """ASCII digits only, at most `digits` of them: int() would also take '²', '٣' or a 5000-digit number."""
     return 0 < len(text) <= digits and text.isascii() and text.isdigit()
+
+
+def files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 def printable(text: str) -> str:
@@ -2981,7 +3017,7 @@ class Pipeline:
         self._report_unconfirmed()
         if self.summary.waiting:
             more = self.summary.waiting - len(self.waiting_examples)
-            log.info("%d files are still being written and go in a later run: %s%s", self.summary.waiting,
+            log.info("%s still being written, for a later run: %s%s", files(self.summary.waiting),
                      "; ".join(self.waiting_examples), f"; and {more} more" if more > 0 else "")
         return self.summary
 
@@ -2995,8 +3031,8 @@ class Pipeline:
             return True
         if self._confirm_deadline is None:
             self._confirm_deadline = self.clock() + self.config.callback.wait_seconds
-            log.info("waiting up to %gs for the CDN to confirm %d files", self.config.callback.wait_seconds,
-                     len(self.awaiting))
+            log.info("waiting up to %gs for the CDN to confirm %s", self.config.callback.wait_seconds,
+                     files(len(self.awaiting)))
         return self.clock() >= self._confirm_deadline
 
     def busy(self) -> bool:
@@ -3083,13 +3119,13 @@ class Pipeline:
         if not self.summary.unconfirmed or self.summary.fatal is not None:
             return
         if self.stop.is_set():
-            log.warning("%d files await the CDN's confirmation; the next run asks the CDN again",
-                        self.summary.unconfirmed)
+            log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
+                        files(self.summary.unconfirmed))
         else:
-            log.warning("%d files not confirmed by the CDN (callback.wait_seconds is %gs); they stay "
+            log.warning("%s not confirmed by the CDN (callback.wait_seconds is %gs); they stay "
                         "'submitted' and a later run asks again. If no callback ever arrives, check that "
                         "'callback.public_url' reaches this machine and that 'api.callback_param' is the "
-                        "parameter name the CDN expects", self.summary.unconfirmed,
+                        "parameter name the CDN expects", files(self.summary.unconfirmed),
                         self.config.callback.wait_seconds)
 
     # -- for tests and the benchmark: one stage at a time ---------------------------
@@ -4614,10 +4650,19 @@ class ReloadRecord:
             log.warning("cannot record the reload's outcome in %s: %s", self.path, exc.strerror or exc)
 
 
-def config_changes(old: Config, new: Config) -> list[str]:
-    """The top-level settings that differ between two configurations; pure, secrets compared not shown."""
-    return [f.name for f in dataclasses.fields(Config) if getattr(old, f.name) != getattr(new, f.name)
-            and f.name != "source"]
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The settings (dotted keys) that differ between two configurations; pure. Names only: a value
+    may be a secret."""
+    changed = []
+    for f in dataclasses.fields(old):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if f.name in ("source", "private_files") or before == after:
+            continue
+        if dataclasses.is_dataclass(before) and dataclasses.is_dataclass(after):
+            changed += config_changes(before, after, f"{prefix}{f.name}.")
+        else:
+            changed.append(prefix + f.name)
+    return changed
 
 
 class SystemdNotifier:

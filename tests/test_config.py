@@ -119,7 +119,7 @@ def test_load_config_missing_file_says_what_to_do(tmp_path):
 def test_load_config_prefixes_the_file_and_defaults_ledger_beside_it(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text("folder: drop\nschedule: hourly\n")
-    with pytest.raises(ConfigError, match=r"site\.yaml: unknown key 'schedule'"):
+    with pytest.raises(ConfigError, match=r"site\.yaml: line 2: unknown key 'schedule'"):
         cdn_push.load_config(path, {})
     path.write_text("folder: drop\n")
     config, warnings = cdn_push.load_config(path, {})
@@ -146,3 +146,21 @@ def test_example_config_is_valid_and_complete(tmp_path):
         assert f"{section}:" in text, section
         for key in keys or ():
             assert f"{key}:" in text, f"{section}.{key} is not in config.example.yaml"
+
+
+@pytest.mark.parametrize("text, line", [
+    ("folder: d\nscan:\n  settle_seconds: 3\n  setle_seconds: 5\n", 4),
+    ("folder: d\nrules:\n  - match: a\n  - match: b\n    speed: fast\n", 5),
+    ("folder: d\napi:\n  retry:\n    attempts: many\n", 4),
+])
+def test_config_errors_name_the_line_of_the_key(tmp_path, text, line):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"c\.yaml: line {line}: "):
+        cdn_push.load_config(path, {})
+
+
+def test_reload_names_the_settings_that_changed():
+    old = parse(with_(None))
+    new = parse(with_("api", rate_limit=5, login="other"))
+    assert cdn_push.config_changes(old, new) == ["api.login", "api.rate_limit"]
