@@ -1489,6 +1489,7 @@ class Ledger:
         self.path = path
         self._clock = clock
         self._uncommitted = 0
+        self._read_only = False
 
     @classmethod
     def open(cls, path: Path | str, *, clock: Callable[[], float] = time.time) -> "Ledger":
@@ -1535,8 +1536,9 @@ class Ledger:
         log.info("ledger %s upgraded from schema %d to %d", where, start, version)
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error, LedgerError):
-            self.commit()
+        if not self._read_only:
+            with contextlib.suppress(sqlite3.Error, LedgerError):
+                self.commit()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
@@ -1662,7 +1664,15 @@ class Ledger:
                                  isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise LedgerError(ledger_advice(str(path), exc)) from None
-        return cls(db, str(path))
+        reader = cls(db, str(path))
+        reader._read_only = True
+        return reader
+
+    def served_row(self, relpath: str) -> ServedRow | None:
+        """What the built-in origin needs to serve a file or check its callback; None if not hashed."""
+        found = self._run("SELECT size, mtime_ns, sha256, state, attempts FROM files "
+                          "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
+        return ServedRow._make(found) if found else None
 
     def counts_and_sizes(self) -> tuple[dict[str, int], dict[str, int]]:
         found = self._run("SELECT state, count(*), coalesce(sum(size), 0) FROM files GROUP BY state").fetchall()
@@ -1719,20 +1729,6 @@ class ServedRow(NamedTuple):
     sha256: str
     state: str
     attempts: int
-
-
-def served_row(ledger_path: Path, relpath: str) -> ServedRow | None:
-    """A file's row read on a connection of the caller's own (server threads), or None."""
-    try:
-        db = sqlite3.connect(f"file:{quote(str(ledger_path))}?mode=ro", uri=True, timeout=5.0)
-        try:
-            found = db.execute("SELECT size, mtime_ns, sha256, state, attempts FROM files "
-                               "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
-    return ServedRow._make(found) if found else None
 
 
 class LedgerLock:
@@ -2238,13 +2234,31 @@ def bounded_int(digits: str) -> int:
     return int(digits) if len(digits) <= 18 else 10 ** 18
 
 
-class OriginRequests:
-    """One connection to the built-in origin, mixed into http.server's handler by origin_handler_class;
-    `self.server` is the OriginServer."""
+class PlainHTTP:
+    """What the origin's and the monitor's request handlers share, mixed into http.server's."""
 
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.1"    # a malformed request line still gets a status line
     disable_nagle_algorithm = True          # else keep-alive answers stall ~40 ms each
+
+    def version_string(self) -> str:
+        return "cdn-push"
+
+    def send_body(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class OriginRequests(PlainHTTP):
+    """One connection to the built-in origin, mixed into http.server's handler by origin_handler_class;
+    `self.server` is the OriginServer."""
+
     server: "OriginServer"
 
     def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float) -> None:
@@ -2283,9 +2297,6 @@ class OriginRequests:
         self.close_connection = True
         self.plain(status, text, {"Connection": "close"})
 
-    def version_string(self) -> str:
-        return "cdn-push"
-
     def send_response(self, code: int, message: str | None = None) -> None:
         super().send_response(code, message)
         if self.request_version == "HTTP/1.0" and not self.close_connection:
@@ -2295,15 +2306,7 @@ class OriginRequests:
         log.debug("origin: %s %s", self.address_string(), printable(mask_signed_paths(format % args)))
 
     def plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
-        body = (text + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.send_body(status, (text + "\n").encode(), "text/plain; charset=utf-8", headers)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -2574,7 +2577,11 @@ class OriginServer:
     def recorded(self, relpath: str) -> "ServedRow | None":
         if relpath in self.private:
             return None
-        return served_row(self.config.ledger, relpath)
+        try:
+            with Ledger.reader(self.config.ledger) as ledger:
+                return ledger.served_row(relpath)
+        except LedgerError:
+            return None
 
     def open_recorded(self, relpath: str) -> tuple[Any, "ServedRow"] | None:
         """The file at `relpath`, opened, if the ledger knows it and it lies inside the folder."""
@@ -2688,6 +2695,9 @@ class RunSummary:
         return EXIT_OK
 
 
+CDN_UP = {"up": True, "problem": None, "since": None, "next_try_at": None}
+
+
 class Activity:
     """What the pipeline is doing, for the monitor: written by the pipeline's threads, read by the
     monitor's. Counters only grow; everything else is replaced whole under the lock."""
@@ -2704,7 +2714,7 @@ class Activity:
         self.minutes: dict[int, list[int]] = {}          # minute -> [imports, confirmations]
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.RECENT)
         self.unreadable: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
-        self.cdn = {"up": True, "problem": None, "since": None, "next_try_at": None}
+        self.cdn = dict(CDN_UP)
         self.passes = {"running": False, "number": 0, "files_hashed": 0, "bytes_hashed": 0, "started_at": None}
         self.last_pass_end: float | None = None
         self.queues = {"hash": 0, "submit": 0, "confirm": 0}
@@ -2723,9 +2733,8 @@ class Activity:
         """A retry wait; a connection that failed already says the CDN is unreachable."""
         with self._lock:
             self.requests["retried"] += 1
-            if isinstance(exc, _TransientError) and exc.connection:
-                since = self.cdn["since"] if self.cdn["problem"] == "unreachable" else self.clock()
-                self.cdn = {"up": False, "problem": "unreachable", "since": since, "next_try_at": self.clock() + wait}
+        if isinstance(exc, _TransientError) and exc.connection:
+            self.cdn_down("unreachable", self.clock() + wait)
 
     def hashed(self, size: int, files: int = 1) -> None:
         with self._lock:
@@ -2737,7 +2746,7 @@ class Activity:
         """One answer to file/add; `state` is what the ledger now records for the file."""
         with self._lock:
             self.requests[outcome] += 1
-            self.cdn = {"up": True, "problem": None, "since": None, "next_try_at": None}
+            self.cdn = dict(CDN_UP)
             if outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
                 self._bucket(0)
             self.recent.appendleft({"time": self.clock(), "path": row.path, "name": name, "size": row.size,
@@ -3738,7 +3747,6 @@ class Pipeline:
 # ----------------------------------------------------------------------------
 
 PAGE_STATES = ("pending", "submitted", "confirmed", "rejected", "failed", "waiting")
-PROBLEM_STATES = ("rejected", "failed", "conflict", "unreadable")
 CHART_BUCKETS = 60              # one bar pair per minute of the last hour
 RECENT_SHOWN = 50
 LIST_SHOWN = 8                  # files listed under "hashing now" / "sending now" before "+N more"
@@ -4429,8 +4437,8 @@ class MonitorServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def status(self) -> dict[str, Any]:
-        activity = self.activity.snapshot()
+    def status(self, activity: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        activity = activity if activity is not None else self.activity.snapshot()
         counts, sizes, problems = {}, {}, []
         if self.config.ledger.exists():
             with contextlib.suppress(LedgerError), Ledger.reader(self.config.ledger) as ledger:
@@ -4441,7 +4449,8 @@ class MonitorServer:
     def metrics(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
 
-        status, activity = self.status(), self.activity.snapshot()
+        activity = self.activity.snapshot()
+        status = self.status(activity)
 
         class Collector:
             def collect(self) -> Iterator[Any]:
@@ -4455,30 +4464,18 @@ class MonitorServer:
 PROBLEMS_SHOWN = 100
 
 
-class MonitorRequests:
-    protocol_version = "HTTP/1.1"
-    default_request_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = 30
+MONITOR_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                   "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
 
-    def version_string(self) -> str:
-        return "cdn-push"
+
+class MonitorRequests(PlainHTTP):
+    timeout = 30
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("monitor: %s %s", self.address_string(), printable(format % args))
 
     def answer(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.send_body(status, body, kind, {**MONITOR_HEADERS, **(headers or {})})
 
     def do_GET(self) -> None:
         monitor: MonitorServer = self.server.monitor     # type: ignore[attr-defined]

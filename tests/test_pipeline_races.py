@@ -39,6 +39,11 @@ def cfg(make_config, raw_config, **kw):
     return make_config(origin=origin, **kw)
 
 
+def callbacks(**settings):
+    """Callbacks on, to a receiver nobody calls: the tests put reports in the inbox themselves."""
+    return {"public_url": "http://127.0.0.1:9/cb", "listen": "127.0.0.1:0", **settings}
+
+
 def wait_for(pred, timeout=10):
     end = time.monotonic() + timeout
     while not pred():
@@ -106,9 +111,7 @@ def test_fresh_and_scan_hash_of_same_file_submit_twice(make_config, raw_config, 
 #    the run ends with the file pending, and exits 0 ("every file is imported").
 def test_failed_callback_then_deadline_exits_ok(make_config, raw_config, drop):
     write_files(drop, {"a.mp4": b"x" * 1000})
-    config = cfg(make_config, raw_config,
-                 callback={"public_url": "http://127.0.0.1:9/cb", "listen": "127.0.0.1:0",
-                           "wait_seconds": 1, "retry_delay": 30})
+    config = cfg(make_config, raw_config, callback=callbacks(wait_seconds=1, retry_delay=30))
     inbox = CallbackInbox()
 
     class CallsBack(FakeClient):
@@ -162,9 +165,7 @@ def test_fresh_drop_sent_while_cdn_paused(make_config, raw_config, drop):
 #    callback, the resend answered 'exists' (confirmed at once), but `awaiting` keeps the path.
 def test_finished_waits_for_path_already_confirmed(make_config, raw_config, drop):
     write_files(drop, {"a.mp4": b"x" * 1000})
-    config = cfg(make_config, raw_config,
-                 callback={"public_url": "http://127.0.0.1:9/cb", "listen": "127.0.0.1:0",
-                           "wait_seconds": 6, "retry_delay": 0.3})
+    config = cfg(make_config, raw_config, callback=callbacks(wait_seconds=6, retry_delay=0.3))
     inbox = CallbackInbox()
 
     class FailThenExists(FakeClient):
