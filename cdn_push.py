@@ -44,6 +44,7 @@ import collections
 import contextlib
 import dataclasses
 import difflib
+import enum
 import errno
 import fcntl
 import functools
@@ -74,7 +75,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 # Third-party packages are imported where they are used: a cron run over an unchanged folder is
@@ -1891,19 +1892,20 @@ class CdnClient:
         self._sessions_lock = threading.Lock()
         self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
         self._cancelled = threading.Event()
+        if not api.verify_tls:       # cdn-push warns once per run; urllib3 would per request
+            import urllib3
+            import warnings
+
+            # Here, on the thread that makes the client: the filters are the process's, not a worker's.
+            # Only for this API's host: every other unverified request still warns.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
+                                    message=f".*'{re.escape(urlsplit(api.url).hostname or '')}'")
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
             import requests
 
-            if not self.api.verify_tls:       # cdn-push warns once per run; urllib3 would per request
-                import urllib3
-                import warnings
-
-                # Only for this API's host: every other unverified request still warns.
-                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
-                                        message=f".*'{re.escape(urlsplit(self.api.url).hostname or '')}'")
             session = requests.Session()
             session.auth = (self.api.login, self.api.password.reveal())
             session.headers["User-Agent"] = f"cdn-push/{__version__}"
@@ -2008,6 +2010,21 @@ class CdnClient:
                 raise CdnUnavailableError(f"{exc} (after {attempts} attempts); check 'api.url' and the "
                                           "network") from None
             raise CdnRetriesExhausted(f"{exc} (after {attempts} attempts)") from None
+
+
+@runtime_checkable
+class SubmitClient(Protocol):
+    """What the pipeline needs of a CDN client: CdnClient, or a test's fake of it."""
+
+    on_retry: Callable[[BaseException | None, float], None]
+
+    def prepare(self) -> None: ...
+
+    def add_file(self, params: Mapping[str, str]) -> CdnAnswer: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _short(exc: BaseException) -> str:
@@ -2159,14 +2176,6 @@ class CallbackInbox:
                 reports.append(self.queue.get_nowait())
             except queue.Empty:
                 return reports
-
-    def wait(self, timeout: float) -> None:
-        """Block until a callback arrives or the timeout passes; the report stays queued."""
-        try:
-            report = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return
-        self.deferred.append(report)
 
 
 class DeadlineReader(io.RawIOBase):
@@ -2705,7 +2714,7 @@ class Activity:
     CHART_MINUTES = 60
     RECENT = 50
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, mode: str = "run") -> None:
         self.clock = clock
         self._lock = threading.Lock()
         self.requests: collections.Counter[str] = collections.Counter()
@@ -2719,8 +2728,8 @@ class Activity:
         self.last_pass_end: float | None = None
         self.queues = {"hash": 0, "submit": 0, "confirm": 0}
         self.now: dict[str, list[dict[str, Any]]] = {"hashing": [], "sending": []}
-        self.mode = "run"
-        self.waiting = 0
+        self.mode = mode                 # fixed at birth: read without the lock
+        self._waiting = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
 
     def _bucket(self, index: int) -> None:
@@ -2771,6 +2780,10 @@ class Activity:
             self.unreadable.appendleft({"path": relpath, "state": "unreadable", "reason": why,
                                         "time": self.clock()})
 
+    def set_waiting(self, count: int) -> None:
+        with self._lock:
+            self._waiting = count
+
     def pass_started(self) -> None:
         with self._lock:
             self.passes = {"running": True, "number": self.passes["number"] + 1, "files_hashed": 0,
@@ -2803,7 +2816,7 @@ class Activity:
             return {
                 "requests": dict(self.requests), "callbacks": dict(self.callbacks),
                 "hashed_bytes": self.hashed_bytes, "cdn": dict(self.cdn), "pass": dict(self.passes),
-                "last_pass_end": self.last_pass_end, "queues": {**self.queues, "waiting": self.waiting},
+                "last_pass_end": self.last_pass_end, "queues": {**self.queues, "waiting": self._waiting},
                 "hash_rate": self._hash_rate(),
                 "now": {k: list(v) for k, v in self.now.items()},
                 "recent": [dict(item) for item in self.recent], "unreadable": list(self.unreadable),
@@ -2814,16 +2827,151 @@ class Activity:
             }
 
 
-def _no_progress(count: int) -> None:
-    pass
+@dataclass(frozen=True)
+class Tuning:
+    """How the pipeline and the watch loop pace themselves. Passed in, never read from module
+    globals, so a test picks its own (one file per step, a short CDN pause) and nothing else moves."""
+
+    scan_slice: float = 0.05          # seconds of scanning and inline hashing per step
+    folder_chunk: int = 2000          # files of one folder looked at in one go
+    flush_every: float = 0.2          # seconds between two ledger transactions of hashed files
+    commit_every: int = SCAN_COMMIT_EVERY   # decisions that make a transaction at once
+    queued_max: int = 1000            # submit jobs held in memory at most; the rest wait in the ledger
+    hash_inline_size: int = HASH_INLINE_SIZE   # smaller files are hashed on the owner thread
+    cdn_retry_pause: float = 60.0     # watch: seconds before trying again after the CDN was unreachable
+    close_grace: float = 0.5          # watch: seconds a closed (or renamed-in) file must stay unchanged
+    loop_tick: float = 0.25           # watch: longest wait of one loop turn with nothing to do
+    status_every: float = 2.0         # watch: seconds between two STATUS= lines to systemd
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
+class Stage(enum.Enum):
+    """Where a path is on its way through the pipeline. A path in no stage is idle: the ledger
+    alone says what it is."""
+
+    TO_HASH = "to hash"          # listed by the walk or settled after events; waits for a hash lane
+    HASHING = "hashing"          # being hashed (inline, or on a hash thread)
+    DECIDED = "decided"          # hashed and decided; its row is written with the next flush
+    SUBMITTING = "submitting"    # in the submit queue or with a submit worker
+    SET_ASIDE = "set aside"      # pending, but changed after it was hashed: the running pass looks again
+    AWAITING = "awaiting"        # accepted by the CDN this run; its confirmation is not in yet
+
+
+_S = Stage
+LEGAL_MOVES: frozenset[tuple[Stage | None, Stage | None]] = frozenset({
+    (None, _S.TO_HASH), (None, _S.DECIDED), (None, _S.SUBMITTING), (None, _S.SET_ASIDE),
+    (_S.TO_HASH, _S.HASHING), (_S.TO_HASH, None),
+    (_S.HASHING, _S.DECIDED), (_S.HASHING, None),
+    (_S.DECIDED, None),
+    (_S.SUBMITTING, _S.AWAITING), (_S.SUBMITTING, _S.TO_HASH), (_S.SUBMITTING, None),
+    (_S.SET_ASIDE, _S.TO_HASH), (_S.SET_ASIDE, _S.DECIDED), (_S.SET_ASIDE, None),
+    (_S.AWAITING, _S.TO_HASH), (_S.AWAITING, _S.DECIDED), (_S.AWAITING, _S.SUBMITTING),
+    (_S.AWAITING, _S.SET_ASIDE), (_S.AWAITING, None),
+})
+
+
+class PathTable:
+    """One stage per path, changed only by `move`, which refuses any move the pipeline never makes.
+
+    Owned by the pipeline's thread; no other thread reads or writes it. `recheck` holds submitting
+    paths whose file changed on disk meanwhile: they are hashed again once their answer is in.
+    """
+
+    def __init__(self) -> None:
+        self._stages: dict[str, Stage] = {}
+        self._counts: collections.Counter[Stage] = collections.Counter()
+        self.recheck: set[str] = set()
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._stages
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    def stage(self, path: str) -> Stage | None:
+        return self._stages.get(path)
+
+    def move(self, path: str, source: Stage | None, target: Stage | None) -> None:
+        current = self._stages.get(path)
+        if current is not source or (source, target) not in LEGAL_MOVES:
+            raise AssertionError(f"pipeline bug: {path!r} cannot move from {source} to {target} "
+                                 f"(it is {current})")
+        if source is not None:
+            self._counts[source] -= 1
+        if target is None:
+            del self._stages[path]
+            self.recheck.discard(path)
+        else:
+            self._stages[path] = target
+            self._counts[target] += 1
+
+    def leave(self, path: str, stage: Stage) -> bool:
+        """`path` leaves `stage` if it is there now; whether it was."""
+        if self._stages.get(path) is not stage:
+            return False
+        self.move(path, stage, None)
+        return True
+
+    def count(self, *stages: Stage) -> int:
+        return sum(self._counts[stage] for stage in stages)
+
+    def paths(self, stage: Stage) -> list[str]:
+        return [path for path, at in self._stages.items() if at is stage]
+
+    def check(self) -> None:
+        """The table agrees with itself (tests call this after every step)."""
+        actual = collections.Counter(self._stages.values())
+        if +actual != +self._counts:
+            raise AssertionError(f"pipeline bug: stage counts {dict(self._counts)} but table holds {dict(actual)}")
+        stray = sorted(p for p in self.recheck if self._stages.get(p) is not Stage.SUBMITTING)
+        if stray:
+            raise AssertionError(f"pipeline bug: rechecks outside the submit stage: {stray[:5]}")
+
+
+class ProgressBars:
+    """tqdm bars on a terminal, nothing elsewhere; only the owner thread touches them (hash threads
+    add to a locked counter that `step()` moves the bar by)."""
+
+    def __init__(self, show: bool, out: Callable[[str], None]) -> None:
+        self.show = show
+        self.out = out
+        self._bars: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._unshown = 0
+
+    def hashed(self, count: int) -> None:
+        """Bytes read, from any thread."""
+        with self._lock:
+            self._unshown += count
+
+    def update(self, name: str, count: int = 1, **kwargs: Any) -> None:
+        if not self.show:
+            return
+        if name not in self._bars:
+            from tqdm import tqdm
+
+            self._bars[name] = tqdm(file=sys.stderr, dynamic_ncols=True, leave=False,
+                                    position=len(self._bars), **kwargs)
+        self._bars[name].update(count)
+
+    def show_hashed(self) -> None:
+        with self._lock:
+            count, self._unshown = self._unshown, 0
+        if count or "hash" not in self._bars:
+            self.update("hash", count, unit="B", unit_scale=True, unit_divisor=1024, desc="hashing")
+
+    def say(self, text: str) -> None:
+        """A line of output; above the bars while they show, not through them."""
+        if self._bars and self.out is print:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        else:
+            self.out(text)
 
     def close(self) -> None:
-        pass
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
 
 
 class SubmitJob(NamedTuple):
@@ -2845,6 +2993,14 @@ class HashJob(NamedTuple):
     fresh: bool
 
 
+class Hashed(NamedTuple):
+    job: HashJob
+    outcome: str | Exception     # the sha-256, or what stopped the reading
+
+
+HashFunction = Callable[[FileEntry, Callable[[int], None], "threading.Event | None"], "str | Exception"]
+
+
 def queue_rank(priority: int, fresh: bool) -> tuple[int, int]:
     """Submit order: a higher fetch_prio first, then fresh drops, then the backlog; pure."""
     return -priority, 0 if fresh else 1
@@ -2864,7 +3020,8 @@ class SubmitQueue:
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._heap)
+        with self._cond:
+            return len(self._heap)
 
     def put(self, job: SubmitJob) -> None:
         with self._cond:
@@ -2904,118 +3061,727 @@ class SubmitQueue:
         return self.clear()
 
 
-FRESH_QUEUED_MAX = 1000   # jobs queued in memory at most; fresh drops beyond wait in the ledger
+class Hasher:
+    """Stage 2: the files waiting to be hashed, and the hash threads.
+
+    Small files are hashed on the owner thread (measured: threads only fight over the GIL for
+    them); large ones go to `workers` threads (hashlib releases the GIL) plus one spare lane kept
+    for fresh drops. The owner thread does everything here and moves paths TO_HASH -> HASHING;
+    the hash threads only run `hash_function`, report bytes to `progress` and set `wake`.
+    """
+
+    def __init__(self, table: PathTable, workers: int, tuning: Tuning, hash_function: HashFunction,
+                 wake: threading.Event, progress: Callable[[int], None]) -> None:
+        self.table = table
+        self.workers = workers
+        self.tuning = tuning
+        self.hash_function = hash_function
+        self.wake = wake
+        self.progress = progress
+        self._scan_jobs: collections.deque[HashJob] = collections.deque()
+        self._fresh_jobs: collections.deque[HashJob] = collections.deque()
+        self._running: dict[Future[str | Exception], HashJob] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._cancel = threading.Event()
+
+    def add(self, job: HashJob, source: Stage | None) -> None:
+        self.table.move(job.entry.relpath, source, Stage.TO_HASH)
+        (self._fresh_jobs if job.fresh else self._scan_jobs).append(job)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._scan_jobs) + len(self._fresh_jobs)
+
+    @property
+    def waiting_from_pass(self) -> bool:
+        return bool(self._scan_jobs)
+
+    def waiting_jobs(self) -> list[HashJob]:
+        return [*self._fresh_jobs, *self._scan_jobs]
+
+    def running(self) -> list[HashJob]:
+        return list(self._running.values())
+
+    def pass_tail(self) -> bool:
+        """A pass's large file is still being hashed."""
+        return any(not job.fresh for job in self._running.values())
+
+    def hash_next(self) -> Hashed | bool:
+        """Hash the next waiting file here (a small one: its result) or hand it to a free thread
+        (True); False when every lane is busy (their results wake the loop)."""
+        work, lanes = ((self._fresh_jobs, self.workers + 1) if self._fresh_jobs
+                       else (self._scan_jobs, self.workers))
+        job = work[0]
+        if job.entry.size < self.tuning.hash_inline_size:
+            work.popleft()
+            self.table.move(job.entry.relpath, Stage.TO_HASH, Stage.HASHING)
+            return Hashed(job, self.hash_function(job.entry, self.progress, None))
+        if len(self._running) >= lanes:
+            return False
+        work.popleft()
+        self.table.move(job.entry.relpath, Stage.TO_HASH, Stage.HASHING)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers + 1, thread_name_prefix="hash")
+        future = self._pool.submit(self.hash_function, job.entry, self.progress, self._cancel)
+        self._running[future] = job
+        future.add_done_callback(lambda _: self.wake.set())
+        return True
+
+    def finished(self) -> list[Hashed]:
+        """What the threads have hashed since the last call; the paths stay HASHING."""
+        done = [future for future in self._running if future.done()]
+        return [Hashed(self._running.pop(future), future.result()) for future in done]
+
+    def halt(self) -> list[Hashed]:
+        """Waiting files are dropped (the next pass finds them), threads stop at their next buffer;
+        what they finished anyway is returned."""
+        for job in (*self._scan_jobs, *self._fresh_jobs):
+            self.table.move(job.entry.relpath, Stage.TO_HASH, None)
+        self._scan_jobs.clear()
+        self._fresh_jobs.clear()
+        self._cancel.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return self.finished()
+
+
+class FolderChunk(NamedTuple):
+    entries: list[FileEntry]
+    known: dict[str, QuickRow]      # what the ledger knows of the chunk's folder
+
+
+class Scanner:
+    """Stage 1: a pass's walk, one folder at a time, each taken in chunks so that a folder of
+    100,000 files does not hold up a turn of the loop. Owner thread only."""
+
+    def __init__(self, ledger: Ledger, tuning: Tuning, on_problem: Callable[[str, str], None]) -> None:
+        self.ledger = ledger
+        self.tuning = tuning
+        self.on_problem = on_problem
+        self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
+        self._folder: collections.deque[FileEntry] | None = None
+        self._known: dict[str, QuickRow] = {}
+
+    @property
+    def active(self) -> bool:
+        return self._walk is not None or self._folder is not None
+
+    def start(self, config: Config) -> None:
+        check_folder(config)
+        self._walk = walk_folder(config.folder, config.scan, self.on_problem)
+
+    def stop(self) -> None:
+        self._walk = self._folder = None
+
+    def next_chunk(self) -> FolderChunk | None:
+        """Up to `folder_chunk` files of the folder at hand (the next folder once it is done);
+        None when the walk is over."""
+        while self._folder is None:
+            if self._walk is None:
+                return None
+            batch = next(self._walk, None)
+            if batch is None:
+                self._walk = None
+                return None
+            reldir, entries = batch
+            self._folder, self._known = collections.deque(entries), self.ledger.quick_rows_in_dir(reldir)
+        waiting = self._folder
+        entries = [waiting.popleft() for _ in range(min(self.tuning.folder_chunk, len(waiting)))]
+        if not waiting:
+            self._folder = None
+        return FolderChunk(entries, self._known)
+
+
+class Submitter:
+    """Stage 3's threads: submit workers take the most urgent job from a SubmitQueue, send it and
+    hand the answer back.
+
+    The owner thread calls everything here. The workers only take from the queue, read the client
+    and note what they are sending (both under `_lock`) and put answers in `_answers`.
+    """
+
+    def __init__(self, client: SubmitClient | None, wake: threading.Event) -> None:
+        self.wake = wake
+        self.queue = SubmitQueue()
+        self._answers: queue.SimpleQueue[SubmitResult] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._client = client
+        self._sending: dict[int, SubmitJob] = {}
+        self._retired: list[SubmitClient] = []
+
+    @property
+    def client(self) -> SubmitClient | None:
+        with self._lock:
+            return self._client
+
+    def use(self, client: SubmitClient) -> None:
+        """A reloaded configuration's client; the old one is closed once no request is out."""
+        with self._lock:
+            if self._client is not None:
+                self._retired.append(self._client)
+            self._client = client
+
+    def start(self, count: int) -> None:
+        if self._threads:
+            return
+        for number in range(count):
+            thread = threading.Thread(target=self._work, daemon=True, name=f"submit-{number}")
+            thread.start()
+            self._threads.append(thread)
+
+    def sending(self) -> list[SubmitJob]:
+        with self._lock:
+            return list(self._sending.values())
+
+    def answers(self) -> list[SubmitResult]:
+        found = []
+        while True:
+            try:
+                found.append(self._answers.get_nowait())
+            except queue.Empty:
+                return found
+
+    def close_retired_if_idle(self) -> None:
+        with self._lock:
+            retired = self._retired if not self._sending else []
+            self._retired = [] if retired else self._retired
+        for client in retired:
+            client.close()
+
+    def halt(self) -> list[SubmitJob]:
+        """Workers take nothing more, retry waits end, requests on the wire finish; the jobs never
+        sent are handed back (their answers, if any came, wait in `answers()`)."""
+        unsent = self.queue.close()
+        with self._lock:
+            clients = [c for c in (self._client, *self._retired) if c is not None]
+        for client in clients:
+            client.cancel()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for client in retired:
+            client.close()
+        return unsent
+
+    def _work(self) -> None:
+        """A submit worker: take the most urgent job, send it, hand the answer back."""
+        client = self.client
+        if client is not None:
+            client.prepare()      # imports and a session now, not on the first file's way out
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            with self._lock:
+                self._sending[threading.get_ident()] = job
+                client = self._client
+            try:
+                outcome: CdnAnswer | Exception = client.add_file(job.params) if client else CdnError("no client")
+            except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
+                outcome = exc
+            with self._lock:
+                self._sending.pop(threading.get_ident(), None)
+            self._answers.put(SubmitResult(job, outcome))
+            self.wake.set()
+
+
+@dataclass
+class RunContext:
+    """What the pipeline's stages share. Owned by the pipeline's thread: a reload replaces
+    `config`, a new run `summary`; the stages read both through this record, never a copy."""
+
+    config: Config
+    ledger: Ledger
+    table: PathTable
+    activity: Activity
+    bars: ProgressBars
+    tuning: Tuning
+    clock: Callable[[], float]          # wall time: ledger stamps, link expiry, callbacks
+    monotonic: Callable[[], float]      # intervals: pauses, flush timing
+    dry_run: bool = False
+    summary: RunSummary = field(default_factory=RunSummary)
+    signer: UrlSigner | None = None
+    inbox: CallbackInbox | None = None
+    redact: Redactor = field(default_factory=Redactor)
+
+    @property
+    def callbacks_on(self) -> bool:
+        return self.config.callback.enabled and self.signer is not None and self.inbox is not None
+
+    def clean(self, text: str) -> str:
+        """CDN answers as the ledger keeps them: no password, no usable signed link, no control characters."""
+        return printable(mask_signed_paths(self.redact(text)))
+
+    def location_for(self, relpath: str) -> str:
+        serve = self.config.origin.serve
+        if serve is None:
+            return build_location(self.config.origin, relpath)
+        expires = int(self.clock() + serve.link_ttl)
+        if self.signer is None:     # dry run: no secret is created just to show what would go out
+            return f"{serve.public_url}/o/{expires}/<signature>/{quote_path(relpath)}"
+        return self.signer.location(serve.public_url, relpath, expires)
+
+
+def same_file(entry: FileEntry, row: QuickRow | LedgerRow | None) -> bool:
+    """The ledger's row describes this very file as listed (size, mtime and inode), hashed."""
+    return (row is not None and row.sha256 is not None
+            and (row.size, row.mtime_ns, row.inode) == (entry.size, entry.mtime_ns, entry.inode))
+
+
+class Decider:
+    """The decide step for a listed or hashed file: what to do, counted in the summary and shown by
+    a dry run. Owner thread only."""
+
+    def __init__(self, ctx: RunContext, *, retry_rejected: bool) -> None:
+        self.ctx = ctx
+        self.retry_rejected = retry_rejected
+        self.origin_to_record: str | None = None
+        self.resend_before = self._links_valid_since()
+
+    def _links_valid_since(self) -> float:
+        """Files submitted before this time were handed links that may no longer work: with the
+        built-in origin, the process that served them is gone; with any origin, if its address
+        changed since. 0 when nothing says so. Notes the origin in use, recorded after a pass."""
+        config = self.ctx.config
+        if self.ctx.dry_run or not config.callback.enabled:
+            return 0.0
+        identity = config.origin.identity
+        before = self.ctx.ledger.meta("origin")
+        if before != identity:
+            self.origin_to_record = identity      # once a pass is through: until then links may be old
+        return self.ctx.clock() if (before is not None and before != identity) or config.origin.serve else 0.0
+
+    def unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
+        """Accepted, but never confirmed, and either its link can no longer work or no callback came
+        within wait_seconds: ask again, at most callback.max_attempts times in all."""
+        callback = self.ctx.config.callback
+        return (callback.enabled and state == STATE_SUBMITTED and attempts < callback.max_attempts
+                and (updated_at < self.resend_before or self.ctx.clock() - updated_at >= callback.wait_seconds))
+
+    def unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
+        """The ledger vouches for this file: same stat, accepted as it is, nothing amiss (counted)."""
+        if (same_file(entry, row) and row is not None and row.accepted
+                and row.name == cdn_name(self.ctx.config.name_prefix, entry.relpath)
+                and not self.unconfirmed_due(row.state, row.attempts, row.updated_at)):
+            self.ctx.summary.unchanged += 1
+            return True
+        return False
+
+    def decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
+        config, summary = self.ctx.config, self.ctx.summary
+        overrides = overrides_for(entry.relpath, config.defaults, config.rules)
+        name = cdn_name(config.name_prefix, entry.relpath)
+        decision = decide(row, name, entry.size, digest, no_replace=bool(overrides.get("no_replace")),
+                          retry_rejected=self.retry_rejected)
+        if decision == DECISION_UNCHANGED and row is not None and self.unconfirmed_due(
+                row.state, row.attempts, row.updated_at):
+            decision = DECISION_UNCONFIRMED
+            log.info("%s was never confirmed by the CDN; submitting it again", printable(name))
+        counts = {DECISION_NEW: "new", DECISION_CHANGED: "changed", DECISION_UNCHANGED: "unchanged",
+                  DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected",
+                  DECISION_UNCONFIRMED: "resent"}
+        setattr(summary, counts[decision], getattr(summary, counts[decision]) + 1)
+        if decision == DECISION_CONFLICT:
+            log.warning("conflict: %s changed after it was imported as %s, and no_replace is set; "
+                        "not submitted", printable(entry.relpath), printable(name))
+        elif decision == DECISION_STILL_REJECTED:
+            log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
+                        printable(entry.relpath), printable(row.last_error or "") if row else "")
+        elif decision in (DECISION_NEW, DECISION_CHANGED, DECISION_UNCONFIRMED) and self.ctx.dry_run:
+            self._show_dry_run(entry, name, digest, overrides, decision)
+        return row_after_decision(decision, entry, row, name, digest, priority_of(overrides))
+
+    def _show_dry_run(self, entry: FileEntry, name: str, digest: str, overrides: Mapping[str, Any],
+                      decision: str) -> None:
+        params = build_request(self.ctx.config, entry.relpath, entry.size, digest, overrides,
+                               location=self.ctx.location_for(entry.relpath))
+        params["location"] = mask_url(params["location"])
+        extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
+        self.ctx.bars.say(f"would submit ({decision}): {printable(name)} size={entry.size} sha256={digest} "
+                          f"location={params['location']}{' ' + extras if extras else ''}")
+
+
+class Recorder:
+    """Answers to file/add and the CDN's callbacks, written to the ledger and counted. Owner thread
+    only; moves paths out of AWAITING when their confirmation (or final failure) is in."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> bool:
+        """Record one answer; True if a callback is now awaited for the file."""
+        ctx = self.ctx
+        if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
+            answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
+                                         message=f"already in the CDN and no_replace is set: {answer.message}")
+        accepted = answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS)
+        held = answer.outcome == OUTCOME_EXISTS and ctx.callbacks_on
+        ctx.activity.answered(answer.outcome, row, params["name"], STATE_CONFIRMED if held else STATE_SUBMITTED
+                              if accepted else STATE_REJECTED)
+        current = ctx.ledger.get(row.path) or row
+        if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
+            if accepted:    # decided anew while the request was out: keep that, note what was sent
+                ctx.ledger.put(current._replace(accepted_name=params["name"], accepted_size=int(params["size"]),
+                                                accepted_sha256=params["chksum"]))
+            return False
+        if not accepted:
+            ctx.summary.rejected += 1
+            message = ctx.clean(answer.message)
+            ctx.ledger.put(row._replace(state=STATE_REJECTED, attempts=row.attempts + 1, last_error=message,
+                                        response=ctx.clean(answer.body)))
+            log.warning("rejected %s: %s", printable(params["name"]), message)
+            return False
+        ctx.summary.submitted += 1
+        # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
+        ctx.summary.confirmed += held
+        ctx.ledger.put(row._replace(
+            state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=row.attempts + 1, last_error=None,
+            response=ctx.clean(answer.body), accepted_name=params["name"],
+            accepted_size=row.size, accepted_sha256=row.sha256))
+        log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
+                 else "already in the CDN:", printable(params["name"]), params["size"])
+        return answer.outcome == OUTCOME_ACCEPTED and ctx.callbacks_on
+
+    def failed(self, row: LedgerRow, message: str) -> None:
+        self.ctx.summary.failed += 1
+        message = self.ctx.clean(message)
+        self.ctx.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1, last_error=message))
+        log.error("failed %s: %s; the next run tries again", printable(row.path), message)
+
+    def apply_callbacks(self) -> int:
+        """Record what the CDN called back; returns how many reports changed a file."""
+        ctx = self.ctx
+        if ctx.inbox is None:
+            return 0
+        applied = 0
+        for report in ctx.inbox.take():
+            row = ctx.ledger.get(report.relpath)
+            if row is None:
+                continue
+            if row.state == STATE_PENDING and row.attempts + 1 == report.attempt:
+                if ctx.clock() - report.received < ANSWER_GRACE:   # our record of the answer is on its way
+                    ctx.inbox.deferred.append(report)
+                continue
+            current = row.attempts == report.attempt
+            # A success from an earlier attempt still proves the content arrived; a failure does not.
+            if row.state != STATE_SUBMITTED or not (current or (report.success and report.attempt < row.attempts)):
+                log.debug("ignored a callback for %s (attempt %d, now %s)", printable(row.path), report.attempt,
+                          row.state)
+                continue
+            self._confirm(row, report)
+            applied += 1
+        return applied
+
+    def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
+        ctx = self.ctx
+        verified = report.success and (report.size, report.sha256) == (row.size, row.sha256)
+        ctx.activity.called_back(verified, row)
+        if verified:
+            ctx.table.leave(row.path, Stage.AWAITING)
+            ctx.summary.confirmed += 1
+            ctx.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
+            ctx.bars.update("confirm", 1, unit="file", desc="confirmed")
+            log.info("confirmed %s: the CDN verified size and sha-256", printable(row.name))
+            return
+        if report.success:
+            message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
+                       f"but the file has size {row.size} and sha-256 {row.sha256}")
+            final = True
+        else:
+            message = f"the CDN could not import it: {report.message or 'no reason given'}"
+            final = row.attempts >= ctx.config.callback.max_attempts
+        message = ctx.clean(message)
+        forget_import = dict(accepted_name=None, accepted_size=None, accepted_sha256=None)
+        if final:
+            ctx.table.leave(row.path, Stage.AWAITING)
+            ctx.summary.failed += 1
+            ctx.ledger.put(row._replace(state=STATE_FAILED, last_error=message, retry_at=0.0, **forget_import))
+            log.error("failed %s: %s", printable(row.name), message)
+            return
+        base = ctx.config.callback.retry_delay
+        delay = min(max(RESUBMIT_DELAY_MAX, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
+        ctx.ledger.put(row._replace(state=STATE_PENDING, last_error=message, retry_at=ctx.clock() + delay,
+                                    **forget_import))
+        # It stays AWAITING: a one-shot run waits for the resend, which the feeder takes when due.
+        log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
+                    delay, row.attempts + 1, ctx.config.callback.max_attempts)
+
+
+class Feeder:
+    """Stage 3 on the owner thread: keeps the submit queue a little ahead of the workers from the
+    ledger (most urgent first), checks the origin before the first request, takes the answers and
+    pauses sending while the CDN is down. Moves paths into and out of SUBMITTING; `release` (the
+    pipeline's) says where a path goes once its answer is in."""
+
+    def __init__(self, ctx: RunContext, submitter: Submitter, recorder: Recorder, *,
+                 cdn_retry_pause: float | None, release: Callable[[str, bool], None],
+                 waiting: Callable[[str, str], None]) -> None:
+        self.ctx = ctx
+        self.submitter = submitter
+        self.recorder = recorder
+        self.cdn_retry_pause = cdn_retry_pause     # None: the CDN being down ends the run
+        self.release = release
+        self.waiting = waiting
+        self.feeding = True
+        self.paused_until = 0.0
+        self._consecutive_failures = 0
+        self._cdn_was_down = False
+        self._origin_checked = False
+
+    @property
+    def paused(self) -> bool:
+        return self.ctx.monotonic() < self.paused_until
+
+    def can_send(self) -> bool:
+        ctx = self.ctx
+        return (self.submitter.client is not None and not ctx.dry_run and ctx.summary.fatal is None
+                and not self.paused)
+
+    def due_rows(self, limit: int) -> list[LedgerRow]:
+        """Pending rows due now that no stage holds (a path awaiting a resend is due too)."""
+        if self.submitter.client is None or self.ctx.dry_run:
+            return []
+        table = self.ctx.table
+        return self.ctx.ledger.next_pending(
+            limit, lambda path: path in table and table.stage(path) is not Stage.AWAITING, now=self.ctx.clock())
+
+    def feed(self) -> int:
+        """Keep the queue a little ahead of the workers, from the ledger, most urgent first."""
+        if not self.feeding or not self.can_send():
+            return 0
+        room = self.ctx.config.submit_workers * 2 - len(self.submitter.queue)
+        fed = 0
+        for row in self.due_rows(max(room, 1)):
+            if room <= 0:     # full: a more urgent row (a fetch_prio rule) still goes ahead
+                displaced = self.submitter.queue.give_way(queue_rank(row.priority, False))
+                if displaced is None:
+                    break
+                self.release(displaced.row.path, False)
+            fed += self.enqueue(row, fresh=False)
+            room -= 1
+        return fed
+
+    def enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
+        """Queue a pending row for sending; 1 if it was dealt with (queued, set aside or gone)."""
+        if not self.can_send() or len(self.submitter.queue) >= self.ctx.tuning.queued_max:
+            return 0        # it stays pending in the ledger; the feeder takes it later
+        source = self.ctx.table.stage(row.path)
+        params = self._params_if_unchanged(row, source)
+        if params is None:
+            return 1
+        if not self._origin_checked:
+            self._origin_checked = True
+            problem = origin_problem(self.ctx, row, params["location"])
+            if problem is not None:
+                self._origin_down(problem)
+                return 0
+        self.submitter.start(self.ctx.config.submit_workers)
+        self.ctx.table.move(row.path, source, Stage.SUBMITTING)
+        self.submitter.queue.put(SubmitJob(row, params, fresh))
+        return 1
+
+    def _params_if_unchanged(self, row: LedgerRow, source: Stage | None) -> dict[str, str] | None:
+        """Request fields for a pending row, or None if the file moved on since it was hashed."""
+        ctx = self.ctx
+        found = current_stat(str(ctx.config.folder / row.path))
+        if found is None:
+            if source is not None:
+                ctx.table.move(row.path, source, None)
+            log.info("gone: %s disappeared before it was submitted", printable(row.path))
+            if row.accepted_sha256 is None:
+                ctx.ledger.forget(row.path)
+            else:
+                ctx.ledger.put(row._replace(state=STATE_SUBMITTED, sha256=row.accepted_sha256,
+                                            size=row.accepted_size or 0))
+            return None
+        if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
+            ctx.table.move(row.path, source, Stage.SET_ASIDE)
+            self.waiting(row.path, "it changed after it was hashed")
+            return None
+        overrides = overrides_for(row.path, ctx.config.defaults, ctx.config.rules)
+        params = build_request(ctx.config, row.path, row.size, row.sha256, overrides,
+                               location=ctx.location_for(row.path))
+        if ctx.callbacks_on and ctx.signer is not None:
+            params[ctx.config.api.callback_param] = ctx.signer.callback(
+                ctx.config.callback.public_url, row.path, row.sha256, row.attempts + 1)
+        return params
+
+    def take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
+        """One answer (or what stopped it): recorded, then the path released."""
+        awaits = False
+        if isinstance(outcome, CdnAnswer):
+            self._consecutive_failures = 0
+            if self._cdn_was_down:
+                self._cdn_was_down = False
+                log.info("the CDN answers again")
+            awaits = self.recorder.answered(job.row, job.params, outcome)
+        elif isinstance(outcome, (CdnAuthError, CdnEndpointError)):
+            self.ctx.activity.cdn_down("credentials refused" if isinstance(outcome, CdnAuthError) else
+                                       "wrong api.url", None)
+            self.hand_back(self.submitter.queue.clear())     # every other request would be refused too
+            self.ctx.summary.fatal = self.ctx.summary.fatal or outcome
+        elif isinstance(outcome, CdnUnavailableError):
+            self.cdn_down(outcome)
+        elif isinstance(outcome, CdnError) and not isinstance(outcome, StopRequested):
+            self._consecutive_failures += 1
+            self.ctx.activity.answered("failed", job.row, job.params["name"], STATE_FAILED)
+            self.recorder.failed(job.row, str(outcome))
+            if self._consecutive_failures >= max(3, self.ctx.config.submit_workers * 2):
+                self.cdn_down(CdnUnavailableError(f"the CDN failed {self._consecutive_failures} files in a row"))
+        elif not isinstance(outcome, StopRequested):     # a stop leaves the file pending for the next run
+            raise outcome
+        self.release(job.row.path, awaits)
+
+    def hand_back(self, jobs: Iterable[SubmitJob]) -> None:
+        """Jobs taken out of the queue unsent: their rows stay pending in the ledger."""
+        for job in jobs:
+            self.release(job.row.path, False)
+
+    def _origin_down(self, problem: OriginError) -> None:
+        """One-shot: the run ends (exit 6). Watch: nothing is sent for a while, then checked again."""
+        if self.cdn_retry_pause is None:
+            self.ctx.summary.fatal = problem
+            return
+        log.error("%s; trying again in %gs", problem, self.cdn_retry_pause)
+        self._origin_checked = False
+        self.paused_until = self.ctx.monotonic() + self.cdn_retry_pause
+        self.ctx.activity.cdn_down("the CDN cannot fetch from the origin", self.ctx.clock() + self.cdn_retry_pause)
+
+    def cdn_down(self, exc: CdnUnavailableError) -> None:
+        """One-shot: the run ends (exit 4). Watch: pause sending, keep scanning, try again later."""
+        self._consecutive_failures = 0
+        self.hand_back(self.submitter.queue.clear())
+        if self.cdn_retry_pause is None:
+            if self.ctx.summary.fatal is None:
+                self.ctx.summary.fatal = exc
+            return
+        self._cdn_was_down = True
+        if not self.paused:
+            log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
+        self.paused_until = self.ctx.monotonic() + self.cdn_retry_pause
+        self.ctx.activity.cdn_down("unreachable", self.ctx.clock() + self.cdn_retry_pause)
+
+
+def origin_problem(ctx: RunContext, row: LedgerRow, location: str) -> OriginError | None:
+    """Before the first request: can the CDN fetch what we are about to name? (origin.check)"""
+    origin = ctx.config.origin
+    if not origin.check:
+        return None
+    if origin.serve is not None and ctx.signer is not None:
+        expires = str(int(ctx.clock()) + 120)
+        url, key, size = (f"{origin.serve.public_url}/probe/{expires}/{ctx.signer.sign('probe', expires)}",
+                          "origin.serve.public_url", None)
+        shown = origin.serve.public_url
+    elif origin.base_url.startswith(("http://", "https://")):
+        url, key, size, shown = location, "origin.base_url", row.size, mask_url(location)
+    else:
+        return None      # ftp, rsync, s3: the CDN's own business
+    problem = probe_origin(url, size)
+    if problem is None:
+        return None
+    if origin.serve is not None and urlsplit(origin.serve.public_url).port not in (None, origin.serve.listen_port):
+        problem += (f" (origin.serve.listen is port {origin.serve.listen_port} and public_url names port "
+                    f"{urlsplit(origin.serve.public_url).port}: something must forward one to the other)")
+    return OriginError(f"the CDN could not fetch files through '{key}' ({printable(shown)}): {problem}. "
+                       "Nothing was sent. Check that address; if this machine cannot reach its own "
+                       "public address (NAT without hairpin) although the CDN can, set 'origin.check: false'")
+
+
 WAITING_SHOWN = 5         # files named when a run leaves some waiting
-FOLDER_CHUNK = 2000        # files of one folder looked at in one go
-SCAN_SLICE = 0.05         # seconds of scanning and inline hashing per step, so events and answers wait little
-FLUSH_EVERY = 0.2         # seconds between two ledger transactions of hashed files
+
+
+def _no_progress(count: int) -> None:
+    pass
 
 
 class Pipeline:
     """Scan, hash, submit and confirm as concurrent stages, driven by `step()` on one thread.
 
-    That thread owns the ledger. It walks the folder a slice at a time and hashes small files
-    itself (measured: worker threads only fight over the GIL for them); large files go to
-    `workers.hash` threads (hashlib releases the GIL) plus one spare lane kept for fresh
-    drops. Decisions are written to the ledger as `pending` in small transactions, so a kill
-    loses no hashing work. Submit workers take jobs from a SubmitQueue that this thread keeps
-    topped up from the ledger (never more than a few rows in memory); their answers and the
-    CDN's callbacks come back here to be recorded. `run_once()` is a one-shot run; the watch
-    service calls `step()` from its loop and feeds fresh drops with `add_fresh()`.
+    That thread owns the ledger, the path table and every stage object: the Scanner walks the
+    folder a chunk at a time, the Hasher hashes small files inline and large ones on its threads,
+    decisions go to the ledger as `pending` in small transactions (a kill loses no hashing work),
+    the Feeder keeps the Submitter's workers busy from the ledger (never more than a few rows in
+    memory) and the Recorder writes their answers and the CDN's callbacks. Each path is in at
+    most one Stage at a time (`table`), which `check_invariants()` verifies against the stages.
+    `run_once()` is a one-shot run; the watch service calls `step()` from its loop and feeds
+    fresh drops with `add_fresh()`.
     """
 
-    def __init__(self, config: Config, ledger: Ledger, client: CdnClient | None, *,
+    def __init__(self, config: Config, ledger: Ledger, client: SubmitClient | None, *,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, tuning: Tuning = Tuning(),
+                 hash_function: HashFunction = hash_outcome,
                  show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
                  out: Callable[[str], None] = print,
                  on_waiting: Callable[[str], None] = lambda relpath: None,
                  signer: UrlSigner | None = None, inbox: CallbackInbox | None = None,
                  cdn_retry_pause: float | None = None, activity: Activity | None = None) -> None:
-        self.config = config
-        self.ledger = ledger
-        self.client = client
         self.stop = stop or threading.Event()
-        self.clock = clock
-        self.show_progress = show_progress
-        self.dry_run = dry_run
-        self.retry_rejected = retry_rejected
-        self.out = out
         self.on_waiting = on_waiting
-        self.signer = signer
-        self.inbox = inbox
-        self.cdn_retry_pause = cdn_retry_pause     # None: the CDN being down ends the run
-        self.activity = activity or Activity(clock)
-        if client is not None:
-            client.on_retry = self.activity.retried
-        self.summary = RunSummary()
-        self.awaiting: set[str] = set()
-        self.waiting_examples: list[str] = []
         self.wake = threading.Event()
-        if inbox is not None:
-            inbox.wake = self.wake
-        self._redact = Redactor(config.secrets())
-        self._private = dict(config.private_files)
-        self._private_warned: set[str] = set()
-        # scan and hash
-        self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
-        self._folder: tuple[collections.deque[FileEntry], dict[str, QuickRow]] | None = None
-        self._scan_work: collections.deque[HashJob] = collections.deque()
-        self._fresh_work: collections.deque[HashJob] = collections.deque()
-        self._hashing: dict[Future[str | Exception], HashJob] = {}
-        self._hash_pool: ThreadPoolExecutor | None = None
-        self._cancel_hashing = threading.Event()
-        self._decided: list[tuple[LedgerRow, bool]] = []
-        self._hashing_paths: set[str] = set()   # being hashed or decided: their pending rows are stale
-        self._last_flush = time.monotonic()
-        self._flush_soon = False
+        self.table = PathTable()
+        bars = ProgressBars(show_progress, out)
+        self.ctx = RunContext(config, ledger, self.table, activity or Activity(clock), bars, tuning, clock,
+                              monotonic, dry_run=dry_run, redact=Redactor(config.secrets()))
+        self.serve_with(signer, inbox)
+        if client is not None:
+            client.on_retry = self.ctx.activity.retried
+        self.scanner = Scanner(ledger, tuning, self._problem)
+        self.hasher = Hasher(self.table, config.hash_workers, tuning, hash_function, self.wake,
+                             bars.hashed if show_progress else _no_progress)
+        self.decider = Decider(self.ctx, retry_rejected=retry_rejected)
+        self.recorder = Recorder(self.ctx)
+        self.submitter = Submitter(client, self.wake)
+        self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
+                             release=self._release, waiting=self._waiting)
+        self.waiting_examples: list[str] = []
         self.pass_started: RunSummary | None = None
         self.on_pass_done: Callable[[RunSummary], None] = lambda summary: None
-        # submit
-        self.feeding = True
-        self._queue = SubmitQueue()
-        self._results: queue.SimpleQueue[SubmitResult] = queue.SimpleQueue()
-        self._workers: list[threading.Thread] = []
-        self._queued: set[str] = set()          # in the queue or with a worker
-        self._sending: dict[int, SubmitJob] = {}  # with a worker now, by thread
-        self._set_aside: set[str] = set()       # pending, but the file changed after hashing
-        self._consecutive_failures = 0
-        self.paused_until = 0.0
-        self._cdn_was_down = False
-        self._retired_clients: list[CdnClient] = []
-        self._confirm_deadline: float | None = None
-        self._bars: dict[str, Any] = {}
-        self._progress: Callable[[int], None] = self._hash_progress if show_progress else _no_progress
+        self._private = dict(config.private_files)
+        self._private_warned: set[str] = set()
+        self._decided: list[tuple[LedgerRow, bool]] = []
+        self._last_flush = monotonic()
+        self._flush_soon = self._halting = False
         self._hashed_unreported = self._files_unreported = 0
-        self._origin_checked = False
-        self._origin_to_record: str | None = None
-        self.resend_before = self._links_valid_since()
+        self._confirm_deadline: float | None = None
 
-    # -- progress ----------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
 
-    def _bar(self, name: str, **kwargs: Any) -> Any:
-        if name not in self._bars:
-            if not self.show_progress:
-                self._bars[name] = _NoBar()
-            else:
-                from tqdm import tqdm
+    @property
+    def ledger(self) -> Ledger:
+        return self.ctx.ledger
 
-                self._bars[name] = tqdm(file=sys.stderr, dynamic_ncols=True, leave=False,
-                                        position=len(self._bars), **kwargs)
-        return self._bars[name]
+    @property
+    def summary(self) -> RunSummary:
+        return self.ctx.summary
 
-    def _hash_progress(self, count: int) -> None:
-        self._bar("hash", unit="B", unit_scale=True, unit_divisor=1024, desc="hashing").update(count)
+    @property
+    def activity(self) -> Activity:
+        return self.ctx.activity
 
-    def _close_bars(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        self._bars.clear()
+    @property
+    def awaiting(self) -> list[str]:
+        return self.table.paths(Stage.AWAITING)
+
+    @property
+    def scanning(self) -> bool:
+        return self.scanner.active or self.hasher.waiting_from_pass
+
+    @property
+    def paused(self) -> bool:
+        return self.feeder.paused
 
     # -- the whole run -------------------------------------------------------------
 
     def run_once(self) -> RunSummary:
         """One pass over the folder with everything streaming; then wait for confirmations."""
-        self.summary = RunSummary()
+        self.ctx.summary = RunSummary()
         try:
             self.start_scan()
             while not self.finished():
@@ -3036,21 +3802,22 @@ class Pipeline:
             return True
         if self.busy():
             return False
-        if not (self.callbacks_on and self.awaiting):
+        awaiting = self.table.count(Stage.AWAITING)
+        if not (self.ctx.callbacks_on and awaiting):
             return True
         if self._confirm_deadline is None:
-            self._confirm_deadline = self.clock() + self.config.callback.wait_seconds
+            self._confirm_deadline = self.ctx.clock() + self.config.callback.wait_seconds
             log.info("waiting up to %gs for the CDN to confirm %s", self.config.callback.wait_seconds,
-                     files(len(self.awaiting)))
-        return self.clock() >= self._confirm_deadline
+                     files(awaiting))
+        return self.ctx.clock() >= self._confirm_deadline
+
+    def busy_here(self) -> bool:
+        """Something is being scanned, hashed, recorded or sent (the ledger's backlog aside)."""
+        return bool(self.scanner.active or self.table.count(Stage.TO_HASH, Stage.HASHING, Stage.DECIDED,
+                                                            Stage.SUBMITTING))
 
     def busy(self) -> bool:
-        return bool(self.scanning or self._fresh_work or self._hashing or self._decided or self._queued
-                    or self._due_rows(1))
-
-    @property
-    def scanning(self) -> bool:
-        return self._walk is not None or self._folder is not None or bool(self._scan_work)
+        return self.busy_here() or bool(self.feeder.due_rows(1))
 
     def step(self, timeout: float = 0.5) -> None:
         """One turn: take answers, hashes and callbacks, scan a slice, record, feed the workers.
@@ -3059,72 +3826,56 @@ class Pipeline:
         callback wakes it.
         """
         self.wake.clear()
-        worked = self._collect_hashes() + self._collect_answers() + self.apply_callbacks()
+        worked = self._collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
         scanned = 0
         if not self.stop.is_set() and self.summary.fatal is None:
-            scanned = self._hash_slice(SCAN_SLICE)
+            scanned = self._hash_slice(self.ctx.tuning.scan_slice)
         # While the scan streams small files, decisions go to the ledger in batches; otherwise at once.
         self._flush_decided(force=not scanned)
-        worked += scanned + self._feed()
+        worked += scanned + self.feeder.feed()
         self._observe()
         self._finish_pass_if_done()
         if not worked:
             self.wake.wait(timeout)
 
     def _observe(self) -> None:
-        """What the monitor shows of the stages right now; a few small lists, every step. Clients
-        retired by a reload are closed once no request is out."""
+        """What the monitor shows of the stages right now; a few small lists, every step."""
         if self._files_unreported:      # told once a step: a lock per small file costs more than its hash
             self.activity.hashed(self._hashed_unreported, self._files_unreported)
             self._hashed_unreported = self._files_unreported = 0
-        if self._retired_clients and not self._sending:
-            for client in self._retired_clients:
-                client.close()
-            self._retired_clients.clear()
-        sending = [job.row for job in list(self._sending.values())]
+        if self.ctx.bars.show:
+            self.ctx.bars.show_hashed()
+        self.submitter.close_retired_if_idle()
+        table = self.table
         self.activity.observe(
-            {"hash": len(self._scan_work) + len(self._fresh_work) + len(self._hashing),
-             "submit": len(self._queued), "confirm": len(self.awaiting)},
-            [{"path": job.entry.relpath, "size": job.entry.size} for job in list(self._hashing.values())[:10]],
-            [{"path": row.path, "size": row.size} for row in sending[:10]])
+            {"hash": table.count(Stage.TO_HASH, Stage.HASHING), "submit": table.count(Stage.SUBMITTING),
+             "confirm": table.count(Stage.AWAITING)},
+            [{"path": job.entry.relpath, "size": job.entry.size} for job in self.hasher.running()[:10]],
+            [{"path": job.row.path, "size": job.row.size} for job in self.submitter.sending()[:10]])
 
     def halt(self) -> None:
         """The one way out: stop producers, let requests in flight finish, record, commit."""
-        self._walk = self._folder = None
-        for job in (*self._scan_work, *self._fresh_work):
-            self._hashing_paths.discard(job.entry.relpath)
-        self._scan_work.clear()
-        self._fresh_work.clear()
-        self._cancel_hashing.set()
-        if self._hash_pool is not None:
-            self._hash_pool.shutdown(wait=True)
-            self._hash_pool = None
-        self._collect_hashes()
+        self._halting = True
+        self.scanner.stop()
+        for hashed in self.hasher.halt():
+            self._hashed(hashed)
         self._flush_decided(force=True)
-        for job in self._queue.close():
-            self._queued.discard(job.row.path)
-        for client in [self.client, *self._retired_clients]:
-            if client is not None:
-                client.cancel()        # retry waits end now; requests already on the wire finish
-        for worker in self._workers:
-            worker.join()
-        self._workers.clear()
+        self.feeder.hand_back(self.submitter.halt())
         self._collect_answers()
-        if self.inbox is not None:
-            self.inbox.close()        # from now on the CDN is told to call again later
-        self.apply_callbacks()
+        if self.ctx.inbox is not None:
+            self.ctx.inbox.close()        # from now on the CDN is told to call again later
+        self.recorder.apply_callbacks()
         self._observe()
-        self._close_bars()
-        for client in self._retired_clients:
-            client.close()
-        if not self.dry_run:
+        self.ctx.bars.close()
+        if not self.ctx.dry_run:
             self.ledger.commit()
+        self._halting = False
 
     def _report_unconfirmed(self) -> None:
         """With callbacks, a run is done only when the CDN confirmed every file, this run's or not."""
-        if not self.callbacks_on:
+        if not self.ctx.callbacks_on:
             return
-        self.summary.unconfirmed = self.ledger.count_awaiting(self.clock())
+        self.summary.unconfirmed = self.ledger.count_awaiting(self.ctx.clock())
         if not self.summary.unconfirmed or self.summary.fatal is not None:
             return
         if self.stop.is_set():
@@ -3137,46 +3888,62 @@ class Pipeline:
                         "parameter name the CDN expects", files(self.summary.unconfirmed),
                         self.config.callback.wait_seconds)
 
+    def check_invariants(self) -> None:
+        """Each path in one stage, and each stage's own containers agree with the table (tests call
+        this between steps; it reads every container, so it is not for production loops)."""
+        self.table.check()
+        held = {
+            Stage.TO_HASH: [job.entry.relpath for job in self.hasher.waiting_jobs()],
+            Stage.HASHING: [job.entry.relpath for job in self.hasher.running()],
+            Stage.DECIDED: [row.path for row, _ in self._decided],
+        }
+        for stage, paths in held.items():
+            if len(paths) != len(set(paths)) or set(paths) != set(self.table.paths(stage)):
+                raise AssertionError(f"pipeline bug: {stage.value}: the stage holds {sorted(paths)[:5]}, "
+                                     f"the table {sorted(self.table.paths(stage))[:5]}")
+        submitting = set(self.table.paths(Stage.SUBMITTING))
+        out = {job.row.path for job in self.submitter.sending()}
+        if not out <= submitting:
+            raise AssertionError(f"pipeline bug: sending {sorted(out - submitting)[:5]} outside SUBMITTING")
+
     # -- for tests and the benchmark: one stage at a time ---------------------------
 
     def scan_and_hash(self) -> None:
         """Walk and hash the whole folder into the ledger, submitting nothing."""
-        feeding, self.feeding = self.feeding, False
+        feeding, self.feeder.feeding = self.feeder.feeding, False
         try:
             self.start_scan()
-            while self.scanning or self._hashing or self._decided:
+            while self.scanning or self.table.count(Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
                 self.step(timeout=0.05)
         finally:
-            self.feeding = feeding
+            self.feeder.feeding = feeding
 
     def submit_pending(self) -> None:
         """Submit what the ledger holds as pending and due; raises if the CDN cannot be used."""
-        while not self.stop.is_set() and self.summary.fatal is None and (self._queued or self._due_rows(1)):
+        while (not self.stop.is_set() and self.summary.fatal is None
+               and (self.table.count(Stage.SUBMITTING) or self.feeder.due_rows(1))):
             self.step(timeout=0.05)
         if self.summary.fatal is not None:
             raise self.summary.fatal
 
-    # -- stage 1 and 2: scan and hash -----------------------------------------------
+    # -- stages 1 and 2: scan and hash ------------------------------------------------
 
     def start_scan(self) -> bool:
         """Begin a pass over the whole folder; False if one is running already (its large files
         still being hashed included)."""
         if self.scanning or self.pass_started is not None:
             return False
-        check_folder(self.config)
-        self._walk = walk_folder(self.config.folder, self.config.scan, self._problem)
-        if self.show_progress:
-            self._hash_progress(0)   # the bar is made here, on this thread; hash threads only move it
+        self.scanner.start(self.config)
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
         self.activity.pass_started()
-        if self.feeding and self.client is not None and not self.dry_run:
-            self._start_workers()
+        if self.feeder.feeding and self.submitter.client is not None and not self.ctx.dry_run:
+            self.submitter.start(self.config.submit_workers)
         return True
 
     def add_fresh(self, entries: Sequence[FileEntry]) -> None:
         """Files that just settled (watch events): hashed and sent ahead of the pass's backlog."""
         known = {entry.relpath: self.ledger.quick_row(entry.relpath) for entry in entries}
-        self._triage(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
+        self.look_at(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
 
     def _problem(self, relpath: str, why: str) -> None:
         self.summary.unreadable += 1
@@ -3184,116 +3951,74 @@ class Pipeline:
         log.warning("skipped %s: %s", printable(relpath), why)
 
     def _hash_slice(self, budget: float) -> int:
-        """Scan and hash for about `budget` seconds; large files go to the hash threads."""
-        deadline = time.monotonic() + budget
+        """Scan and hash for about `budget` seconds (at least one file or folder); large files go
+        to the hash threads, and while they are all busy the walk waits too."""
+        deadline = self.ctx.monotonic() + budget
         done = 0
-        while done == 0 or time.monotonic() < deadline:      # at least one file or folder a step
-            if self._fresh_work:
-                work, limit = self._fresh_work, self.config.hash_workers + 1
-            elif self._scan_work:
-                work, limit = self._scan_work, self.config.hash_workers
-            elif self._folder is not None:
-                done += self._folder_chunk()
+        while done == 0 or self.ctx.monotonic() < deadline:
+            if self.hasher.waiting:
+                took = self.hasher.hash_next()
+                if took is False:
+                    break
+                if isinstance(took, Hashed):
+                    self._hashed(took)
+                done += 1
                 continue
-            elif self._walk is not None:
-                done += self._next_folder()
-                continue
-            else:
+            chunk = self.scanner.next_chunk()
+            if chunk is None:
                 break
-            job = work[0]
-            if job.entry.size < HASH_INLINE_SIZE:
-                work.popleft()
-                self._hashed(job, hash_outcome(job.entry, self._progress))
-            elif len(self._hashing) < limit:
-                work.popleft()
-                future = self._hash_threads().submit(hash_outcome, job.entry, self._progress,
-                                                     self._cancel_hashing)
-                future.add_done_callback(self._wake_up)
-                self._hashing[future] = job
-            else:
-                break       # every hash thread is busy: their results wake the loop
-            done += 1
+            self._take_chunk(chunk)
+            done += max(1, len(chunk.entries))
         return done
 
-    def _wake_up(self, *_: Any) -> None:
-        self.wake.set()
-
-    def _hash_threads(self) -> ThreadPoolExecutor:
-        if self._hash_pool is None:
-            self._hash_pool = ThreadPoolExecutor(self.config.hash_workers + 1, thread_name_prefix="hash")
-        return self._hash_pool
-
-    def _next_folder(self) -> int:
-        """Take the next folder of the walk, with what the ledger knows of it."""
-        assert self._walk is not None
-        batch = next(self._walk, None)
-        if batch is None:
-            self._walk = None
-            return 0
-        reldir, entries = batch
-        self._folder = (collections.deque(entries), self.ledger.quick_rows_in_dir(reldir))
-        return 1
-
-    def _folder_chunk(self) -> int:
-        """Up to FOLDER_CHUNK files of the current folder: what the ledger vouches for is done with
-        at once. In chunks, so a folder of 100,000 files does not hold up a turn of the loop."""
-        assert self._folder is not None
-        waiting, known = self._folder
-        entries = [waiting.popleft() for _ in range(min(FOLDER_CHUNK, len(waiting)))]
-        if not waiting:
-            self._folder = None
-        settle_before_ns = int((self.clock() - self.config.scan.settle_seconds) * 1e9)
+    def _take_chunk(self, chunk: FolderChunk) -> None:
+        """Files young enough to be still written wait for a later pass (or the watcher); the
+        ledger vouches for the others or they go on to be hashed."""
+        settle = self.config.scan.settle_seconds
+        settle_before_ns = int((self.ctx.clock() - settle) * 1e9)
         settled = []
-        for entry in entries:
+        for entry in chunk.entries:
             if entry.mtime_ns <= settle_before_ns or entry.relpath in self._private:
                 settled.append(entry)
-            elif not self._unchanged(entry, known.get(entry.relpath)):    # young, and new to the ledger
-                age = max(0.0, self.clock() - entry.mtime_ns / 1e9)
-                self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is "
-                                             f"{self.config.scan.settle_seconds:g}")
-        self._triage(settled, known, fresh=False)
-        return len(entries) or 1
+            elif not self.decider.unchanged(entry, chunk.known.get(entry.relpath)):    # young, new to the ledger
+                age = max(0.0, self.ctx.clock() - entry.mtime_ns / 1e9)
+                self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is {settle:g}")
+        self.look_at(settled, chunk.known, fresh=False)
 
-    def _triage(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
-        """What the ledger vouches for is done with at once (unchanged, or moved: no hashing);
-        the rest goes to be hashed."""
+    def look_at(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
+        """Triage listed files: what the ledger vouches for is done with at once (unchanged, or
+        moved: no hashing); the rest goes to be hashed. A file already on its way is left alone
+        (one being sent that changed meanwhile is hashed again after its answer)."""
         unknown: list[FileEntry] = []
         for entry in entries:
-            if entry.relpath in self._private:
-                self._skip_private(entry.relpath)
+            path = entry.relpath
+            if path in self._private:
+                self._skip_private(path)
                 continue
-            if entry.relpath in self._hashing_paths:
-                continue            # on its way already: a second look would race the first
-            row = known.get(entry.relpath)
-            if row is None or row.sha256 is None or (row.size, row.mtime_ns, row.inode) != entry[2:]:
+            stage = self.table.stage(path)
+            if stage in (Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
+                continue
+            row = known.get(path)
+            if stage is Stage.SUBMITTING:
+                if not same_file(entry, row):
+                    self.table.recheck.add(path)
+            elif not same_file(entry, row):
                 unknown.append(entry)
-            elif entry.relpath in self._queued:
-                continue            # being sent as it is: its answer, not a stale decision, comes next
-            elif not self._unchanged(entry, row):
-                self._decided_row(self._decide(entry, self.ledger.get(entry.relpath), row.sha256), fresh)
+            elif not self.decider.unchanged(entry, row):
+                self._decided_row(self.decider.decide(entry, self.ledger.get(path), row.sha256), fresh, stage)
         moved = self.ledger.find_moved([e for e in unknown if e.relpath not in known])
-        work = self._fresh_work if fresh else self._scan_work
         for entry in unknown:
+            stage = self.table.stage(entry.relpath)
             if entry.relpath in moved:
-                self._decided_row(self._decide(entry, None, moved[entry.relpath]), fresh)
+                self._decided_row(self.decider.decide(entry, None, moved[entry.relpath]), fresh, stage)
             else:
-                work.append(HashJob(entry, known.get(entry.relpath), fresh))
-                self._hashing_paths.add(entry.relpath)
+                self.hasher.add(HashJob(entry, known.get(entry.relpath), fresh), stage)
 
     def _skip_private(self, relpath: str) -> None:
         if relpath not in self._private_warned:
             self._private_warned.add(relpath)
             log.warning("skipped %s: it is %s, which holds cdn-push's own secrets or state; keep it "
                         "outside 'folder'", printable(relpath), self._private[relpath])
-
-    def _unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
-        """The ledger vouches for this file: same stat, accepted as it is, nothing amiss."""
-        if (row is not None and row.sha256 and (row.size, row.mtime_ns, row.inode) == entry[2:]
-                and row.accepted and row.name == cdn_name(self.config.name_prefix, entry.relpath)
-                and not self._unconfirmed_due(row.state, row.attempts, row.updated_at)):
-            self.summary.unchanged += 1
-            return True
-        return False
 
     def _waiting(self, relpath: str, why: str) -> None:
         self.summary.waiting += 1
@@ -3303,443 +4028,98 @@ class Pipeline:
         log.debug("waiting: %s: %s", printable(relpath), why)
 
     def _collect_hashes(self) -> int:
-        done = [future for future in self._hashing if future.done()]
-        for future in done:
-            self._hashed(self._hashing.pop(future), future.result())
+        done = self.hasher.finished()
+        for hashed in done:
+            self._hashed(hashed)
         self._flush_soon = self._flush_soon or bool(done)    # a large file: worth its own transaction
         return len(done)
 
-    def _hashed(self, job: HashJob, outcome: str | Exception) -> None:
-        entry = job.entry
-        if not isinstance(outcome, str):
-            self._hashing_paths.discard(entry.relpath)
+    def _hashed(self, hashed: Hashed) -> None:
+        entry, outcome = hashed.job.entry, hashed.outcome
         if isinstance(outcome, str):
             self.summary.bytes_hashed += entry.size
             self.summary.hashed_files += 1
             self._hashed_unreported += entry.size
             self._files_unreported += 1
             # Read again now, not as listed (an answer may have come); a path unknown when listed stays
-            # unknown, as no other job may take it meanwhile (_hashing_paths), so a first pass skips the read.
-            row = self.ledger.get(entry.relpath) if job.known is not None else None
-            self._decided_row(self._decide(entry, row, outcome), job.fresh)
-        elif isinstance(outcome, FileChangedError):
+            # unknown, as the table lets no other job take it meanwhile, so a first pass skips the read.
+            row = self.ledger.get(entry.relpath) if hashed.job.known is not None else None
+            self._decided_row(self.decider.decide(entry, row, outcome), hashed.job.fresh, Stage.HASHING)
+            return
+        self.table.move(entry.relpath, Stage.HASHING, None)
+        if isinstance(outcome, FileChangedError):
             self._waiting(entry.relpath, "it changed while it was hashed")
         elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
             self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
 
-    def _decided_row(self, row: LedgerRow, fresh: bool) -> None:
-        self._hashing_paths.add(row.path)
+    def _decided_row(self, row: LedgerRow, fresh: bool, source: Stage | None) -> None:
+        self.table.move(row.path, source, Stage.DECIDED)
         self._decided.append((row, fresh))
 
     def _flush_decided(self, *, force: bool = False) -> None:
         """Record decisions in one transaction; fresh and prio files go to the queue at once."""
         if not self._decided:
             return
+        tuning = self.ctx.tuning
         urgent = self._flush_soon or any(fresh or row.priority for row, fresh in self._decided)
-        if not (force or urgent or len(self._decided) >= SCAN_COMMIT_EVERY
-                or time.monotonic() - self._last_flush >= FLUSH_EVERY):
+        if not (force or urgent or len(self._decided) >= tuning.commit_every
+                or self.ctx.monotonic() - self._last_flush >= tuning.flush_every):
             return
         decided, self._decided = self._decided, []
-        self._last_flush, self._flush_soon = time.monotonic(), False
+        self._last_flush, self._flush_soon = self.ctx.monotonic(), False
         for row, _ in decided:
-            self._hashing_paths.discard(row.path)
-            self._set_aside.discard(row.path)
-        if self.dry_run:
+            self.table.move(row.path, Stage.DECIDED, None)
+        if self.ctx.dry_run:
             return
         self.ledger.put_many([row for row, _ in decided], commit_every=1)
         for row, fresh in decided:
             if fresh and row.state == STATE_PENDING:
-                self._enqueue(row, fresh=True)
+                self.feeder.enqueue(row, fresh=True)
 
     def _finish_pass_if_done(self) -> None:
-        if self.pass_started is not None and not self.scanning and not any(
-                not job.fresh for job in self._hashing.values()):
-            started, self.pass_started = self.pass_started, None
-            self._set_aside.clear()         # looked at again by the feeder: gone, changed or ready
-            if self._origin_to_record is not None and not self.stop.is_set():
-                self.ledger.set_meta("origin", self._origin_to_record)
-                self._origin_to_record = None
-            self.activity.pass_ended()
-            self.on_pass_done(started)
+        if self.pass_started is None or self.scanning or self.hasher.pass_tail():
+            return
+        started, self.pass_started = self.pass_started, None
+        for path in self.table.paths(Stage.SET_ASIDE):     # looked at again by the feeder: gone, changed or ready
+            self.table.move(path, Stage.SET_ASIDE, None)
+        if self.decider.origin_to_record is not None and not self.stop.is_set():
+            self.ledger.set_meta("origin", self.decider.origin_to_record)
+            self.decider.origin_to_record = None
+        self.activity.pass_ended()
+        self.on_pass_done(started)
 
-    # -- the decide step ----------------------------------------------------------
-
-    def _links_valid_since(self) -> float:
-        """Files submitted before this time were handed links that may no longer work: with the
-        built-in origin, the process that served them is gone; with any origin, if its address
-        changed since. 0 when nothing says so. Records the origin in use for the next run."""
-        if self.dry_run or not self.config.callback.enabled:
-            return 0.0
-        identity = self.config.origin.identity
-        before = self.ledger.meta("origin")
-        if before != identity:
-            self._origin_to_record = identity      # once a pass is through: until then links may be old
-        return self.clock() if (before is not None and before != identity) or self.config.origin.serve else 0.0
-
-    def _unconfirmed_due(self, state: str, attempts: int, updated_at: float) -> bool:
-        """Accepted, but never confirmed, and either its link can no longer work or no callback came
-        within wait_seconds: ask again, at most callback.max_attempts times in all."""
-        callback = self.config.callback
-        return (callback.enabled and state == STATE_SUBMITTED and attempts < callback.max_attempts
-                and (updated_at < self.resend_before or self.clock() - updated_at >= callback.wait_seconds))
-
-    def _decide(self, entry: FileEntry, row: LedgerRow | None, digest: str) -> LedgerRow:
-        config = self.config
-        overrides = overrides_for(entry.relpath, config.defaults, config.rules)
-        name = cdn_name(config.name_prefix, entry.relpath)
-        decision = decide(row, name, entry.size, digest, no_replace=bool(overrides.get("no_replace")),
-                          retry_rejected=self.retry_rejected)
-        if decision == DECISION_UNCHANGED and row is not None and self._unconfirmed_due(
-                row.state, row.attempts, row.updated_at):
-            decision = DECISION_UNCONFIRMED
-            log.info("%s was never confirmed by the CDN; submitting it again", printable(name))
-        counts = {DECISION_NEW: "new", DECISION_CHANGED: "changed", DECISION_UNCHANGED: "unchanged",
-                  DECISION_CONFLICT: "conflicts", DECISION_STILL_REJECTED: "rejected",
-                  DECISION_UNCONFIRMED: "resent"}
-        setattr(self.summary, counts[decision], getattr(self.summary, counts[decision]) + 1)
-        if decision == DECISION_CONFLICT:
-            log.warning("conflict: %s changed after it was imported as %s, and no_replace is set; "
-                        "not submitted", printable(entry.relpath), printable(name))
-        elif decision == DECISION_STILL_REJECTED:
-            log.warning("still rejected: %s (%s); use --retry-rejected to submit it again",
-                        printable(entry.relpath), printable(row.last_error or "") if row else "")
-        elif decision in (DECISION_NEW, DECISION_CHANGED, DECISION_UNCONFIRMED) and self.dry_run:
-            self._show_dry_run(entry, name, digest, overrides, decision)
-        return row_after_decision(decision, entry, row, name, digest, priority_of(overrides))
-
-    def _show_dry_run(self, entry: FileEntry, name: str, digest: str, overrides: Mapping[str, Any],
-                      decision: str) -> None:
-        params = build_request(self.config, entry.relpath, entry.size, digest, overrides,
-                               location=self.location_for(entry.relpath))
-        params["location"] = mask_url(params["location"])
-        extras = " ".join(f"{k}={params[k]}" for k in OVERRIDE_KEYS if k in params)
-        self._say(f"would submit ({decision}): {printable(name)} size={entry.size} sha256={digest} "
-                  f"location={params['location']}{' ' + extras if extras else ''}")
-
-    def _say(self, text: str) -> None:
-        """A line of output; above the progress bars while they show, not through them."""
-        if self._bars and self.show_progress and self.out is print:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stdout)
-        else:
-            self.out(text)
-
-    @property
-    def callbacks_on(self) -> bool:
-        return self.config.callback.enabled and self.signer is not None and self.inbox is not None
-
-    def location_for(self, relpath: str) -> str:
-        serve = self.config.origin.serve
-        if serve is None:
-            return build_location(self.config.origin, relpath)
-        expires = int(self.clock() + serve.link_ttl)
-        if self.signer is None:     # dry run: no secret is created just to show what would go out
-            return f"{serve.public_url}/o/{expires}/<signature>/{quote_path(relpath)}"
-        return self.signer.location(serve.public_url, relpath, expires)
-
-    # -- stage 3: submit -------------------------------------------------------------
-
-    def _due_rows(self, limit: int) -> list[LedgerRow]:
-        if self.client is None or self.dry_run:
-            return []
-        return self.ledger.next_pending(limit, self._not_for_feeding, now=self.clock())
-
-    def _not_for_feeding(self, path: str) -> bool:
-        return path in self._queued or path in self._set_aside or path in self._hashing_paths
-
-    def _feed(self) -> int:
-        """Keep the queue a little ahead of the workers, from the ledger, most urgent first."""
-        if (not self.feeding or self.client is None or self.dry_run or self.stop.is_set()
-                or self.summary.fatal is not None or time.monotonic() < self.paused_until):
-            return 0
-        room = self.config.submit_workers * 2 - len(self._queue)
-        fed = 0
-        for row in self._due_rows(max(room, 1)):
-            if room <= 0:     # full: a more urgent row (a fetch_prio rule) still goes ahead
-                displaced = self._queue.give_way(queue_rank(row.priority, False))
-                if displaced is None:
-                    break
-                self._queued.discard(displaced.row.path)
-            fed += self._enqueue(row, fresh=False)
-            room -= 1
-        return fed
-
-    def _enqueue(self, row: LedgerRow, *, fresh: bool) -> int:
-        if (row.path in self._queued or self.client is None or self.summary.fatal is not None
-                or time.monotonic() < self.paused_until or len(self._queue) >= FRESH_QUEUED_MAX):
-            return 0        # it stays pending in the ledger; the feeder takes it later
-        params = self._params_if_unchanged(row)
-        if params is None:
-            return 1
-        if not self._origin_checked:
-            self._origin_checked = True
-            problem = self.check_origin(row, params["location"])
-            if problem is not None:
-                self._origin_down(problem)
-                return 0
-        self._start_workers()
-        self._queued.add(row.path)
-        self._queue.put(SubmitJob(row, params, fresh))
-        return 1
-
-    def check_origin(self, row: LedgerRow, location: str) -> OriginError | None:
-        """Before the first request: can the CDN fetch what we are about to name? (origin.check)"""
-        origin = self.config.origin
-        if not origin.check:
-            return None
-        if origin.serve is not None and self.signer is not None:
-            expires = str(int(self.clock()) + 120)
-            url, key, size = (f"{origin.serve.public_url}/probe/{expires}/{self.signer.sign('probe', expires)}",
-                              "origin.serve.public_url", None)
-            shown = origin.serve.public_url
-        elif origin.base_url.startswith(("http://", "https://")):
-            url, key, size, shown = location, "origin.base_url", row.size, mask_url(location)
-        else:
-            return None      # ftp, rsync, s3: the CDN's own business
-        problem = probe_origin(url, size)
-        if problem is None:
-            return None
-        if origin.serve is not None and urlsplit(origin.serve.public_url).port not in (None, origin.serve.listen_port):
-            problem += (f" (origin.serve.listen is port {origin.serve.listen_port} and public_url names port "
-                        f"{urlsplit(origin.serve.public_url).port}: something must forward one to the other)")
-        return OriginError(f"the CDN could not fetch files through '{key}' ({printable(shown)}): {problem}. "
-                           "Nothing was sent. Check that address; if this machine cannot reach its own "
-                           "public address (NAT without hairpin) although the CDN can, set 'origin.check: false'")
-
-    def _start_workers(self) -> None:
-        while len(self._workers) < self.config.submit_workers:
-            worker = threading.Thread(target=self._submit_worker, daemon=True,
-                                      name=f"submit-{len(self._workers)}")
-            worker.start()
-            self._workers.append(worker)
-
-    def _submit_worker(self) -> None:
-        """A submit worker: take the most urgent job, send it, hand the answer back."""
-        if self.client is not None:
-            self.client.prepare()      # imports and a session now, not on the first file's way out
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._sending[threading.get_ident()] = job
-            client = self.client
-            try:
-                outcome: CdnAnswer | Exception = client.add_file(job.params) if client else CdnError("no client")
-            except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
-                outcome = exc
-            self._sending.pop(threading.get_ident(), None)
-            self._results.put(SubmitResult(job, outcome))
-            self.wake.set()
-
-    def _params_if_unchanged(self, row: LedgerRow) -> dict[str, str] | None:
-        """Request fields for a pending row, or None if the file moved on since it was hashed."""
-        found = current_stat(str(self.config.folder / row.path))
-        if found is None:
-            self.awaiting.discard(row.path)
-            log.info("gone: %s disappeared before it was submitted", printable(row.path))
-            if row.accepted_sha256 is None:
-                self.ledger.forget(row.path)
-            else:
-                self.ledger.put(row._replace(state=STATE_SUBMITTED, sha256=row.accepted_sha256,
-                                             size=row.accepted_size or 0))
-            return None
-        if found != (row.size, row.mtime_ns, row.inode) or row.sha256 is None:
-            self._set_aside.add(row.path)
-            self._waiting(row.path, "it changed after it was hashed")
-            return None
-        overrides = overrides_for(row.path, self.config.defaults, self.config.rules)
-        params = build_request(self.config, row.path, row.size, row.sha256, overrides,
-                               location=self.location_for(row.path))
-        if self.callbacks_on and self.signer is not None:
-            params[self.config.api.callback_param] = self.signer.callback(
-                self.config.callback.public_url, row.path, row.sha256, row.attempts + 1)
-        return params
+    # -- stage 3 and 4: answers, callbacks ---------------------------------------------
 
     def _collect_answers(self) -> int:
-        count = 0
-        while True:
-            try:
-                job, outcome = self._results.get_nowait()
-            except queue.Empty:
-                return count
-            count += 1
-            self._queued.discard(job.row.path)
-            self._bar("submit", unit="file", desc="submitting").update(1)
-            self._take_answer(job, outcome)
+        answers = self.submitter.answers()
+        for job, outcome in answers:
+            self.ctx.bars.update("submit", 1, unit="file", desc="submitting")
+            self.feeder.take_answer(job, outcome)
+        return len(answers)
 
-    def _take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
-        if isinstance(outcome, CdnAnswer):
-            self._consecutive_failures = 0
-            if self._cdn_was_down:
-                self._cdn_was_down = False
-                log.info("the CDN answers again")
-            self._answered(job.row, job.params, outcome)
-        elif isinstance(outcome, (CdnAuthError, CdnEndpointError)):
-            self.activity.cdn_down("credentials refused" if isinstance(outcome, CdnAuthError) else
-                                   "wrong api.url", None)
-            for queued in self._queue.clear():     # every other request would be refused too
-                self._queued.discard(queued.row.path)
-            self.summary.fatal = self.summary.fatal or outcome
-        elif isinstance(outcome, StopRequested):
-            pass                             # the file stays pending for the next run
-        elif isinstance(outcome, CdnUnavailableError):
-            self._cdn_down(outcome)
-        elif isinstance(outcome, CdnError):
-            self._consecutive_failures += 1
-            self.activity.answered("failed", job.row, job.params["name"], STATE_FAILED)
-            self._failed(job.row, str(outcome))
-            if self._consecutive_failures >= max(3, self.config.submit_workers * 2):
-                self._cdn_down(CdnUnavailableError(
-                    f"the CDN failed {self._consecutive_failures} files in a row"))
-        else:
-            raise outcome
+    def _release(self, path: str, awaits: bool) -> None:
+        """A path's request is answered (or was never sent): it awaits its callback, is hashed again
+        (it changed while it was out), or is idle."""
+        if path in self.table.recheck and not self._halting:
+            found = current_stat(str(self.config.folder / path))
+            if found is not None:
+                entry = FileEntry(path, str(self.config.folder / path), *found)
+                self.hasher.add(HashJob(entry, self.ledger.quick_row(path), True), Stage.SUBMITTING)
+                return
+        self.table.move(path, Stage.SUBMITTING, Stage.AWAITING if awaits else None)
 
-    def _origin_down(self, problem: OriginError) -> None:
-        """One-shot: the run ends (exit 6). Watch: nothing is sent for a while, then checked again."""
-        if self.cdn_retry_pause is None:
-            self.summary.fatal = problem
-            return
-        log.error("%s; trying again in %gs", problem, self.cdn_retry_pause)
-        self._origin_checked = False
-        self.paused_until = time.monotonic() + self.cdn_retry_pause
-        self.activity.cdn_down("the CDN cannot fetch from the origin", self.clock() + self.cdn_retry_pause)
-
-    def _cdn_down(self, exc: CdnUnavailableError) -> None:
-        """One-shot: the run ends (exit 4). Watch: pause sending, keep scanning, try again later."""
-        self._consecutive_failures = 0
-        for job in self._queue.clear():
-            self._queued.discard(job.row.path)
-        if self.cdn_retry_pause is None:
-            if self.summary.fatal is None:
-                self.summary.fatal = exc
-            return
-        self._cdn_was_down = True
-        if time.monotonic() >= self.paused_until:
-            log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
-        self.paused_until = time.monotonic() + self.cdn_retry_pause
-        self.activity.cdn_down("unreachable", self.clock() + self.cdn_retry_pause)
-
-    def _answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> None:
-        attempts = row.attempts + 1
-        if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":
-            answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
-                                         message=f"already in the CDN and no_replace is set: {answer.message}")
-        held = answer.outcome == OUTCOME_EXISTS and self.callbacks_on
-        self.activity.answered(answer.outcome, row, params["name"], STATE_CONFIRMED if held else STATE_SUBMITTED
-                               if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS) else STATE_REJECTED)
-        current = self.ledger.get(row.path) or row
-        if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
-            row = current   # hashed anew while the request was out: keep that, note what was sent
-            if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
-                self.ledger.put(row._replace(accepted_name=params["name"], accepted_size=int(params["size"]),
-                                             accepted_sha256=params["chksum"]))
-            return
-        if answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS):
-            self.summary.submitted += 1
-            # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
-            self.summary.confirmed += held
-            self.ledger.put(row._replace(
-                state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=attempts, last_error=None,
-                response=self._clean(answer.body), accepted_name=params["name"],
-                accepted_size=row.size, accepted_sha256=row.sha256))
-            log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
-                     else "already in the CDN:", printable(params["name"]), params["size"])
-            if answer.outcome == OUTCOME_ACCEPTED and self.callbacks_on:
-                self.awaiting.add(row.path)
-            else:
-                self.awaiting.discard(row.path)
-        else:
-            self.summary.rejected += 1
-            self.awaiting.discard(row.path)
-            message = self._clean(answer.message)
-            self.ledger.put(row._replace(state=STATE_REJECTED, attempts=attempts, last_error=message,
-                                         response=self._clean(answer.body)))
-            log.warning("rejected %s: %s", printable(params["name"]), message)
-
-    def _clean(self, text: str) -> str:
-        """CDN answers as the ledger keeps them: no password, no usable signed link, no control characters."""
-        return printable(mask_signed_paths(self._redact(text)))
-
-    def _failed(self, row: LedgerRow, message: str) -> None:
-        self.summary.failed += 1
-        message = self._clean(message)
-        self.ledger.put(row._replace(state=STATE_FAILED, attempts=row.attempts + 1, last_error=message))
-        log.error("failed %s: %s; the next run tries again", printable(row.path), message)
-
-    def reconfigure(self, config: Config, client: CdnClient) -> None:
-        """A reloaded configuration; the old client is closed when the pipeline halts."""
-        if self.client is not None:
-            self._retired_clients.append(self.client)
-        self.config, self.client = config, client
+    def reconfigure(self, config: Config, client: SubmitClient) -> None:
+        """A reloaded configuration; the old client is closed once no request is out."""
+        self.ctx.config = config
+        self.submitter.use(client)
         client.on_retry = self.activity.retried
-        self._redact = Redactor(config.secrets())
+        self.ctx.redact = Redactor(config.secrets())
         self._private = dict(config.private_files)
 
     def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
-        self.signer, self.inbox = signer, inbox
+        self.ctx.signer, self.ctx.inbox = signer, inbox
         if inbox is not None:
             inbox.wake = self.wake
-
-    @property
-    def paused(self) -> bool:
-        return time.monotonic() < self.paused_until
-
-    # -- stage 4: confirmations ------------------------------------------------------
-
-    def apply_callbacks(self) -> int:
-        """Record what the CDN called back; returns how many reports changed a file."""
-        if self.inbox is None:
-            return 0
-        applied = 0
-        for report in self.inbox.take():
-            row = self.ledger.get(report.relpath)
-            if row is None:
-                continue
-            if row.state == STATE_PENDING and row.attempts + 1 == report.attempt:
-                if self.clock() - report.received < ANSWER_GRACE:   # our record of the answer is on its way
-                    self.inbox.deferred.append(report)
-                continue
-            current = row.attempts == report.attempt
-            # A success from an earlier attempt still proves the content arrived; a failure does not.
-            if row.state != STATE_SUBMITTED or not (current or (report.success and report.attempt < row.attempts)):
-                log.debug("ignored a callback for %s (attempt %d, now %s)", printable(row.path), report.attempt,
-                          row.state)
-                continue
-            self._confirm(row, report)
-            applied += 1
-        return applied
-
-    def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
-        self.activity.called_back(report.success and (report.size, report.sha256) == (row.size, row.sha256), row)
-        if report.success and (report.size, report.sha256) == (row.size, row.sha256):
-            self.summary.confirmed += 1
-            self.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
-            self.awaiting.discard(row.path)
-            self._bar("confirm", unit="file", desc="confirmed").update(1)
-            log.info("confirmed %s: the CDN verified size and sha-256", printable(row.name))
-            return
-        if report.success:
-            message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
-                       f"but the file has size {row.size} and sha-256 {row.sha256}")
-            final = True
-        else:
-            message = f"the CDN could not import it: {report.message or 'no reason given'}"
-            final = row.attempts >= self.config.callback.max_attempts
-        message = self._clean(message)
-        if final:
-            self.summary.failed += 1
-            self.awaiting.discard(row.path)
-            self.ledger.put(row._replace(state=STATE_FAILED, last_error=message, retry_at=0.0,
-                                         accepted_name=None, accepted_size=None, accepted_sha256=None))
-            log.error("failed %s: %s", printable(row.name), message)
-            return
-        base = self.config.callback.retry_delay
-        delay = min(max(RESUBMIT_DELAY_MAX, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
-        self.ledger.put(row._replace(state=STATE_PENDING, last_error=message, retry_at=self.clock() + delay,
-                                     accepted_name=None, accepted_size=None, accepted_sha256=None))
-        log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
-                    delay, row.attempts + 1, self.config.callback.max_attempts)
 
 
 # ----------------------------------------------------------------------------
@@ -4615,10 +4995,6 @@ def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
                             notifier=SystemdNotifier()).run()
 
 
-CLOSE_GRACE = 0.5        # seconds a closed (or renamed-in) file must stay unchanged
-LOOP_TICK = 0.25         # seconds between two iterations of the watch loop
-CDN_RETRY_PAUSE = 60.0   # seconds before trying again after the CDN was unreachable
-STATUS_EVERY = 2.0       # seconds between two STATUS= lines to systemd
 RELOAD_WAIT = 60.0       # seconds `cdn_push.py reload` waits for the service to answer
 
 
@@ -4733,6 +5109,113 @@ class WatchdogTroubleHandler(logging.Handler):
         self.flag.set()
 
 
+class Settler:
+    """Files that had events, each waiting until it stops changing (debounced per path).
+
+    Owned by the watch loop's thread: the watchdog thread only queues events, which the loop
+    hands to `note`. `config` is replaced by a reload.
+    """
+
+    def __init__(self, config: Config, tuning: Tuning, clock: Callable[[], float],
+                 wall: Callable[[], float]) -> None:
+        self.config = config
+        self.tuning = tuning
+        self.clock, self.wall = clock, wall
+        self.candidates: dict[str, Candidate] = {}
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __bool__(self) -> bool:
+        return bool(self.candidates)
+
+    def clear(self) -> None:
+        self.candidates.clear()
+
+    def still_writing(self, relpath: str) -> None:
+        """A file too young for a pass: watch it until it settles, events or not."""
+        self.candidates.setdefault(relpath, Candidate(last_event=0.0))
+
+    def _relpath(self, path: str | bytes) -> str | None:
+        path = os.fsdecode(path)
+        rel = os.path.relpath(path, self.config.folder)
+        if rel == "." or rel.startswith("../") or rel == "..":
+            return None
+        rel = rel.replace(os.sep, "/")
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return rel
+
+    def note(self, event: Any) -> None:
+        """One watchdog event."""
+        now = self.clock()
+        kind = event.event_type
+        src = self._relpath(event.src_path)
+        dest = self._relpath(getattr(event, "dest_path", "") or "") if kind == "moved" else None
+        if event.is_directory:
+            if kind in ("created", "moved") and (dest or src):
+                self._enumerate(dest if kind == "moved" else src)
+            if kind in ("moved", "deleted") and src:
+                for path in [p for p in self.candidates if p.startswith(src + "/")]:
+                    del self.candidates[path]
+            return
+        if kind in ("deleted", "moved") and src:
+            self.candidates.pop(src, None)
+        target = dest if kind == "moved" else src
+        if kind == "opened" and target in self.candidates:
+            self.candidates[target].closed = False      # opened again: wait for its close
+        if target is None or kind in ("deleted", "opened", "closed_no_write"):
+            return
+        if skip_reason(target, self.config.scan) is not None or any(
+                skip_reason(part, self.config.scan, is_dir=True) for part in self._parents(target)):
+            return
+        candidate = self.candidates.setdefault(target, Candidate(last_event=now))
+        candidate.last_event = now
+        # A close after writing, or a rename into the final name, says the writer is done; a chmod
+        # or touch after that (a "modified" event) does not take it back.
+        candidate.closed = candidate.closed or kind in ("closed", "moved")
+
+    @staticmethod
+    def _parents(relpath: str) -> Iterator[str]:
+        parts = relpath.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            yield "/".join(parts[:i])
+
+    def _enumerate(self, reldir: str) -> None:
+        """A folder appeared (mkdir + copy, or mv of a whole tree): its files may have no events."""
+        if any(skip_reason(part, self.config.scan, is_dir=True) for part in [*self._parents(reldir), reldir]):
+            return
+        for _, entries in walk_folder(self.config.folder, self.config.scan, start=reldir):
+            for entry in entries:
+                # last_event 0: no event seen, so the file's own mtime decides when it is settled
+                self.candidates.setdefault(entry.relpath, Candidate(last_event=0.0))
+
+    def settled_entries(self) -> list[FileEntry]:
+        """Candidates whose size and mtime held still long enough; the rest keep waiting."""
+        now, wall = self.clock(), self.wall()
+        settle = self.config.scan.settle_seconds
+        ready: list[FileEntry] = []
+        for relpath, candidate in list(self.candidates.items()):
+            path = os.path.join(self.config.folder, relpath)
+            found = current_stat(path)
+            if found is None or (not self.config.scan.follow_symlinks and os.path.islink(path)):
+                del self.candidates[relpath]
+                continue
+            if found != candidate.seen:          # still changing: watch it one more turn
+                candidate.seen = found
+                continue
+            quiet = now - candidate.last_event
+            age = wall - found[1] / 1e9
+            if (candidate.closed and quiet >= min(self.tuning.close_grace, settle)) or (
+                    quiet >= settle and age >= settle):
+                del self.candidates[relpath]
+                ready.append(FileEntry(relpath, path, *found))
+        return ready
+
+
+
 def watch_limit_message(exc: OSError) -> str:
     if exc.errno == errno.EMFILE:
         return ("inotify instance limit reached; raise it with "
@@ -4757,7 +5240,8 @@ class WatchService:
                  notifier: SystemdNotifier | None = None,
                  observer_factory: Callable[[bool, float], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 client_factory: Callable[[Config], CdnClient] | None = None) -> None:
+                 tuning: Tuning = Tuning(),
+                 client_factory: Callable[[Config], SubmitClient] | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.stop = stop
@@ -4766,22 +5250,23 @@ class WatchService:
         self.notifier = notifier or SystemdNotifier({})
         self.observer_factory = observer_factory or self._make_observer
         self.clock, self.wall = clock, wall
+        self.tuning = tuning
         self.client_factory = client_factory or (
             lambda c: CdnClient(c.api, pool_size=c.submit_workers, stop=stop))
-        self.activity = Activity(wall)
-        self.activity.mode = "watch"
+        self.activity = Activity(wall, mode="watch")
         self.monitor: MonitorServer | None = None
+        self.settler = Settler(config, tuning, clock, wall)
         self.pipeline = Pipeline(config, ledger, self.client_factory(config), stop=stop, clock=wall,
-                                 on_waiting=self._still_writing, cdn_retry_pause=CDN_RETRY_PAUSE,
-                                 activity=self.activity)
+                                 monotonic=clock, tuning=tuning, on_waiting=self.settler.still_writing,
+                                 cdn_retry_pause=tuning.cdn_retry_pause, activity=self.activity)
         self.pipeline.on_pass_done = self._pass_done
-        self.candidates: dict[str, Candidate] = {}
         self.collector = EventCollector(self.pipeline.wake)
         self.observer: Any = None
         self.polling = config.scan.poll
         self.rescan_now = threading.Event()
         self.rescan_after_pass = False
         self.passes = self.passes_done = self.turns = 0
+        self.idle_turns = 0      # turns in a row that ended with nothing settling, hashed or sent (for tests)
         self.next_rescan = math.inf
         self.last_ping = self.last_status = -math.inf
         self._trouble = WatchdogTroubleHandler(self.rescan_now)
@@ -4849,8 +5334,8 @@ class WatchService:
         try:
             started = self.pipeline.start_scan()
         except ConfigError as exc:           # the folder gone for a moment (a mount): try again later
-            log.error("%s; trying again in %gs", exc, CDN_RETRY_PAUSE)
-            self.next_rescan = self.clock() + CDN_RETRY_PAUSE
+            log.error("%s; trying again in %gs", exc, self.tuning.cdn_retry_pause)
+            self.next_rescan = self.clock() + self.tuning.cdn_retry_pause
             return
         if started:
             self.passes += 1
@@ -4872,7 +5357,7 @@ class WatchService:
 
     # -- one turn of the loop -------------------------------------------------------
 
-    def iteration(self, tick: float = LOOP_TICK) -> None:
+    def iteration(self, tick: float | None = None) -> None:
         """Take events, hand settled files to the pipeline, start a rescan when due, step, ping."""
         self.turns += 1
         if self.reload.is_set():
@@ -4890,99 +5375,24 @@ class WatchService:
             self.start_pass()
         elif self.clock() >= self.next_rescan:
             self.start_pass()
-        ready = self.settled_entries()
+        ready = self.settler.settled_entries()
         if ready:
             self.pipeline.add_fresh(ready)
-        self.activity.waiting = len(self.candidates)
-        self.pipeline.step(timeout=tick)
+        self.activity.set_waiting(len(self.settler))
+        self.pipeline.step(timeout=self.tuning.loop_tick if tick is None else tick)
+        self.idle_turns = 0 if self.settler or self.pipeline.busy_here() else self.idle_turns + 1
         if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError)):
             raise self.pipeline.summary.fatal        # wrong credentials or addresses stop the service
         self.ping_if_due()
 
     def drain_events(self) -> None:
-        """Fold queued events into candidates (debounced per path)."""
+        """Fold queued events into the settler's candidates."""
         while True:
             try:
                 event = self.collector.events.get_nowait()
             except queue.Empty:
                 return
-            self._note(event)
-
-    def _relpath(self, path: str | bytes) -> str | None:
-        path = os.fsdecode(path)
-        rel = os.path.relpath(path, self.config.folder)
-        if rel == "." or rel.startswith("../") or rel == "..":
-            return None
-        rel = rel.replace(os.sep, "/")
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        return rel
-
-    def _note(self, event: Any) -> None:
-        now = self.clock()
-        kind = event.event_type
-        src = self._relpath(event.src_path)
-        dest = self._relpath(getattr(event, "dest_path", "") or "") if kind == "moved" else None
-        if event.is_directory:
-            if kind in ("created", "moved") and (dest or src):
-                self._enumerate(dest if kind == "moved" else src)
-            if kind in ("moved", "deleted") and src:
-                for path in [p for p in self.candidates if p.startswith(src + "/")]:
-                    del self.candidates[path]
-            return
-        if kind in ("deleted", "moved") and src:
-            self.candidates.pop(src, None)
-        target = dest if kind == "moved" else src
-        if kind == "opened" and target in self.candidates:
-            self.candidates[target].closed = False      # opened again: wait for its close
-        if target is None or kind in ("deleted", "opened", "closed_no_write"):
-            return
-        if skip_reason(target, self.config.scan) is not None or any(
-                skip_reason(part, self.config.scan, is_dir=True) for part in self._parents(target)):
-            return
-        candidate = self.candidates.setdefault(target, Candidate(last_event=now))
-        candidate.last_event = now
-        # A close after writing, or a rename into the final name, says the writer is done; a chmod
-        # or touch after that (a "modified" event) does not take it back.
-        candidate.closed = candidate.closed or kind in ("closed", "moved")
-
-    @staticmethod
-    def _parents(relpath: str) -> Iterator[str]:
-        parts = relpath.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            yield "/".join(parts[:i])
-
-    def _enumerate(self, reldir: str) -> None:
-        """A folder appeared (mkdir + copy, or mv of a whole tree): its files may have no events."""
-        if any(skip_reason(part, self.config.scan, is_dir=True) for part in [*self._parents(reldir), reldir]):
-            return
-        for _, entries in walk_folder(self.config.folder, self.config.scan, start=reldir):
-            for entry in entries:
-                # last_event 0: no event seen, so the file's own mtime decides when it is settled
-                self.candidates.setdefault(entry.relpath, Candidate(last_event=0.0))
-
-    def settled_entries(self) -> list[FileEntry]:
-        """Candidates whose size and mtime held still long enough; the rest keep waiting."""
-        now, wall = self.clock(), self.wall()
-        settle = self.config.scan.settle_seconds
-        ready: list[FileEntry] = []
-        for relpath, candidate in list(self.candidates.items()):
-            path = os.path.join(self.config.folder, relpath)
-            found = current_stat(path)
-            if found is None or (not self.config.scan.follow_symlinks and os.path.islink(path)):
-                del self.candidates[relpath]
-                continue
-            if found != candidate.seen:          # still changing: watch it one more turn
-                candidate.seen = found
-                continue
-            quiet = now - candidate.last_event
-            age = wall - found[1] / 1e9
-            if (candidate.closed and quiet >= min(CLOSE_GRACE, settle)) or (quiet >= settle and age >= settle):
-                del self.candidates[relpath]
-                ready.append(FileEntry(relpath, path, *found))
-        return ready
+            self.settler.note(event)
 
     def ping_if_due(self) -> None:
         """Tell systemd's watchdog we are alive (from the loop only), and what we are doing."""
@@ -4991,7 +5401,7 @@ class WatchService:
         if interval and now - self.last_ping >= interval:
             self.notifier.watchdog()
             self.last_ping = now
-        if now - self.last_status >= STATUS_EVERY:
+        if now - self.last_status >= self.tuning.status_every:
             self.notifier.status(self.status_line())
             self.last_status = now
 
@@ -5001,11 +5411,7 @@ class WatchService:
                  f"({summary.bytes_hashed / 1e9:.1f} GB)" if self.pipeline.scanning else "idle")
         paused = " | CDN unreachable, trying again soon" if self.pipeline.paused else ""
         return (f"watching {self.config.folder} | {doing} | {summary.submitted} submitted, "
-                f"{summary.confirmed} confirmed, {len(self.candidates)} settling{paused}")
-
-    def _still_writing(self, relpath: str) -> None:
-        """A file too young for this pass: watch it until it settles, events or not."""
-        self.candidates.setdefault(relpath, Candidate(last_event=0.0))
+                f"{summary.confirmed} confirmed, {len(self.settler)} settling{paused}")
 
     # -- reload (SIGHUP, or `cdn_push.py reload`) ------------------------------------
 
@@ -5038,11 +5444,11 @@ class WatchService:
         changed = config_changes(self.config, new)
         restart = (new.folder, new.scan.poll, new.scan.poll_interval) != (
             self.config.folder, self.config.scan.poll, self.config.scan.poll_interval)
-        self.config = new
+        self.config = self.settler.config = new
         self.pipeline.reconfigure(new, self.client_factory(new))
         if restart:
             self.stop_watching()
-            self.candidates.clear()
+            self.settler.clear()
             self.polling = new.scan.poll
             self.start_watching()
         if changed:
@@ -5161,13 +5567,13 @@ def demo_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def demo_emulator() -> Iterator[str]:
-    """The CDN emulator (tests/cdn_emulator.py) as a process of its own; yields its API URL."""
+    """The CDN emulator (cdn_emulator.py, beside this module) as a process of its own; yields its API URL."""
     import shlex
     import subprocess
 
-    script = Path(__file__).resolve().parent / "tests" / "cdn_emulator.py"
+    script = Path(__file__).resolve().parent / "cdn_emulator.py"
     if not script.exists():
-        raise ConfigError(f"the demo needs {script} (it ships in the project's tests/ folder)")
+        raise ConfigError(f"the demo needs {script} (it ships beside cdn_push.py)")
     process = subprocess.Popen([sys.executable, str(script), "--port", "0", "--login", DEMO_LOGIN,
                                 "--password", DEMO_PASSWORD], stdout=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL)

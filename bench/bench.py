@@ -218,7 +218,7 @@ def rows_tree(work: Path, count: int, million: bool, wanted: set[int]) -> list[R
 
 def start_emulator(delay: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cdn_emulator.py"), "--port", str(port),
+    process = subprocess.Popen([sys.executable, str(ROOT / "cdn_emulator.py"), "--port", str(port),
                                 "--login", "bench", "--password", "bench-secret", "--answer-delay", str(delay)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     process.stdout.readline()

@@ -315,13 +315,13 @@ def test_confirmations_failures_and_the_confirm_queue(drop, emulator, monitored)
     assert sum(chart["imports"]) == 4 and sum(chart["confirmations"]) == 3
 
 
-def test_cdn_up_is_0_while_the_api_is_unreachable_and_1_when_it_is_back(drop, raw_config, monitored, monkeypatch):
-    monkeypatch.setattr(cdn_push, "CDN_RETRY_PAUSE", 0.5)
+def test_cdn_up_is_0_while_the_api_is_unreachable_and_1_when_it_is_back(drop, raw_config, monitored):
     api_port = free_port()                                  # nothing listens there yet
     write_files(drop, {"a.mp4": b"waits for the CDN"})
     before = time.time()
     running, port = monitored(api={**raw_config["api"], "url": f"http://127.0.0.1:{api_port}/api2"},
-                              wait_for_first_pass=False)
+                              wait_for_first_pass=False,
+                              service_kwargs={"tuning": cdn_push.Tuning(cdn_retry_pause=0.5)})
 
     def down() -> dict:
         assert metric(scrape(port), "cdn_push_cdn_up") == 0

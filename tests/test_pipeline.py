@@ -12,6 +12,7 @@ import cdn_push
 from cdn_push import (DECISION_CHANGED, DECISION_CONFLICT, DECISION_NEW, DECISION_STILL_REJECTED,
                       DECISION_UNCHANGED, FileEntry, Ledger, LedgerRow, Pipeline)
 from conftest import AWKWARD_FILES, write_files
+from fakes import FakeCdnClient
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -102,16 +103,13 @@ def test_awkward_folder_is_imported_verified_and_recorded(drop, emulator, make_c
     assert all(r.accepted_sha256 == hashlib.sha256(AWKWARD_FILES[p]).hexdigest() for p, r in ledger.items())
 
 
-def test_second_pass_reads_nothing_and_submits_nothing(drop, emulator, make_config, monkeypatch):
+def test_second_pass_reads_nothing_and_submits_nothing(drop, emulator, make_config):
     write_files(drop, AWKWARD_FILES)
     config = make_config()
     run(config)
-    hashed = []
-    real_hash = cdn_push.hash_file
-    monkeypatch.setattr(cdn_push, "hash_file", lambda entry, *a: hashed.append(entry) or real_hash(entry, *a))
     summary = run(config)
     assert (summary.unchanged, summary.new, summary.submitted) == (len(AWKWARD_FILES), 0, 0)
-    assert hashed == [] and summary.bytes_hashed == 0
+    assert summary.hashed_files == 0 and summary.bytes_hashed == 0
     assert len(emulator.requests) == len(AWKWARD_FILES)
 
 
@@ -313,41 +311,19 @@ def test_queue_rank(priority, fresh, rank):
     assert cdn_push.queue_rank(priority, fresh) == rank
 
 
-class GatedClient:
-    """A CDN client whose answers the test releases one at a time; records what was sent, in order."""
-
-    def __init__(self):
-        self.sent = []
-        self.gate = threading.Semaphore(0)
-        self.lock = threading.Lock()
-
-    def prepare(self):
-        pass
-
-    def cancel(self):
-        pass
-
-    def add_file(self, params):
-        with self.lock:
-            self.sent.append(params["name"])
-        self.gate.acquire()
-        return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", "ok")
-
-    def close(self):
-        pass
-
-
 def step_until(pipeline, predicate, what, timeout=10.0):
+    """Turn the pipeline's loop until `predicate` holds, checking its path table after every turn."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         pipeline.step(timeout=0.01)
+        pipeline.check_invariants()
 
 
 def test_the_first_request_leaves_before_the_pass_ends_and_a_fresh_file_overtakes_the_backlog(drop, make_config):
     write_files(drop, {f"backlog/{i:02}.mp4": b"b%d" % i for i in range(20)})
     config = make_config(workers={"hash": 1, "submit": 1}, rules=[{"match": "urgent/**", "fetch_prio": 2}])
-    client = GatedClient()
+    client = FakeCdnClient().hold()
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, client)
         pipeline.start_scan()
@@ -360,11 +336,11 @@ def test_the_first_request_leaves_before_the_pass_ends_and_a_fresh_file_overtake
         pipeline.start_scan()       # a rescan finds urgent/x.mp4, which a fetch_prio rule matches
         step_until(pipeline, lambda: not pipeline.scanning and "urgent/x.mp4" in ledger_paths(ledger), "rescan")
         for expected_length in range(2, 5):
-            client.gate.release()
+            client.release()
             step_until(pipeline, lambda: len(client.sent) >= expected_length, "the next request")
         assert client.sent[:4] == ["backlog/00.mp4", "urgent/x.mp4", "fresh.mp4", "backlog/01.mp4"]
         for _ in range(30):
-            client.gate.release()
+            client.release()
         step_until(pipeline, lambda: not pipeline.busy(), "everything sent")
         pipeline.halt()
         assert pipeline.summary.submitted == 22
@@ -375,14 +351,13 @@ def ledger_paths(ledger):
     return {row.path for row in ledger.all_rows()}
 
 
-def test_stop_during_the_scan_keeps_what_was_hashed_and_a_rerun_finishes(drop, emulator, make_config,
-                                                                        monkeypatch):
+def test_stop_during_the_scan_keeps_what_was_hashed_and_a_rerun_finishes(drop, emulator, make_config):
     write_files(drop, {f"d{i // 50}/f{i:03}.mp4": b"x%d" % i for i in range(300)})
-    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)     # one file per step: the stop lands mid-scan
     config = make_config(workers={"hash": 1, "submit": 1})
     stop = threading.Event()
     with Ledger.open(config.ledger) as ledger:
-        pipeline = Pipeline(config, ledger, None, stop=stop)
+        # one file per step: the stop lands mid-scan
+        pipeline = Pipeline(config, ledger, None, stop=stop, tuning=cdn_push.Tuning(scan_slice=0.0))
         pipeline.start_scan()
         step_until(pipeline, lambda: pipeline.summary.hashed_files >= 120, "some hashing")
         stop.set()
@@ -390,7 +365,6 @@ def test_stop_during_the_scan_keeps_what_was_hashed_and_a_rerun_finishes(drop, e
         kept = ledger_paths(ledger)
         assert pipeline.scanning is False
     assert len(kept) == pipeline.summary.hashed_files and 120 <= len(kept) < 300
-    monkeypatch.undo()
     summary = run(config)
     assert summary.hashed_files == 300 - len(kept) and summary.submitted == 300
     assert_names(emulator, {f"d{i // 50}/f{i:03}.mp4" for i in range(300)})
@@ -409,10 +383,12 @@ def test_stop_while_a_large_file_is_hashed_cuts_the_hash_short(drop, make_config
     os.utime(big, (old, old))
     config = make_config(workers={"hash": 1, "submit": 1})
     started = threading.Event()
+
+    def hash_and_tell(entry, progress, cancel):
+        return cdn_push.hash_outcome(entry, lambda n: (started.set(), progress(n)), cancel)
+
     with Ledger.open(config.ledger) as ledger:
-        pipeline = Pipeline(config, ledger, None)
-        real = pipeline._progress
-        pipeline._progress = lambda n: (started.set(), real(n))
+        pipeline = Pipeline(config, ledger, None, hash_function=hash_and_tell)
         pipeline.start_scan()
         step_until(pipeline, started.is_set, "hashing under way")
         began = time.monotonic()
@@ -425,7 +401,7 @@ def test_stop_while_a_large_file_is_hashed_cuts_the_hash_short(drop, make_config
 def test_stop_while_requests_are_out_lets_them_finish_and_records_their_answers(drop, make_config):
     write_files(drop, {f"{i}.mp4": b"%d" % i for i in range(6)})
     config = make_config(workers={"hash": 1, "submit": 2})
-    client = GatedClient()
+    client = FakeCdnClient().hold()
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, client)
         pipeline.start_scan()
@@ -433,7 +409,7 @@ def test_stop_while_requests_are_out_lets_them_finish_and_records_their_answers(
         pipeline.stop.set()
         halted = threading.Thread(target=pipeline.halt)
         halted.start()
-        client.gate.release(2)
+        client.release(2)
         halted.join(10)
         assert not halted.is_alive()
         states = {row.path: row.state for row in ledger.all_rows()}
@@ -450,17 +426,19 @@ def test_a_full_queue_gives_way_to_a_more_urgent_job_only():
     assert [queue.get(timeout=0).row.path for _ in range(2)] == ["fresh", "b1"]
 
 
-def test_a_big_folder_is_taken_in_chunks_so_one_turn_stays_short(drop, make_config, monkeypatch):
+def test_a_big_folder_is_taken_in_chunks_so_one_turn_stays_short(drop, make_config):
     write_files(drop, {f"f{i:03}.mp4": b"%d" % i for i in range(35)})
-    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)          # one unit of work per step
-    monkeypatch.setattr(cdn_push, "FOLDER_CHUNK", 10)
     config = make_config()
     with Ledger.open(config.ledger) as ledger:
-        pipeline = Pipeline(config, ledger, None)
+        # one unit of work per step, ten files a chunk
+        pipeline = Pipeline(config, ledger, None, tuning=cdn_push.Tuning(scan_slice=0.0, folder_chunk=10))
         pipeline.start_scan()
-        pipeline.step(timeout=0)                              # the folder is listed
-        pipeline.step(timeout=0)                              # its first chunk looked at
-        assert len(pipeline._scan_work) == 10 and len(pipeline._folder[0]) == 25
+        pipeline.step(timeout=0)                              # the folder is listed, its first chunk looked at
+        pipeline.check_invariants()
+        assert pipeline.table.count(cdn_push.Stage.TO_HASH) == 10 and pipeline.summary.hashed_files == 0
+        pipeline.step(timeout=0)                              # one file hashed: the walk waits for the rest
+        pipeline.check_invariants()
+        assert pipeline.table.count(cdn_push.Stage.TO_HASH) == 9 and pipeline.summary.hashed_files == 1
         step_until(pipeline, lambda: not pipeline.scanning, "the pass")
         pipeline.halt()
         assert pipeline.summary.hashed_files == 35 and len(ledger_paths(ledger)) == 35

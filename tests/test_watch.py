@@ -23,6 +23,7 @@ import yaml
 import cdn_push
 from cdn_push import Ledger, WatchService
 from conftest import ROOT, start_cdn_push, write_files
+from fakes import FakeCdnClient
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -65,21 +66,11 @@ class Running:
             self.ready.set()
 
     def wait_idle(self, turns=3, timeout=20.0):
-        """Nothing settling, queued, hashed or scanned, and no event waiting, for `turns` loop turns:
-        whatever was going to be submitted has been."""
-        service, deadline, since = self.service, time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            pipeline = service.pipeline
-            quiet = not (service.candidates or pipeline._queued or pipeline.scanning or pipeline._hashing
-                         or pipeline._fresh_work or pipeline._decided or not service.collector.events.empty())
-            if not quiet:
-                since = None
-            elif since is None:
-                since = service.turns
-            elif service.turns >= since + turns:
-                return
-            time.sleep(0.02)
-        raise AssertionError("the service never became idle")
+        """Nothing settling, queued, hashed or scanned for `turns` loop turns in a row: whatever was
+        going to be submitted has been."""
+        start = self.service.turns
+        wait_for(lambda: self.service.idle_turns >= turns and self.service.turns >= start + turns
+                 and self.service.collector.events.empty(), timeout, what="the service to become idle")
 
     def close(self):
         self.stop.set()
@@ -213,17 +204,15 @@ def test_deleted_before_settling_is_never_submitted(drop, emulator, watch):
     assert names(emulator) == ["stays.mp4"]
 
 
-def test_moved_file_is_imported_under_its_new_name_without_hashing_again(drop, emulator, watch, monkeypatch):
+def test_moved_file_is_imported_under_its_new_name_without_hashing_again(drop, emulator, watch):
     write_files(drop, {"inbox/a.mp4": os.urandom(5000)})
     running = watch()
     wait_for(lambda: names(emulator) == ["inbox/a.mp4"], what="the first pass")
-    hashed = []
-    real = cdn_push.hash_file
-    monkeypatch.setattr(cdn_push, "hash_file", lambda entry, *a: hashed.append(entry.relpath) or real(entry, *a))
+    hashed_before = running.service.pipeline.summary.hashed_files
     os.makedirs(drop / "published")
     os.rename(drop / "inbox" / "a.mp4", drop / "published" / "a.mp4")
     wait_for(lambda: "published/a.mp4" in names(emulator))
-    assert hashed == []
+    assert running.service.pipeline.summary.hashed_files == hashed_before
     assert emulator.requests[-1]["chksum"] == emulator.requests[0]["chksum"]
     running.close()
 
@@ -475,36 +464,18 @@ class Event:
                                                                              is_directory, str(dest_path))
 
 
-class RecordingClient:
-    def __init__(self):
-        self.sent = []
-
-    def prepare(self):
-        pass
-
-    def cancel(self):
-        pass
-
-    def add_file(self, params):
-        self.sent.append(params["name"])
-        return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", "ok")
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def loop(drop, make_config):
     made = []
 
-    def make(**sections):
+    def make(tuning=cdn_push.Tuning(), **sections):
         sections.setdefault("scan", {"settle_seconds": 30, "rescan_interval": 3600})
         config = make_config(**sections)
         ledger = Ledger.open(config.ledger)
-        client, observer = RecordingClient(), FakeObserver()
+        client, observer = FakeCdnClient(), FakeObserver()
         clock, wall = Clock(1000.0), Clock(time.time())
         service = WatchService(config, ledger, stop=threading.Event(), observer_factory=lambda p, i: observer,
-                               clock=clock, wall=wall, client_factory=lambda c: client)
+                               clock=clock, wall=wall, tuning=tuning, client_factory=lambda c: client)
         service.start_watching()
         service.start_pass()
         made.append(service)
@@ -523,6 +494,7 @@ def turn(service, predicate, what, turns=500):
         if predicate():
             return
         service.iteration(tick=0.01)
+        service.pipeline.check_invariants()
     raise AssertionError(f"{what} did not happen in {turns} turns")
 
 
@@ -537,10 +509,10 @@ def test_loop_close_after_write_goes_after_the_grace_not_before(drop, loop):
     for kind in ("created", "modified", "closed"):
         service.collector.on_any_event(Event(kind, drop / "a.mp4"))
     service.iteration(tick=0)                      # first look: size and mtime noted
-    clock.advance(cdn_push.CLOSE_GRACE / 2)
+    clock.advance(service.tuning.close_grace / 2)
     service.iteration(tick=0)
-    assert "a.mp4" in service.candidates and client.sent == []
-    clock.advance(cdn_push.CLOSE_GRACE)
+    assert "a.mp4" in service.settler.candidates and client.sent == []
+    clock.advance(service.tuning.close_grace)
     turn(service, lambda: client.sent == ["a.mp4"], "a.mp4 sent")
 
 
@@ -559,14 +531,14 @@ def test_loop_settling_by_events(drop, loop, events, fast):
         service.collector.on_any_event(Event(kind, drop / (".b.tmp" if kind == "moved" else "b.mp4"),
                                              dest_path=dest))
     service.iteration(tick=0)
-    clock.advance(cdn_push.CLOSE_GRACE + 0.01)
+    clock.advance(service.tuning.close_grace + 0.01)
     service.iteration(tick=0)
-    assert ("b.mp4" not in service.candidates) is fast
+    assert ("b.mp4" not in service.settler.candidates) is fast
     if not fast:
         clock.advance(30)
         wall.advance(31)                              # the file is older than settle_seconds now too
         service.iteration(tick=0)
-        assert "b.mp4" not in service.candidates
+        assert "b.mp4" not in service.settler.candidates
     turn(service, lambda: client.sent == ["b.mp4"], "b.mp4 sent")
 
 
@@ -585,9 +557,8 @@ def test_loop_rescans_when_due_and_after_the_watcher_died(drop, loop):
     assert observer.started == 2 and service.passes == 3
 
 
-def test_loop_a_rescan_asked_during_a_pass_runs_after_it(drop, loop, monkeypatch):
-    service, client, clock, wall, _ = loop()
-    monkeypatch.setattr(cdn_push, "SCAN_SLICE", 0.0)
+def test_loop_a_rescan_asked_during_a_pass_runs_after_it(drop, loop):
+    service, client, clock, wall, _ = loop(tuning=cdn_push.Tuning(scan_slice=0.0))
     write_files(drop, {f"d{i}/f.mp4": b"%d" % i for i in range(20)})
     service.start_pass()
     service.iteration(tick=0)

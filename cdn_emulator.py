@@ -17,7 +17,7 @@ It behaves as docs/cdn-api.md describes the real API. It is a real HTTP server o
 ``StaticOrigin`` is a small Range-capable web server for a folder, with optional basic auth:
 the "customer's web server" in tests and in the demo.
 
-Run on its own: ``python tests/cdn_emulator.py [--origin-folder FOLDER]``; ``--help`` lists the
+Run on its own: ``python cdn_emulator.py [--origin-folder FOLDER]``; ``--help`` lists the
 options and their defaults. The first line it prints names the API URL, login and password.
 """
 
@@ -635,7 +635,7 @@ and with --origin-folder a second one:
 
 EPILOG = f"""\
 example, trying cdn-push against it by hand:
-  .venv/bin/python tests/cdn_emulator.py --origin-folder /tmp/drop
+  .venv/bin/python cdn_emulator.py --origin-folder /tmp/drop
   then a config.yaml with
     folder: /tmp/drop
     api: {{url: "http://127.0.0.1:{DEFAULT_PORT}/api2", login: {DEFAULT_LOGIN}}}

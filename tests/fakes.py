@@ -1,0 +1,56 @@
+"""One stand-in for the CDN client, shared by the pipeline and watch tests."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Mapping
+
+import cdn_push
+
+
+def accepted(params: Mapping[str, str]) -> cdn_push.CdnAnswer:
+    return cdn_push.CdnAnswer(cdn_push.OUTCOME_ACCEPTED, 200, "ok", '{"status":"ok"}')
+
+
+class FakeCdnClient:
+    """Stands in for cdn_push.CdnClient (a cdn_push.SubmitClient): records every file/add in the order
+    sent and answers with `answer(params)` (accepted by default), or raises what it returns if that
+    is an exception. After `hold()`, each request waits until the test `release()`s it."""
+
+    def __init__(self, answer: Callable[[Mapping[str, str]], object] = accepted) -> None:
+        self.answer = answer
+        self.sent: list[str] = []
+        self.requests: list[dict[str, str]] = []
+        self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
+        self.closed = self.cancelled = False
+        self._lock = threading.Lock()
+        self._gate: threading.Semaphore | None = None
+
+    def hold(self) -> "FakeCdnClient":
+        self._gate = threading.Semaphore(0)
+        return self
+
+    def release(self, count: int = 1) -> None:
+        assert self._gate is not None, "release() without hold()"
+        self._gate.release(count)
+
+    def prepare(self) -> None:
+        pass
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def add_file(self, params: Mapping[str, str]) -> cdn_push.CdnAnswer:
+        with self._lock:
+            self.sent.append(params["name"])
+            self.requests.append(dict(params))
+        if self._gate is not None:
+            self._gate.acquire()
+        outcome = self.answer(params)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, cdn_push.CdnAnswer)
+        return outcome
