@@ -19,6 +19,7 @@ Sections, in dependency order (each under a banner of its name):
 
     Constants and exit codes   states, decisions, exit codes, sizes
     Errors                     one root (CdnPushError), a class per area, the one error -> exit code map
+    Untrusted text             printable(), strict numbers, signed links masked (pure)
     Config                     the YAML file to a frozen Config: every key checked and named (pure)
     Rules and requests         globs, per-file overrides, locations, file/add fields (pure)
     Redaction and logging      printable(), Redactor, log formatting set up and torn down by main
@@ -217,6 +218,46 @@ EXIT_FOR_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 
 def exit_code_for(exc: BaseException) -> int:
     return next((code for kind, code in EXIT_FOR_ERROR if isinstance(exc, kind)), EXIT_BUG)
+
+
+# ----------------------------------------------------------------------------
+# Untrusted text
+# ----------------------------------------------------------------------------
+
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in SHORT_ESCAPES:
+        return SHORT_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def ascii_number(text: str, digits: int) -> bool:
+    """ASCII digits only, at most `digits` of them: int() would also take '²', '٣' or a 5000-digit number."""
+    return 0 < len(text) <= digits and text.isascii() and text.isdigit()
+
+
+def files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def printable(text: str) -> str:
+    """Untrusted text (file names, CDN answers, request paths) safe for a log line, the ledger or a
+    terminal: control characters, ANSI escapes and bidi overrides shown as escapes; pure."""
+    return UNPRINTABLE.sub(_escape, text) if UNPRINTABLE.search(text) else text
+
+
+SIGNED_PATH = re.compile(r"/(o/[^/\s]*|cb/[^/\s]*)/[^/\s]+/")
+
+
+def mask_signed_paths(text: str) -> str:
+    """Signed links and callback tokens out of a log line: they would let a reader fetch or forge."""
+    return SIGNED_PATH.sub(lambda m: f"/{m.group(1)}/{'<token>' if m.group(1).startswith('cb') else '<signature>'}/",
+                           text)
+
 
 
 # ----------------------------------------------------------------------------
@@ -1049,32 +1090,6 @@ def build_request(config: Config, relpath: str, size: int, sha256: str,
 # Redaction and logging
 # ----------------------------------------------------------------------------
 
-UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
-SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in SHORT_ESCAPES:
-        return SHORT_ESCAPES[char]
-    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-
-
-def ascii_number(text: str, digits: int) -> bool:
-    """ASCII digits only, at most `digits` of them: int() would also take '²', '٣' or a 5000-digit number."""
-    return 0 < len(text) <= digits and text.isascii() and text.isdigit()
-
-
-def files(count: int) -> str:
-    return f"{count} file" if count == 1 else f"{count} files"
-
-
-def printable(text: str) -> str:
-    """Untrusted text (file names, CDN answers, request paths) safe for a log line, the ledger or a
-    terminal: control characters, ANSI escapes and bidi overrides shown as escapes; pure."""
-    return UNPRINTABLE.sub(_escape, text) if UNPRINTABLE.search(text) else text
-
-
 class Redactor:
     """Replaces every known secret, raw or percent-encoded, by ***.
 
@@ -1358,9 +1373,7 @@ class LedgerRow(NamedTuple):
         return self._asdict()
 
 
-LEDGER_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name", "state", "priority",
-                  "attempts", "last_error", "response", "accepted_name", "accepted_size",
-                  "accepted_sha256", "retry_at", "updated_at")
+LEDGER_COLUMNS = LedgerRow._fields     # the files table's columns, but `dir` (derived from path)
 
 class QuickRow(NamedTuple):
     """What a rerun needs to see a file is unchanged; `accepted` is worked out by SQLite itself."""
@@ -2227,15 +2240,6 @@ def tls_handshake(context: Any, sock: socket.socket, deadline: float) -> Any:
             raise TimeoutError("the TLS handshake did not finish in time")
     tls.setblocking(True)
     return tls
-
-
-SIGNED_PATH = re.compile(r"/(o/[^/\s]*|cb/[^/\s]*)/[^/\s]+/")
-
-
-def mask_signed_paths(text: str) -> str:
-    """Signed links and callback tokens out of a log line: they would let a reader fetch or forge."""
-    return SIGNED_PATH.sub(lambda m: f"/{m.group(1)}/{'<token>' if m.group(1).startswith('cb') else '<signature>'}/",
-                           text)
 
 
 def bounded_int(digits: str) -> int:
@@ -3698,17 +3702,185 @@ def _no_progress(count: int) -> None:
     pass
 
 
+class Intake:
+    """Stages 1 and 2 on the owner thread: a pass's chunks and fresh drops triaged against the
+    ledger, hashed (by the Hasher), decided (by the Decider) and written as `pending` in small
+    transactions, so a kill loses no hashing work. Owner thread only; moves paths into TO_HASH
+    and DECIDED and out of DECIDED; `enqueue` sends a fresh pending row on at once."""
+
+    def __init__(self, ctx: RunContext, hasher: Hasher, decider: Decider, *,
+                 enqueue: Callable[[LedgerRow], int], on_waiting: Callable[[str], None]) -> None:
+        self.ctx = ctx
+        self.scanner = Scanner(ctx.ledger, ctx.tuning, self.problem)
+        self.hasher = hasher
+        self.decider = decider
+        self.enqueue = enqueue
+        self.on_waiting = on_waiting
+        self.waiting_examples: list[str] = []
+        self.private = dict(ctx.config.private_files)
+        self._private_warned: set[str] = set()
+        self._decided: list[tuple[LedgerRow, bool]] = []
+        self._last_flush = ctx.monotonic()
+        self._flush_soon = False
+        self._hashed_unreported = self._files_unreported = 0
+
+    @property
+    def scanning(self) -> bool:
+        return self.scanner.active or self.hasher.waiting_from_pass
+
+    def decided_paths(self) -> list[str]:
+        return [row.path for row, _ in self._decided]
+
+    def problem(self, relpath: str, why: str) -> None:
+        self.ctx.summary.unreadable += 1
+        self.ctx.activity.problem(relpath, why)
+        log.warning("skipped %s: %s", printable(relpath), why)
+
+    def waiting(self, relpath: str, why: str) -> None:
+        self.ctx.summary.waiting += 1
+        self.on_waiting(relpath)
+        if len(self.waiting_examples) < WAITING_SHOWN:
+            self.waiting_examples.append(f"{printable(relpath)} ({why})")
+        log.debug("waiting: %s: %s", printable(relpath), why)
+
+    def report_hashed(self) -> None:
+        """Told to the monitor once a step: a lock per small file costs more than its hash."""
+        if self._files_unreported:
+            self.ctx.activity.hashed(self._hashed_unreported, self._files_unreported)
+            self._hashed_unreported = self._files_unreported = 0
+
+    def hash_slice(self, budget: float) -> int:
+        """Scan and hash for about `budget` seconds (at least one file or folder); large files go
+        to the hash threads, and while they are all busy the walk waits too."""
+        deadline = self.ctx.monotonic() + budget
+        done = 0
+        while done == 0 or self.ctx.monotonic() < deadline:
+            if self.hasher.waiting:
+                took = self.hasher.hash_next()
+                if took is False:
+                    break
+                if isinstance(took, Hashed):
+                    self.hashed(took)
+                done += 1
+                continue
+            chunk = self.scanner.next_chunk()
+            if chunk is None:
+                break
+            self._take_chunk(chunk)
+            done += max(1, len(chunk.entries))
+        return done
+
+    def _take_chunk(self, chunk: FolderChunk) -> None:
+        """Files young enough to be still written wait for a later pass (or the watcher); the
+        ledger vouches for the others or they go on to be hashed."""
+        clock, settle = self.ctx.clock, self.ctx.config.scan.settle_seconds
+        settle_before_ns = int((clock() - settle) * 1e9)
+        settled = []
+        for entry in chunk.entries:
+            if entry.mtime_ns <= settle_before_ns or entry.relpath in self.private:
+                settled.append(entry)
+            elif not self.decider.unchanged(entry, chunk.known.get(entry.relpath)):    # young, new to the ledger
+                age = max(0.0, clock() - entry.mtime_ns / 1e9)
+                self.waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is {settle:g}")
+        self.look_at(settled, chunk.known, fresh=False)
+
+    def look_at(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
+        """Triage listed files: what the ledger vouches for is done with at once (unchanged, or
+        moved: no hashing); the rest goes to be hashed. A file already on its way is left alone
+        (one being sent that changed meanwhile is hashed again after its answer)."""
+        table, ledger = self.ctx.table, self.ctx.ledger
+        unknown: list[FileEntry] = []
+        for entry in entries:
+            path = entry.relpath
+            if path in self.private:
+                self._skip_private(path)
+                continue
+            stage = table.stage(path)
+            if stage in (Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
+                continue
+            row = known.get(path)
+            if stage is Stage.SUBMITTING:
+                if not same_file(entry, row):
+                    table.recheck.add(path)
+            elif not same_file(entry, row):
+                unknown.append(entry)
+            elif not self.decider.unchanged(entry, row):
+                self._decided_row(self.decider.decide(entry, ledger.get(path), row.sha256), fresh, stage)
+        moved = ledger.find_moved([e for e in unknown if e.relpath not in known])
+        for entry in unknown:
+            stage = table.stage(entry.relpath)
+            if entry.relpath in moved:
+                self._decided_row(self.decider.decide(entry, None, moved[entry.relpath]), fresh, stage)
+            else:
+                self.hasher.add(HashJob(entry, known.get(entry.relpath), fresh), stage)
+
+    def _skip_private(self, relpath: str) -> None:
+        if relpath not in self._private_warned:
+            self._private_warned.add(relpath)
+            log.warning("skipped %s: it is %s, which holds cdn-push's own secrets or state; keep it "
+                        "outside 'folder'", printable(relpath), self.private[relpath])
+
+    def collect_hashes(self) -> int:
+        done = self.hasher.finished()
+        for hashed in done:
+            self.hashed(hashed)
+        self._flush_soon = self._flush_soon or bool(done)    # a large file: worth its own transaction
+        return len(done)
+
+    def hashed(self, hashed: Hashed) -> None:
+        entry, outcome = hashed.job.entry, hashed.outcome
+        if isinstance(outcome, str):
+            summary = self.ctx.summary
+            summary.bytes_hashed += entry.size
+            summary.hashed_files += 1
+            self._hashed_unreported += entry.size
+            self._files_unreported += 1
+            # Read again now, not as listed (an answer may have come); a path unknown when listed stays
+            # unknown, as the table lets no other job take it meanwhile, so a first pass skips the read.
+            row = self.ctx.ledger.get(entry.relpath) if hashed.job.known is not None else None
+            self._decided_row(self.decider.decide(entry, row, outcome), hashed.job.fresh, Stage.HASHING)
+            return
+        self.ctx.table.move(entry.relpath, Stage.HASHING, None)
+        if isinstance(outcome, FileChangedError):
+            self.waiting(entry.relpath, "it changed while it was hashed")
+        elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
+            self.problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
+
+    def _decided_row(self, row: LedgerRow, fresh: bool, source: Stage | None) -> None:
+        self.ctx.table.move(row.path, source, Stage.DECIDED)
+        self._decided.append((row, fresh))
+
+    def flush(self, *, force: bool = False) -> None:
+        """Record decisions in one transaction; fresh and prio files go to the queue at once."""
+        if not self._decided:
+            return
+        ctx, tuning = self.ctx, self.ctx.tuning
+        urgent = self._flush_soon or any(fresh or row.priority for row, fresh in self._decided)
+        if not (force or urgent or len(self._decided) >= tuning.commit_every
+                or ctx.monotonic() - self._last_flush >= tuning.flush_every):
+            return
+        decided, self._decided = self._decided, []
+        self._last_flush, self._flush_soon = ctx.monotonic(), False
+        for row, _ in decided:
+            ctx.table.move(row.path, Stage.DECIDED, None)
+        if ctx.dry_run:
+            return
+        ctx.ledger.put_many([row for row, _ in decided], commit_every=1)
+        for row, fresh in decided:
+            if fresh and row.state == STATE_PENDING:
+                self.enqueue(row)
+
+
 class Pipeline:
     """Scan, hash, submit and confirm as concurrent stages, driven by `step()` on one thread.
 
-    That thread owns the ledger, the path table and every stage object: the Scanner walks the
-    folder a chunk at a time, the Hasher hashes small files inline and large ones on its threads,
-    decisions go to the ledger as `pending` in small transactions (a kill loses no hashing work),
-    the Feeder keeps the Submitter's workers busy from the ledger (never more than a few rows in
-    memory) and the Recorder writes their answers and the CDN's callbacks. Each path is in at
-    most one Stage at a time (`table`), which `check_invariants()` verifies against the stages.
-    `run_once()` is a one-shot run; the watch service calls `step()` from its loop and feeds
-    fresh drops with `add_fresh()`.
+    That thread owns the ledger, the path table and every stage object: the Intake walks the
+    folder (Scanner), hashes (Hasher) and decides (Decider); the Feeder keeps the Submitter's
+    workers busy from the ledger (never more than a few rows in memory); the Recorder writes
+    their answers and the CDN's callbacks. Each path is in at most one Stage at a time
+    (`table`), which `check_invariants()` verifies against the stages' own queues. `run_once()`
+    is a one-shot run; the watch service calls `step()` from its loop and feeds fresh drops
+    with `add_fresh()`.
     """
 
     def __init__(self, config: Config, ledger: Ledger, client: SubmitClient | None, *,
@@ -3721,7 +3893,6 @@ class Pipeline:
                  signer: UrlSigner | None = None, inbox: CallbackInbox | None = None,
                  cdn_retry_pause: float | None = None, activity: Activity | None = None) -> None:
         self.stop = stop or threading.Event()
-        self.on_waiting = on_waiting
         self.wake = threading.Event()
         self.table = PathTable()
         bars = ProgressBars(show_progress, out)
@@ -3730,23 +3901,17 @@ class Pipeline:
         self.serve_with(signer, inbox)
         if client is not None:
             client.on_retry = self.ctx.activity.retried
-        self.scanner = Scanner(ledger, tuning, self._problem)
         self.hasher = Hasher(self.table, config.hash_workers, tuning, hash_function, self.wake,
                              bars.hashed if show_progress else _no_progress)
-        self.decider = Decider(self.ctx, retry_rejected=retry_rejected)
+        self.intake = Intake(self.ctx, self.hasher, Decider(self.ctx, retry_rejected=retry_rejected),
+                             enqueue=lambda row: self.feeder.enqueue(row, fresh=True), on_waiting=on_waiting)
         self.recorder = Recorder(self.ctx)
         self.submitter = Submitter(client, self.wake)
         self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
-                             release=self._release, waiting=self._waiting)
-        self.waiting_examples: list[str] = []
+                             release=self._release, waiting=self.intake.waiting)
         self.pass_started: RunSummary | None = None
         self.on_pass_done: Callable[[RunSummary], None] = lambda summary: None
-        self._private = dict(config.private_files)
-        self._private_warned: set[str] = set()
-        self._decided: list[tuple[LedgerRow, bool]] = []
-        self._last_flush = monotonic()
-        self._flush_soon = self._halting = False
-        self._hashed_unreported = self._files_unreported = 0
+        self._halting = False
         self._confirm_deadline: float | None = None
 
     @property
@@ -3771,7 +3936,7 @@ class Pipeline:
 
     @property
     def scanning(self) -> bool:
-        return self.scanner.active or self.hasher.waiting_from_pass
+        return self.intake.scanning
 
     @property
     def paused(self) -> bool:
@@ -3788,13 +3953,15 @@ class Pipeline:
                 self.step()
         finally:
             self.halt()
-        self.summary.interrupted = self.stop.is_set()
+        summary = self.summary
+        summary.interrupted = self.stop.is_set()
         self._report_unconfirmed()
-        if self.summary.waiting:
-            more = self.summary.waiting - len(self.waiting_examples)
-            log.info("%s still being written, for a later run: %s%s", files(self.summary.waiting),
-                     "; ".join(self.waiting_examples), f"; and {more} more" if more > 0 else "")
-        return self.summary
+        if summary.waiting:
+            shown = self.intake.waiting_examples
+            more = summary.waiting - len(shown)
+            log.info("%s still being written, for a later run: %s%s", files(summary.waiting),
+                     "; ".join(shown), f"; and {more} more" if more > 0 else "")
+        return summary
 
     def finished(self) -> bool:
         """Nothing left to scan, hash, record or send; and every confirmation in (or waited for)."""
@@ -3813,8 +3980,8 @@ class Pipeline:
 
     def busy_here(self) -> bool:
         """Something is being scanned, hashed, recorded or sent (the ledger's backlog aside)."""
-        return bool(self.scanner.active or self.table.count(Stage.TO_HASH, Stage.HASHING, Stage.DECIDED,
-                                                            Stage.SUBMITTING))
+        return bool(self.intake.scanner.active or self.table.count(
+            Stage.TO_HASH, Stage.HASHING, Stage.DECIDED, Stage.SUBMITTING))
 
     def busy(self) -> bool:
         return self.busy_here() or bool(self.feeder.due_rows(1))
@@ -3826,12 +3993,12 @@ class Pipeline:
         callback wakes it.
         """
         self.wake.clear()
-        worked = self._collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
+        worked = self.intake.collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
         scanned = 0
         if not self.stop.is_set() and self.summary.fatal is None:
-            scanned = self._hash_slice(self.ctx.tuning.scan_slice)
+            scanned = self.intake.hash_slice(self.ctx.tuning.scan_slice)
         # While the scan streams small files, decisions go to the ledger in batches; otherwise at once.
-        self._flush_decided(force=not scanned)
+        self.intake.flush(force=not scanned)
         worked += scanned + self.feeder.feed()
         self._observe()
         self._finish_pass_if_done()
@@ -3840,9 +4007,7 @@ class Pipeline:
 
     def _observe(self) -> None:
         """What the monitor shows of the stages right now; a few small lists, every step."""
-        if self._files_unreported:      # told once a step: a lock per small file costs more than its hash
-            self.activity.hashed(self._hashed_unreported, self._files_unreported)
-            self._hashed_unreported = self._files_unreported = 0
+        self.intake.report_hashed()
         if self.ctx.bars.show:
             self.ctx.bars.show_hashed()
         self.submitter.close_retired_if_idle()
@@ -3856,10 +4021,10 @@ class Pipeline:
     def halt(self) -> None:
         """The one way out: stop producers, let requests in flight finish, record, commit."""
         self._halting = True
-        self.scanner.stop()
+        self.intake.scanner.stop()
         for hashed in self.hasher.halt():
-            self._hashed(hashed)
-        self._flush_decided(force=True)
+            self.intake.hashed(hashed)
+        self.intake.flush(force=True)
         self.feeder.hand_back(self.submitter.halt())
         self._collect_answers()
         if self.ctx.inbox is not None:
@@ -3889,14 +4054,12 @@ class Pipeline:
                         self.config.callback.wait_seconds)
 
     def check_invariants(self) -> None:
-        """Each path in one stage, and each stage's own containers agree with the table (tests call
-        this between steps; it reads every container, so it is not for production loops)."""
+        """Each path in one stage, and each stage's own queues agree with the table (tests call this
+        between steps; it reads every queue, so it is not for production loops)."""
         self.table.check()
-        held = {
-            Stage.TO_HASH: [job.entry.relpath for job in self.hasher.waiting_jobs()],
-            Stage.HASHING: [job.entry.relpath for job in self.hasher.running()],
-            Stage.DECIDED: [row.path for row, _ in self._decided],
-        }
+        held = {Stage.TO_HASH: [job.entry.relpath for job in self.hasher.waiting_jobs()],
+                Stage.HASHING: [job.entry.relpath for job in self.hasher.running()],
+                Stage.DECIDED: self.intake.decided_paths()}
         for stage, paths in held.items():
             if len(paths) != len(set(paths)) or set(paths) != set(self.table.paths(stage)):
                 raise AssertionError(f"pipeline bug: {stage.value}: the stage holds {sorted(paths)[:5]}, "
@@ -3926,14 +4089,14 @@ class Pipeline:
         if self.summary.fatal is not None:
             raise self.summary.fatal
 
-    # -- stages 1 and 2: scan and hash ------------------------------------------------
+    # -- passes, fresh drops, answers ----------------------------------------------------
 
     def start_scan(self) -> bool:
         """Begin a pass over the whole folder; False if one is running already (its large files
         still being hashed included)."""
         if self.scanning or self.pass_started is not None:
             return False
-        self.scanner.start(self.config)
+        self.intake.scanner.start(self.config)
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
         self.activity.pass_started()
         if self.feeder.feeding and self.submitter.client is not None and not self.ctx.dry_run:
@@ -3943,138 +4106,7 @@ class Pipeline:
     def add_fresh(self, entries: Sequence[FileEntry]) -> None:
         """Files that just settled (watch events): hashed and sent ahead of the pass's backlog."""
         known = {entry.relpath: self.ledger.quick_row(entry.relpath) for entry in entries}
-        self.look_at(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
-
-    def _problem(self, relpath: str, why: str) -> None:
-        self.summary.unreadable += 1
-        self.activity.problem(relpath, why)
-        log.warning("skipped %s: %s", printable(relpath), why)
-
-    def _hash_slice(self, budget: float) -> int:
-        """Scan and hash for about `budget` seconds (at least one file or folder); large files go
-        to the hash threads, and while they are all busy the walk waits too."""
-        deadline = self.ctx.monotonic() + budget
-        done = 0
-        while done == 0 or self.ctx.monotonic() < deadline:
-            if self.hasher.waiting:
-                took = self.hasher.hash_next()
-                if took is False:
-                    break
-                if isinstance(took, Hashed):
-                    self._hashed(took)
-                done += 1
-                continue
-            chunk = self.scanner.next_chunk()
-            if chunk is None:
-                break
-            self._take_chunk(chunk)
-            done += max(1, len(chunk.entries))
-        return done
-
-    def _take_chunk(self, chunk: FolderChunk) -> None:
-        """Files young enough to be still written wait for a later pass (or the watcher); the
-        ledger vouches for the others or they go on to be hashed."""
-        settle = self.config.scan.settle_seconds
-        settle_before_ns = int((self.ctx.clock() - settle) * 1e9)
-        settled = []
-        for entry in chunk.entries:
-            if entry.mtime_ns <= settle_before_ns or entry.relpath in self._private:
-                settled.append(entry)
-            elif not self.decider.unchanged(entry, chunk.known.get(entry.relpath)):    # young, new to the ledger
-                age = max(0.0, self.ctx.clock() - entry.mtime_ns / 1e9)
-                self._waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is {settle:g}")
-        self.look_at(settled, chunk.known, fresh=False)
-
-    def look_at(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
-        """Triage listed files: what the ledger vouches for is done with at once (unchanged, or
-        moved: no hashing); the rest goes to be hashed. A file already on its way is left alone
-        (one being sent that changed meanwhile is hashed again after its answer)."""
-        unknown: list[FileEntry] = []
-        for entry in entries:
-            path = entry.relpath
-            if path in self._private:
-                self._skip_private(path)
-                continue
-            stage = self.table.stage(path)
-            if stage in (Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
-                continue
-            row = known.get(path)
-            if stage is Stage.SUBMITTING:
-                if not same_file(entry, row):
-                    self.table.recheck.add(path)
-            elif not same_file(entry, row):
-                unknown.append(entry)
-            elif not self.decider.unchanged(entry, row):
-                self._decided_row(self.decider.decide(entry, self.ledger.get(path), row.sha256), fresh, stage)
-        moved = self.ledger.find_moved([e for e in unknown if e.relpath not in known])
-        for entry in unknown:
-            stage = self.table.stage(entry.relpath)
-            if entry.relpath in moved:
-                self._decided_row(self.decider.decide(entry, None, moved[entry.relpath]), fresh, stage)
-            else:
-                self.hasher.add(HashJob(entry, known.get(entry.relpath), fresh), stage)
-
-    def _skip_private(self, relpath: str) -> None:
-        if relpath not in self._private_warned:
-            self._private_warned.add(relpath)
-            log.warning("skipped %s: it is %s, which holds cdn-push's own secrets or state; keep it "
-                        "outside 'folder'", printable(relpath), self._private[relpath])
-
-    def _waiting(self, relpath: str, why: str) -> None:
-        self.summary.waiting += 1
-        self.on_waiting(relpath)
-        if len(self.waiting_examples) < WAITING_SHOWN:
-            self.waiting_examples.append(f"{printable(relpath)} ({why})")
-        log.debug("waiting: %s: %s", printable(relpath), why)
-
-    def _collect_hashes(self) -> int:
-        done = self.hasher.finished()
-        for hashed in done:
-            self._hashed(hashed)
-        self._flush_soon = self._flush_soon or bool(done)    # a large file: worth its own transaction
-        return len(done)
-
-    def _hashed(self, hashed: Hashed) -> None:
-        entry, outcome = hashed.job.entry, hashed.outcome
-        if isinstance(outcome, str):
-            self.summary.bytes_hashed += entry.size
-            self.summary.hashed_files += 1
-            self._hashed_unreported += entry.size
-            self._files_unreported += 1
-            # Read again now, not as listed (an answer may have come); a path unknown when listed stays
-            # unknown, as the table lets no other job take it meanwhile, so a first pass skips the read.
-            row = self.ledger.get(entry.relpath) if hashed.job.known is not None else None
-            self._decided_row(self.decider.decide(entry, row, outcome), hashed.job.fresh, Stage.HASHING)
-            return
-        self.table.move(entry.relpath, Stage.HASHING, None)
-        if isinstance(outcome, FileChangedError):
-            self._waiting(entry.relpath, "it changed while it was hashed")
-        elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
-            self._problem(entry.relpath, f"cannot read: {getattr(outcome, 'strerror', None) or outcome}")
-
-    def _decided_row(self, row: LedgerRow, fresh: bool, source: Stage | None) -> None:
-        self.table.move(row.path, source, Stage.DECIDED)
-        self._decided.append((row, fresh))
-
-    def _flush_decided(self, *, force: bool = False) -> None:
-        """Record decisions in one transaction; fresh and prio files go to the queue at once."""
-        if not self._decided:
-            return
-        tuning = self.ctx.tuning
-        urgent = self._flush_soon or any(fresh or row.priority for row, fresh in self._decided)
-        if not (force or urgent or len(self._decided) >= tuning.commit_every
-                or self.ctx.monotonic() - self._last_flush >= tuning.flush_every):
-            return
-        decided, self._decided = self._decided, []
-        self._last_flush, self._flush_soon = self.ctx.monotonic(), False
-        for row, _ in decided:
-            self.table.move(row.path, Stage.DECIDED, None)
-        if self.ctx.dry_run:
-            return
-        self.ledger.put_many([row for row, _ in decided], commit_every=1)
-        for row, fresh in decided:
-            if fresh and row.state == STATE_PENDING:
-                self.feeder.enqueue(row, fresh=True)
+        self.intake.look_at(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
 
     def _finish_pass_if_done(self) -> None:
         if self.pass_started is None or self.scanning or self.hasher.pass_tail():
@@ -4082,13 +4114,12 @@ class Pipeline:
         started, self.pass_started = self.pass_started, None
         for path in self.table.paths(Stage.SET_ASIDE):     # looked at again by the feeder: gone, changed or ready
             self.table.move(path, Stage.SET_ASIDE, None)
-        if self.decider.origin_to_record is not None and not self.stop.is_set():
-            self.ledger.set_meta("origin", self.decider.origin_to_record)
-            self.decider.origin_to_record = None
+        decider = self.intake.decider
+        if decider.origin_to_record is not None and not self.stop.is_set():
+            self.ledger.set_meta("origin", decider.origin_to_record)
+            decider.origin_to_record = None
         self.activity.pass_ended()
         self.on_pass_done(started)
-
-    # -- stage 3 and 4: answers, callbacks ---------------------------------------------
 
     def _collect_answers(self) -> int:
         answers = self.submitter.answers()
@@ -4114,7 +4145,7 @@ class Pipeline:
         self.submitter.use(client)
         client.on_retry = self.activity.retried
         self.ctx.redact = Redactor(config.secrets())
-        self._private = dict(config.private_files)
+        self.intake.private = dict(config.private_files)
 
     def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
         self.ctx.signer, self.ctx.inbox = signer, inbox

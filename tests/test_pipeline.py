@@ -442,3 +442,9 @@ def test_a_big_folder_is_taken_in_chunks_so_one_turn_stays_short(drop, make_conf
         step_until(pipeline, lambda: not pipeline.scanning, "the pass")
         pipeline.halt()
         assert pipeline.summary.hashed_files == 35 and len(ledger_paths(ledger)) == 35
+
+
+def test_the_fake_and_the_real_client_offer_what_the_pipeline_needs(make_config):
+    assert isinstance(FakeCdnClient(), cdn_push.SubmitClient)
+    assert isinstance(cdn_push.CdnClient(make_config().api), cdn_push.SubmitClient)
+    assert not isinstance(object(), cdn_push.SubmitClient)

@@ -94,7 +94,7 @@ def test_a_pass_reaching_a_row_that_is_being_sent_leaves_it_to_its_answer(make_c
         p = Pipeline(config, ledger, client)
         assert p.feeder.feed() == 1                             # the feeder sends it ...
         entries = next(cdn_push.walk_folder(config.folder, config.scan))[1]
-        p.look_at(entries, ledger.quick_rows_in_dir(""), fresh=False)   # ... as the walk reaches its folder
+        p.intake.look_at(entries, ledger.quick_rows_in_dir(""), fresh=False)   # ... as the walk reaches its folder
         p.check_invariants()
         assert p.table.stage("a.mp4") is Stage.SUBMITTING and not p.table.recheck
         client.release()
