@@ -216,6 +216,8 @@ class CdnEmulator:
                  callback_param: str = "callback", tls: tuple[str, str] | None = None) -> None:
         self.login, self.password = login, password
         self.callback_param = callback_param
+        self.list_format: str | None = None          # "json" or "text": answer file/list so, whatever is asked
+        self.list_faults: list[str] = []             # the next file/list requests meet these faults first
         self.streams = streams
         self._running = threading.Event()
         if auto_fetch:
@@ -332,8 +334,10 @@ class CdnEmulator:
             self._used_otps.add(otp)
         return True
 
-    def _take_fault(self) -> str | None:
+    def _take_fault(self, method: str = "") -> str | None:
         with self._lock:
+            if method == "file/list" and self.list_faults:
+                return self.list_faults.pop(0)
             if self._faults:
                 return self._faults.pop(0)
             if self.fault_rate and self._rng.random() < self.fault_rate:
@@ -406,7 +410,7 @@ class CdnEmulator:
                     self.send_body(404, b"no such method\n")
                     return
                 method = parts.path[len(emulator.base_path) + 1:]
-                fault = emulator._take_fault()
+                fault = emulator._take_fault(method)
                 if fault and self._fault(fault, params):
                     return
                 if emulator.answer_delay:
@@ -470,7 +474,7 @@ class CdnEmulator:
                     rows = [f for f in emulator.files.values() if not wanted or f.name == wanted]
                     values = [{"id": f.generation, "name": f.name, "status": f.state, "size": f.size}
                               for f in rows]
-                if params.get("format") == "text":
+                if (emulator.list_format or params.get("format")) == "text":
                     text = "".join(" ".join(str(v.get(k, "")) for k in fields) + "\n" for v in values)
                     self.send_body(200, text.encode())
                 else:

@@ -144,7 +144,7 @@ MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
 MASK = "***"
 ANSWER_GRACE = 300.0            # seconds a callback may wait for our record of the CDN's answer
 RESUBMIT_DELAY_MAX = 300.0      # longest wait before an import the CDN failed is sent again (unless retry_delay is longer)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 # ----------------------------------------------------------------------------
@@ -357,12 +357,28 @@ class OriginConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """How cdn-push learns that the CDN finished an import: its callbacks, and where none come (or
+    none can), asking file/list. `wait_seconds` is how long a one-shot run waits for either."""
+    poll: bool = True
+    poll_interval: float = 30.0         # seconds before the first question; later ones back off
+    ready_states: tuple[str, ...] = ("ready",)
+    failed_states: tuple[str, ...] = ("failed",)
+    wait_seconds: float = 240.0
+
+    @property
+    def poll_cap(self) -> float:
+        """The longest wait between two questions about one file."""
+        return max(self.poll_interval, min(16 * self.poll_interval, 3600.0))
+
+
+@dataclass(frozen=True)
 class CallbackConfig:
     """Where the CDN reports each import's end; an empty public_url: no callbacks."""
     public_url: str = ""
     listen_host: str = ""
     listen_port: int = 0
-    wait_seconds: float = 900.0
+    wait_seconds: float = ConfirmConfig.wait_seconds    # set from confirm.wait_seconds
     max_attempts: int = 3
     retry_delay: float = 10.0
 
@@ -404,6 +420,7 @@ class Config:
     submit_workers: int = 4
     source: str = "<config>"
     callback: CallbackConfig = field(default_factory=CallbackConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     monitor: "MonitorConfig" = field(default_factory=lambda: MonitorConfig())
     # Files that hold secrets or state and lie inside the folder: (relative path, the key naming it).
     private_files: tuple[tuple[str, str], ...] = ()
@@ -431,6 +448,8 @@ CONFIG_KEYS: dict[str, Any] = {
                "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
                          "link_ttl": None, "max_connections": None, "header_timeout": None,
                          "idle_timeout": None}},
+    "confirm": {"poll": None, "poll_interval": None, "ready_states": None, "failed_states": None,
+                "wait_seconds": None},
     "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
                  "retry_delay": None},
     "monitor": {"listen": None, "allow_remote": None},
@@ -598,6 +617,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
                     hash_workers=hash_workers, submit_workers=submit_workers, source=source,
                     callback=_callback_config(_mapping(data.get("callback"), "callback"), origin.serve),
                     monitor=_monitor_config(_mapping(data.get("monitor"), "monitor")))
+    config = _with_confirm(config, _mapping(data.get("confirm"), "confirm"), _mapping(data.get("callback"), "callback"))
     return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
 
 
@@ -796,9 +816,42 @@ def is_loopback(host: str) -> bool:
     return False
 
 
+def _words(value: Any, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of the CDN's status words, compared without regard to case."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"'{key}' must be a list of the CDN's status words, such as [{', '.join(default)}]")
+    return tuple(v.strip().lower() for v in value)
+
+
+def _with_confirm(config: Config, raw: Mapping[str, Any], callback_raw: Mapping[str, Any]) -> Config:
+    """The confirm section; `callback.wait_seconds` is the older name of `confirm.wait_seconds`."""
+    default = ConfirmConfig()
+    if raw.get("wait_seconds") is not None and callback_raw.get("wait_seconds") is not None:
+        raise ConfigError("'confirm.wait_seconds' and 'callback.wait_seconds' are the same setting (the "
+                          "second is its older name): keep only 'confirm.wait_seconds'")
+    wait = float(_number(raw.get("wait_seconds", callback_raw.get("wait_seconds")), "confirm.wait_seconds",
+                         default.wait_seconds))
+    confirm = ConfirmConfig(
+        poll=_boolean(raw.get("poll"), "confirm.poll", default.poll),
+        poll_interval=float(_number(raw.get("poll_interval"), "confirm.poll_interval", default.poll_interval,
+                                    minimum=0.1)),
+        ready_states=_words(raw.get("ready_states"), "confirm.ready_states", default.ready_states),
+        failed_states=_words(raw.get("failed_states"), "confirm.failed_states", default.failed_states),
+        wait_seconds=wait)
+    both = set(confirm.ready_states) & set(confirm.failed_states)
+    if both:
+        raise ConfigError(f"'confirm.ready_states' and 'confirm.failed_states' both name {sorted(both)[0]!r}")
+    return dataclasses.replace(config, confirm=confirm,
+                               callback=dataclasses.replace(config.callback, wait_seconds=wait))
+
+
 def _callback_config(raw: Mapping[str, Any], serve: ServeConfig | None) -> CallbackConfig:
     default = CallbackConfig()
-    wait_seconds = float(_number(raw.get("wait_seconds"), "callback.wait_seconds", default.wait_seconds))
+    wait_seconds = float(_number(raw.get("wait_seconds"), "confirm.wait_seconds", default.wait_seconds))
     max_attempts = _number(raw.get("max_attempts"), "callback.max_attempts", default.max_attempts, minimum=1,
                            integer=True)
     retry_delay = float(_number(raw.get("retry_delay"), "callback.retry_delay", default.retry_delay))
@@ -1420,12 +1473,14 @@ CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
 DROP INDEX IF EXISTS files_by_state;
 CREATE INDEX IF NOT EXISTS files_by_queue ON files (state, priority DESC, path);
 CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
+CREATE INDEX IF NOT EXISTS files_by_check ON files (state, retry_at);
 """
 
 
 # Forward migrations: MIGRATIONS[n] turns a version-n ledger into version n + 1.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE files ADD COLUMN retry_at REAL NOT NULL DEFAULT 0",),
+    2: ("CREATE INDEX IF NOT EXISTS files_by_check ON files (state, retry_at)",),
 }
 
 
@@ -1598,6 +1653,16 @@ class Ledger:
         make = QuickRow._make
         return {values[0]: make(values) for values in cursor}
 
+    def rows_in_dir(self, reldir: str) -> list[LedgerRow]:
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
+        return [self._row(values) for values in cursor]
+
+    def sample_accepted(self, count: int) -> list[LedgerRow]:
+        """`count` rows picked at random among those the CDN accepted (an audit's sample)."""
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state IN (?, ?) "
+                           "ORDER BY random() LIMIT ?", (*ACCEPTED_STATES, count))
+        return [self._row(values) for values in cursor]
+
     def quick_row(self, path: str) -> QuickRow | None:
         found = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
         return QuickRow._make(found) if found else None
@@ -1715,6 +1780,24 @@ class Ledger:
     def set_meta(self, key: str, value: str) -> None:
         self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
         self._changed(1, 1)
+
+    def due_checks(self, limit: int, skip: Callable[[str], bool], now: float) -> list[LedgerRow]:
+        """Up to `limit` submitted rows whose next question to the CDN is due (`retry_at`: for a
+        pending row, when to send it again; for a submitted one, when to ask about it), oldest first."""
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND retry_at <= ? "
+                           "ORDER BY retry_at", (STATE_SUBMITTED, now))
+        try:
+            return [self._row(values) for values in itertools.islice(
+                (values for values in cursor if not skip(values[0])), limit)]
+        finally:
+            cursor.close()
+
+    def make_checks_due(self, now: float) -> int:
+        """Every submitted row is asked about now (a one-shot run verifies what earlier runs left)."""
+        changed = self._run("UPDATE files SET retry_at=? WHERE state=? AND retry_at > ?",
+                            (now, STATE_SUBMITTED, now)).rowcount
+        self._changed(changed, 1)
+        return changed
 
     def count_awaiting(self, now: float) -> int:
         """Files not confirmed yet: accepted and awaiting the callback, or reported failed by the CDN
@@ -1868,6 +1951,87 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     return CdnAnswer(OUTCOME_REJECTED, status, f"HTTP {status}{': ' + message if message else ''}", kept)
 
 
+LIST_FIELDS = "id,status,size"      # asked of file/list; answers in another order or form are read too
+LIST_CONTAINERS = ("files", "data", "items", "result", "list", "rows")
+
+
+class Listing(NamedTuple):
+    """What file/list says of one name: whether it is there, its status word (lower case), its size."""
+
+    found: bool
+    status: str = ""
+    size: int | None = None
+
+
+def _listed_size(value: Any) -> int | None:
+    text = str(value).strip() if value is not None else ""
+    return int(text) if ascii_number(text, 18) else None
+
+
+def _listing_from_json(data: Any, name: str) -> Listing | None:
+    """The entry for `name` in a JSON answer of any of the usual shapes; None if it is not JSON we know."""
+    if isinstance(data, dict):
+        inner = next((data[k] for k in LIST_CONTAINERS if isinstance(data.get(k), (list, dict))), None)
+        if inner is None and any(k in data for k in ("status", "state")) and "files" not in data:
+            inner = [data]                       # one file's fields at the top
+        data = inner if inner is not None else data
+    if isinstance(data, dict):                   # keyed by id
+        data = [v for v in data.values() if isinstance(v, dict)]
+    if not isinstance(data, list):
+        return None
+    for item in data:
+        if not isinstance(item, dict):
+            continue
+        listed_name = item.get("full_name", item.get("name"))
+        if listed_name not in (None, "") and str(listed_name).lstrip("/") != name.lstrip("/"):
+            continue
+        status = item.get("status", item.get("state"))
+        if status is not None:
+            return Listing(True, str(status).strip().lower(), _listed_size(item.get("size")))
+    return Listing(False)
+
+
+def parse_listing(body: str, name: str) -> Listing:
+    """file/list's answer for one name, text (one line per file, fields in the order asked) or JSON;
+    pure and tolerant: an empty answer, or one without the name, means the CDN does not hold it."""
+    text = body.strip()
+    if text[:1] in "{[":
+        with contextlib.suppress(ValueError):
+            found = _listing_from_json(json.loads(text), name)
+            if found is not None:
+                return found
+    asked = LIST_FIELDS.split(",")
+    for line in text.splitlines():
+        tokens = [t for t in re.split(r"[\s,;|]+", line.strip()) if t]
+        if not tokens or [t.lower() for t in tokens[:len(asked)]] == asked:
+            continue                              # a blank line, or a header naming the fields
+        pairs = dict(t.split("=", 1) for t in tokens if "=" in t)
+        if pairs:
+            fields = {k.lower(): v for k, v in pairs.items()}
+        else:
+            fields = dict(zip(asked, tokens))
+        status = fields.get("status") or fields.get("state")
+        if status:
+            return Listing(True, status.lower(), _listed_size(fields.get("size")))
+    return Listing(False)
+
+
+def classify_listing(status: int, body: str, name: str) -> Listing | _TransientError | CdnAuthError | CdnEndpointError:
+    """One HTTP answer of file/list; pure. A refused or unknown method is an endpoint error: the
+    caller stops asking (a sub-login may be denied file/list) rather than ending the run."""
+    if status in (401, 403, 407):
+        return CdnAuthError(f"the CDN refused file/list (HTTP {status}): the API login may not be allowed "
+                            "this method; confirmations then come from callbacks only")
+    if status == 429 or status == 408 or status >= 500:
+        return _TransientError(f"HTTP {status} to file/list")
+    if status == 404 and re.search(r"no such file|file not found|does not exist|not exist", body, re.I):
+        return Listing(False)                     # some APIs answer an empty filter with 404
+    if not 200 <= status < 300 or HTML_START.match(body):
+        return CdnEndpointError(f"the CDN answered HTTP {status} to file/list; confirmations then come from "
+                                "callbacks only")
+    return parse_listing(body, name)
+
+
 class RateLimiter:
     """Spaces requests at most `rate` per second across threads (0: no limit)."""
 
@@ -1945,6 +2109,10 @@ class CdnClient:
             self._sessions.clear()
 
     def _post_once(self, method: str, params: Mapping[str, str]) -> CdnAnswer:
+        return self._request_once(method, params, classify_response)
+
+    def _request_once(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
+        """One request through the rate limit; `classify` turns the answer into an outcome or an error."""
         import requests
 
         self._limiter.acquire()
@@ -1961,7 +2129,7 @@ class CdnClient:
                                       "api.ca_bundle for a private CA") from None
         except requests.RequestException as exc:
             raise _TransientError(f"cannot reach {self.api.url}: {_short(exc)}", connection=True) from None
-        outcome = classify_response(response.status_code, body)
+        outcome = classify(response.status_code, body)
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
@@ -2004,6 +2172,18 @@ class CdnClient:
 
     def add_file(self, params: Mapping[str, str]) -> CdnAnswer:
         """Send file/add; returns accepted, exists or rejected, or raises a CdnError."""
+        return self._with_retries("file/add", params, classify_response)
+
+    def list_file(self, name: str) -> "Listing":
+        """What file/list says of one name (format=text asked, JSON taken too); raises a CdnError."""
+        params = {"format": "text", "fields": LIST_FIELDS, "filter_full_name": name}
+        return self._with_retries("file/list", params, lambda status, body: classify_listing(status, body, name))
+
+    def delete_file(self, name: str) -> CdnAnswer:
+        """Send file/delete for one name; `rejected` when the CDN does not hold it."""
+        return self._with_retries("file/delete", {"name": name}, classify_response)
+
+    def _with_retries(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
         import tenacity
 
         policy = self.api.retry
@@ -2014,9 +2194,11 @@ class CdnClient:
             sleep=self._sleep_unless_stopped,
             reraise=True,
         )
-        self._local.name = params.get("name", "?")
+        self._local.name = params.get("name", params.get("filter_full_name", "?"))
         try:
-            return retrying(self._post_once, "file/add", params)
+            if method == "file/add":
+                return retrying(self._post_once, method, params)     # tests reach this one request
+            return retrying(self._request_once, method, params, classify)
         except _TransientError as exc:
             attempts = retrying.statistics.get("attempt_number", policy.attempts)
             if exc.connection:
@@ -2034,6 +2216,8 @@ class SubmitClient(Protocol):
     def prepare(self) -> None: ...
 
     def add_file(self, params: Mapping[str, str]) -> CdnAnswer: ...
+
+    def list_file(self, name: str) -> Listing: ...
 
     def cancel(self) -> None: ...
 
@@ -2857,7 +3041,8 @@ class Stage(enum.Enum):
     DECIDED = "decided"          # hashed and decided; its row is written with the next flush
     SUBMITTING = "submitting"    # in the submit queue or with a submit worker
     SET_ASIDE = "set aside"      # pending, but changed after it was hashed: the running pass looks again
-    AWAITING = "awaiting"        # accepted by the CDN this run; its confirmation is not in yet
+    AWAITING = "awaiting"        # accepted by the CDN; its confirmation (callback or file/list) not in yet
+    CHECKING = "checking"        # the CDN is being asked about it (file/list)
 
 
 _S = Stage
@@ -2869,15 +3054,18 @@ LEGAL_MOVES: frozenset[tuple[Stage | None, Stage | None]] = frozenset({
     (_S.SUBMITTING, _S.AWAITING), (_S.SUBMITTING, _S.TO_HASH), (_S.SUBMITTING, None),
     (_S.SET_ASIDE, _S.TO_HASH), (_S.SET_ASIDE, _S.DECIDED), (_S.SET_ASIDE, None),
     (_S.AWAITING, _S.TO_HASH), (_S.AWAITING, _S.DECIDED), (_S.AWAITING, _S.SUBMITTING),
-    (_S.AWAITING, _S.SET_ASIDE), (_S.AWAITING, None),
+    (_S.AWAITING, _S.SET_ASIDE), (_S.AWAITING, _S.CHECKING), (_S.AWAITING, None),
+    (None, _S.CHECKING), (_S.CHECKING, _S.AWAITING), (_S.CHECKING, _S.TO_HASH), (_S.CHECKING, None),
 })
+IN_FLIGHT = (Stage.SUBMITTING, Stage.CHECKING)     # a request about the path is out: its answer decides
 
 
 class PathTable:
     """One stage per path, changed only by `move`, which refuses any move the pipeline never makes.
 
-    Owned by the pipeline's thread; no other thread reads or writes it. `recheck` holds submitting
-    paths whose file changed on disk meanwhile: they are hashed again once their answer is in.
+    Owned by the pipeline's thread; no other thread reads or writes it. `recheck` holds paths with
+    a request out (IN_FLIGHT) whose file changed on disk meanwhile: they are hashed again once its
+    answer is in.
     """
 
     def __init__(self) -> None:
@@ -2926,9 +3114,9 @@ class PathTable:
         actual = collections.Counter(self._stages.values())
         if +actual != +self._counts:
             raise AssertionError(f"pipeline bug: stage counts {dict(self._counts)} but table holds {dict(actual)}")
-        stray = sorted(p for p in self.recheck if self._stages.get(p) is not Stage.SUBMITTING)
+        stray = sorted(p for p in self.recheck if self._stages.get(p) not in IN_FLIGHT)
         if stray:
-            raise AssertionError(f"pipeline bug: rechecks outside the submit stage: {stray[:5]}")
+            raise AssertionError(f"pipeline bug: rechecks without a request out: {stray[:5]}")
 
 
 class ProgressBars:
@@ -3311,10 +3499,20 @@ class RunContext:
     signer: UrlSigner | None = None
     inbox: CallbackInbox | None = None
     redact: Redactor = field(default_factory=Redactor)
+    polling_off: str = ""               # why file/list is not asked this run ("" : it is)
 
     @property
     def callbacks_on(self) -> bool:
         return self.config.callback.enabled and self.signer is not None and self.inbox is not None
+
+    @property
+    def polling(self) -> bool:
+        return self.config.confirm.poll and not self.polling_off and not self.dry_run
+
+    @property
+    def confirming(self) -> bool:
+        """Accepted imports are followed until the CDN confirms them: by callback, by asking, or both."""
+        return self.callbacks_on or self.polling
 
     def clean(self, text: str) -> str:
         """CDN answers as the ledger keeps them: no password, no usable signed link, no control characters."""
@@ -3409,12 +3607,17 @@ class Decider:
                           f"location={params['location']}{' ' + extras if extras else ''}")
 
 
+IN_PROGRESS_WORDS = frozenset({"queued", "new", "pending", "waiting", "fetching", "downloading", "importing",
+                               "processing", "copying", "converting", "in progress", "in_progress"})
+
+
 class Recorder:
     """Answers to file/add and the CDN's callbacks, written to the ledger and counted. Owner thread
     only; moves paths out of AWAITING when their confirmation (or final failure) is in."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self._words_seen: set[str] = set()
 
     def answered(self, row: LedgerRow, params: Mapping[str, str], answer: CdnAnswer) -> bool:
         """Record one answer; True if a callback is now awaited for the file."""
@@ -3442,13 +3645,15 @@ class Recorder:
         ctx.summary.submitted += 1
         # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
         ctx.summary.confirmed += held
+        # When to ask file/list about it: soon without callbacks, once they are overdue with them.
+        first_check = ctx.config.confirm.wait_seconds if ctx.callbacks_on else ctx.config.confirm.poll_interval
         ctx.ledger.put(row._replace(
             state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=row.attempts + 1, last_error=None,
             response=ctx.clean(answer.body), accepted_name=params["name"],
-            accepted_size=row.size, accepted_sha256=row.sha256))
-        log.info("%s %s (%s bytes)", "imported" if answer.outcome == OUTCOME_ACCEPTED
+            accepted_size=row.size, accepted_sha256=row.sha256, retry_at=0.0 if held else ctx.clock() + first_check))
+        log.info("%s %s (%s bytes)", "submitted" if answer.outcome == OUTCOME_ACCEPTED
                  else "already in the CDN:", printable(params["name"]), params["size"])
-        return answer.outcome == OUTCOME_ACCEPTED and ctx.callbacks_on
+        return not held and ctx.confirming
 
     def failed(self, row: LedgerRow, message: str) -> None:
         self.ctx.summary.failed += 1
@@ -3480,7 +3685,8 @@ class Recorder:
             applied += 1
         return applied
 
-    def _confirm(self, row: LedgerRow, report: CallbackReport) -> None:
+    def _confirm(self, row: LedgerRow, report: CallbackReport, how: str = "by callback") -> bool:
+        """Record a confirmation or a failure; whether the file is still awaited (a resend is due)."""
         ctx = self.ctx
         verified = report.success and (report.size, report.sha256) == (row.size, row.sha256)
         ctx.activity.called_back(verified, row)
@@ -3489,8 +3695,8 @@ class Recorder:
             ctx.summary.confirmed += 1
             ctx.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
             ctx.bars.update("confirm", 1, unit="file", desc="confirmed")
-            log.info("confirmed %s: the CDN verified size and sha-256", printable(row.name))
-            return
+            log.info("confirmed %s %s: the CDN verified size and sha-256", printable(row.name), how)
+            return False
         if report.success:
             message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
                        f"but the file has size {row.size} and sha-256 {row.sha256}")
@@ -3505,7 +3711,7 @@ class Recorder:
             ctx.summary.failed += 1
             ctx.ledger.put(row._replace(state=STATE_FAILED, last_error=message, retry_at=0.0, **forget_import))
             log.error("failed %s: %s", printable(row.name), message)
-            return
+            return False
         base = ctx.config.callback.retry_delay
         delay = min(max(RESUBMIT_DELAY_MAX, base), base * 2 ** (row.attempts - 1)) * random.uniform(0.8, 1.2)
         ctx.ledger.put(row._replace(state=STATE_PENDING, last_error=message, retry_at=ctx.clock() + delay,
@@ -3513,6 +3719,31 @@ class Recorder:
         # It stays AWAITING: a one-shot run waits for the resend, which the feeder takes when due.
         log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
                     delay, row.attempts + 1, ctx.config.callback.max_attempts)
+        return True
+
+    def listed(self, row: LedgerRow, listing: Listing) -> bool:
+        """What file/list said of a submitted file; whether it is still awaited."""
+        ctx, confirm, now = self.ctx, self.ctx.config.confirm, self.ctx.clock()
+        current = ctx.ledger.get(row.path)
+        if current != row:
+            return False             # it moved on while the question was out: the newer record stands
+        word = listing.status
+        if listing.found and word in confirm.ready_states:
+            size = row.size if listing.size is None else listing.size
+            return self._confirm(row, CallbackReport(row.path, row.attempts, True, size, row.sha256 or "", "",
+                                                     now), how="through file/list")
+        if not listing.found or word in confirm.failed_states:
+            said = f"file/list reports it '{word}'" if listing.found else "file/list does not list it"
+            return self._confirm(row, CallbackReport(row.path, row.attempts, False, None, "", said, now))
+        if word not in IN_PROGRESS_WORDS and word not in self._words_seen:
+            self._words_seen.add(word)
+            log.warning("the CDN reports %s as %r, a status word cdn-push does not know; it keeps asking. If "
+                        "the word means done or failed, add it to confirm.ready_states or confirm.failed_states",
+                        printable(row.name), printable(word))
+        gap = min(confirm.poll_cap, max(confirm.poll_interval, 2 * max(0.0, row.retry_at - row.updated_at)))
+        ctx.ledger.put(row._replace(retry_at=now + gap, response=ctx.clean(f"file/list: {word}")))
+        log.debug("%s is %r at the CDN; asking again in %.0fs", printable(row.name), word, gap)
+        return True
 
 
 class Feeder:
@@ -3522,7 +3753,7 @@ class Feeder:
     pipeline's) says where a path goes once its answer is in."""
 
     def __init__(self, ctx: RunContext, submitter: Submitter, recorder: Recorder, *,
-                 cdn_retry_pause: float | None, release: Callable[[str, bool], None],
+                 cdn_retry_pause: float | None, release: Callable[[str, Stage, bool], None],
                  waiting: Callable[[str, str], None]) -> None:
         self.ctx = ctx
         self.submitter = submitter
@@ -3564,7 +3795,7 @@ class Feeder:
                 displaced = self.submitter.queue.give_way(queue_rank(row.priority, False))
                 if displaced is None:
                     break
-                self.release(displaced.row.path, False)
+                self.release(displaced.row.path, Stage.SUBMITTING, False)
             fed += self.enqueue(row, fresh=False)
             room -= 1
         return fed
@@ -3638,12 +3869,12 @@ class Feeder:
                 self.cdn_down(CdnUnavailableError(f"the CDN failed {self._consecutive_failures} files in a row"))
         elif not isinstance(outcome, StopRequested):     # a stop leaves the file pending for the next run
             raise outcome
-        self.release(job.row.path, awaits)
+        self.release(job.row.path, Stage.SUBMITTING, awaits)
 
     def hand_back(self, jobs: Iterable[SubmitJob]) -> None:
         """Jobs taken out of the queue unsent: their rows stay pending in the ledger."""
         for job in jobs:
-            self.release(job.row.path, False)
+            self.release(job.row.path, Stage.SUBMITTING, False)
 
     def _origin_down(self, problem: OriginError) -> None:
         """One-shot: the run ends (exit 6). Watch: nothing is sent for a while, then checked again."""
@@ -3668,6 +3899,121 @@ class Feeder:
             log.error("%s; trying again in %gs", exc, self.cdn_retry_pause)
         self.paused_until = self.ctx.monotonic() + self.cdn_retry_pause
         self.ctx.activity.cdn_down("unreachable", self.ctx.clock() + self.cdn_retry_pause)
+
+
+class CheckJob(NamedTuple):
+    """One question to file/list: the row as it was when asked."""
+
+    row: LedgerRow
+
+
+class Checker:
+    """Stage 4's thread: asks file/list about one import at a time, so a slow answer never holds
+    up the loop. The owner thread calls `ask`, `answers` and `halt` (and owns `out`); the thread
+    only takes questions, asks through the client and hands the answers back."""
+
+    def __init__(self, submitter: Submitter, wake: threading.Event) -> None:
+        self.submitter = submitter          # whose client (swapped by a reload, under its lock) is asked
+        self.wake = wake
+        self.out = 0
+        self._questions: queue.SimpleQueue[CheckJob | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[CheckJob, Listing | Exception]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def ask(self, job: CheckJob) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="check")
+            self._thread.start()
+        self.out += 1
+        self._questions.put(job)
+
+    def answers(self) -> list[tuple[CheckJob, Listing | Exception]]:
+        found = []
+        while True:
+            try:
+                found.append(self._answers.get_nowait())
+            except queue.Empty:
+                self.out -= len(found)
+                return found
+
+    def halt(self, timeout: float) -> None:
+        """No more questions; the one on the wire (its retries cancelled with the client's) ends."""
+        if self._thread is not None:
+            self._questions.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            job = self._questions.get()
+            if job is None:
+                return
+            client = self.submitter.client
+            try:
+                outcome: Listing | Exception = (client.list_file(job.row.accepted_name or job.row.name)
+                                                if client else CdnError("no client"))
+            except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
+                outcome = exc
+            self._answers.put((job, outcome))
+            self.wake.set()
+
+
+class Confirmer:
+    """Stage 4 on the owner thread, for confirmations that come by asking: submitted rows whose
+    question is due (`retry_at`) are asked about, a couple at a time, each backing off on its own
+    (Recorder.listed); callbacks, where they run, are the Recorder's too. Moves paths into and out
+    of CHECKING; `release` (the pipeline's) says where a path goes once its answer is in."""
+
+    ASKING = 2          # questions out at once: the API's rate limit is shared with file/add
+
+    def __init__(self, ctx: RunContext, checker: Checker, recorder: Recorder,
+                 release: Callable[[str, Stage, bool], None]) -> None:
+        self.ctx = ctx
+        self.checker = checker
+        self.recorder = recorder
+        self.release = release
+
+    def due(self, limit: int) -> list[LedgerRow]:
+        ctx = self.ctx
+        if not ctx.polling or self.checker.submitter.client is None or ctx.summary.fatal is not None:
+            return []
+        table = ctx.table
+        return ctx.ledger.due_checks(limit, lambda path: path in table and table.stage(path) is not Stage.AWAITING,
+                                     ctx.clock())
+
+    def ask(self) -> int:
+        room = self.ASKING - self.checker.out
+        if room <= 0:
+            return 0
+        rows = self.due(room)
+        for row in rows:
+            self.ctx.table.move(row.path, self.ctx.table.stage(row.path), Stage.CHECKING)
+            self.checker.ask(CheckJob(row))
+        return len(rows)
+
+    def take_answers(self) -> int:
+        answers = self.checker.answers()
+        for job, outcome in answers:
+            self.release(job.row.path, Stage.CHECKING, self._take(job.row, outcome))
+        return len(answers)
+
+    def _take(self, row: LedgerRow, outcome: Listing | Exception) -> bool:
+        """Record one answer; whether the file is still awaited."""
+        if isinstance(outcome, Listing):
+            return self.recorder.listed(row, outcome)
+        if isinstance(outcome, (CdnAuthError, CdnEndpointError)):
+            if not self.ctx.polling_off:
+                self.ctx.polling_off = str(outcome)
+                log.warning("%s", outcome)
+            return False
+        if isinstance(outcome, CdnError):       # unreachable for now: the question waits for its time
+            log.info("could not ask the CDN about %s (%s); asking again later", printable(row.name), outcome)
+            gap = self.ctx.config.confirm.poll_interval
+            self.ctx.ledger.put(row._replace(retry_at=self.ctx.clock() + gap))
+            return True
+        if isinstance(outcome, StopRequested):
+            return False
+        raise outcome
 
 
 def origin_problem(ctx: RunContext, row: LedgerRow, location: str) -> OriginError | None:
@@ -3799,7 +4145,7 @@ class Intake:
             if stage in (Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
                 continue
             row = known.get(path)
-            if stage is Stage.SUBMITTING:
+            if stage in IN_FLIGHT:
                 if not same_file(entry, row):
                     table.recheck.add(path)
             elif not same_file(entry, row):
@@ -3909,6 +4255,8 @@ class Pipeline:
         self.submitter = Submitter(client, self.wake)
         self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
                              release=self._release, waiting=self.intake.waiting)
+        self.checker = Checker(self.submitter, self.wake)
+        self.confirmer = Confirmer(self.ctx, self.checker, self.recorder, self._release)
         self.pass_started: RunSummary | None = None
         self.on_pass_done: Callable[[RunSummary], None] = lambda summary: None
         self._halting = False
@@ -3947,6 +4295,8 @@ class Pipeline:
     def run_once(self) -> RunSummary:
         """One pass over the folder with everything streaming; then wait for confirmations."""
         self.ctx.summary = RunSummary()
+        if self.ctx.polling and self.submitter.client is not None:
+            self.ledger.make_checks_due(self.ctx.clock())
         try:
             self.start_scan()
             while not self.finished():
@@ -3970,7 +4320,7 @@ class Pipeline:
         if self.busy():
             return False
         awaiting = self.table.count(Stage.AWAITING)
-        if not (self.ctx.callbacks_on and awaiting):
+        if not (self.ctx.confirming and awaiting):
             return True
         if self._confirm_deadline is None:
             self._confirm_deadline = self.ctx.clock() + self.config.callback.wait_seconds
@@ -3981,10 +4331,10 @@ class Pipeline:
     def busy_here(self) -> bool:
         """Something is being scanned, hashed, recorded or sent (the ledger's backlog aside)."""
         return bool(self.intake.scanner.active or self.table.count(
-            Stage.TO_HASH, Stage.HASHING, Stage.DECIDED, Stage.SUBMITTING))
+            Stage.TO_HASH, Stage.HASHING, Stage.DECIDED, *IN_FLIGHT))
 
     def busy(self) -> bool:
-        return self.busy_here() or bool(self.feeder.due_rows(1))
+        return self.busy_here() or bool(self.feeder.due_rows(1) or self.confirmer.due(1))
 
     def step(self, timeout: float = 0.5) -> None:
         """One turn: take answers, hashes and callbacks, scan a slice, record, feed the workers.
@@ -3993,13 +4343,14 @@ class Pipeline:
         callback wakes it.
         """
         self.wake.clear()
-        worked = self.intake.collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
+        worked = (self.intake.collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
+                  + self.confirmer.take_answers())
         scanned = 0
         if not self.stop.is_set() and self.summary.fatal is None:
             scanned = self.intake.hash_slice(self.ctx.tuning.scan_slice)
         # While the scan streams small files, decisions go to the ledger in batches; otherwise at once.
         self.intake.flush(force=not scanned)
-        worked += scanned + self.feeder.feed()
+        worked += scanned + self.feeder.feed() + self.confirmer.ask()
         self._observe()
         self._finish_pass_if_done()
         if not worked:
@@ -4026,7 +4377,11 @@ class Pipeline:
             self.intake.hashed(hashed)
         self.intake.flush(force=True)
         self.feeder.hand_back(self.submitter.halt())
+        self.checker.halt(self.config.api.timeout + 1)
         self._collect_answers()
+        self.confirmer.take_answers()
+        for path in self.table.paths(Stage.CHECKING):      # a question that never came back: asked again later
+            self.table.move(path, Stage.CHECKING, None)
         if self.ctx.inbox is not None:
             self.ctx.inbox.close()        # from now on the CDN is told to call again later
         self.recorder.apply_callbacks()
@@ -4037,8 +4392,9 @@ class Pipeline:
         self._halting = False
 
     def _report_unconfirmed(self) -> None:
-        """With callbacks, a run is done only when the CDN confirmed every file, this run's or not."""
-        if not self.ctx.callbacks_on:
+        """Where imports are followed, a run is done only when the CDN confirmed every file, this
+        run's or not."""
+        if not self.ctx.confirming:
             return
         self.summary.unconfirmed = self.ledger.count_awaiting(self.ctx.clock())
         if not self.summary.unconfirmed or self.summary.fatal is not None:
@@ -4046,12 +4402,16 @@ class Pipeline:
         if self.stop.is_set():
             log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
                         files(self.summary.unconfirmed))
-        else:
-            log.warning("%s not confirmed by the CDN (callback.wait_seconds is %gs); they stay "
+        elif self.ctx.callbacks_on:
+            log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); they stay "
                         "'submitted' and a later run asks again. If no callback ever arrives, check that "
-                        "'callback.public_url' reaches this machine and that 'api.callback_param' is the "
-                        "parameter name the CDN expects", files(self.summary.unconfirmed),
-                        self.config.callback.wait_seconds)
+                        "'%s' reaches this machine and that 'api.callback_param' is the parameter name the "
+                        "CDN expects", files(self.summary.unconfirmed), self.config.confirm.wait_seconds,
+                        "origin.serve.public_url" if self.config.origin.serve else "callback.public_url")
+        else:
+            log.warning("%s not confirmed by the CDN yet (confirm.wait_seconds is %gs); they stay "
+                        "'submitted' and the next run asks the CDN again", files(self.summary.unconfirmed),
+                        self.config.confirm.wait_seconds)
 
     def check_invariants(self) -> None:
         """Each path in one stage, and each stage's own queues agree with the table (tests call this
@@ -4068,6 +4428,9 @@ class Pipeline:
         out = {job.row.path for job in self.submitter.sending()}
         if not out <= submitting:
             raise AssertionError(f"pipeline bug: sending {sorted(out - submitting)[:5]} outside SUBMITTING")
+        if self.table.count(Stage.CHECKING) != self.checker.out:
+            raise AssertionError(f"pipeline bug: {self.checker.out} questions out, "
+                                 f"{self.table.count(Stage.CHECKING)} paths CHECKING")
 
     # -- for tests and the benchmark: one stage at a time ---------------------------
 
@@ -4128,16 +4491,16 @@ class Pipeline:
             self.feeder.take_answer(job, outcome)
         return len(answers)
 
-    def _release(self, path: str, awaits: bool) -> None:
-        """A path's request is answered (or was never sent): it awaits its callback, is hashed again
-        (it changed while it was out), or is idle."""
+    def _release(self, path: str, source: Stage, awaits: bool) -> None:
+        """A path's request is answered (or was never sent): it awaits its confirmation, is hashed
+        again (it changed while the request was out), or is idle."""
         if path in self.table.recheck and not self._halting:
             found = current_stat(str(self.config.folder / path))
             if found is not None:
                 entry = FileEntry(path, str(self.config.folder / path), *found)
-                self.hasher.add(HashJob(entry, self.ledger.quick_row(path), True), Stage.SUBMITTING)
+                self.hasher.add(HashJob(entry, self.ledger.quick_row(path), True), source)
                 return
-        self.table.move(path, Stage.SUBMITTING, Stage.AWAITING if awaits else None)
+        self.table.move(path, source, Stage.AWAITING if awaits else None)
 
     def reconfigure(self, config: Config, client: SubmitClient) -> None:
         """A reloaded configuration; the old client is closed once no request is out."""
@@ -5573,6 +5936,166 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
     return EXIT_OK
 
 
+def rows_matching(ledger: Ledger, patterns: Sequence[str]) -> tuple[list[LedgerRow], list[str]]:
+    """Rows whose path or CDN name is one of `patterns`, or matches it as a glob (the rules' globs);
+    and the patterns that matched nothing."""
+    found: dict[str, LedgerRow] = {}
+    matched: set[str] = set()
+    for row in ledger.all_rows():
+        for pattern in patterns:
+            if pattern in (row.path, row.name) or glob_matches(pattern, row.path):
+                found[row.path] = row
+                matched.add(pattern)
+    return sorted(found.values()), [p for p in patterns if p not in matched]
+
+
+def as_resend(row: LedgerRow) -> LedgerRow:
+    """A row to be submitted again as if new: what the CDN accepted before is no longer vouched for."""
+    return row._replace(state=STATE_PENDING, attempts=0, last_error=None, retry_at=0.0,
+                        accepted_name=None, accepted_size=None, accepted_sha256=None)
+
+
+def change_rows(config: Config, patterns: Sequence[str], *, forget: bool,
+                out: Callable[[str], None] = print) -> int:
+    """`resend` (pending again, whatever the ledger said) or `forget` (rows dropped) for the rows
+    the patterns name; a pattern that names nothing is refused before anything changes."""
+    if not config.ledger.exists():
+        raise ConfigError(f"no ledger yet at {config.ledger}: nothing has been pushed")
+    with Ledger.open(config.ledger) as ledger:
+        rows, unmatched = rows_matching(ledger, patterns)
+        if unmatched:
+            raise ConfigError(f"nothing in the ledger matches {printable(unmatched[0])!r} (a path relative to "
+                              "'folder', a CDN name, or a glob such as 'series/**'); nothing was changed")
+        for row in rows:
+            if forget:
+                ledger.forget(row.path)
+            else:
+                ledger.put(as_resend(row))
+        ledger.commit()
+    for row in rows:
+        out(f"{'forgotten' if forget else 'to resend'}: {printable(row.path)}")
+    if forget:
+        out(f"{files(len(rows))} forgotten: the ledger no longer knows them; a file still in the folder is "
+            "hashed and submitted as new by the next run")
+    else:
+        out(f"{files(len(rows))} marked to be submitted again by the next run (a running service takes "
+            "them within a few seconds)")
+    return EXIT_OK
+
+
+class Difference(NamedTuple):
+    path: str
+    name: str
+    problem: str
+    detail: str = ""
+
+
+def local_difference(row: LedgerRow | None, entry: FileEntry | None) -> Difference | None:
+    """What the folder and the ledger disagree on for one path; pure."""
+    if row is None:
+        assert entry is not None
+        return Difference(entry.relpath, "", "not imported yet", "new in the folder")
+    if entry is None:
+        return Difference(row.path, row.name, "deleted locally", f"the ledger has it {row.state}")
+    if row.state not in ACCEPTED_STATES:
+        return Difference(row.path, row.name, f"not imported: {row.state}", printable(row.last_error or ""))
+    if (row.size, row.mtime_ns, row.inode) != (entry.size, entry.mtime_ns, entry.inode):
+        return Difference(row.path, row.name, "changed locally since import",
+                          f"size {row.size} -> {entry.size}" if row.size != entry.size else "modified")
+    return None
+
+
+def cdn_difference(row: LedgerRow, listing: Listing, confirm: ConfirmConfig) -> Difference | None:
+    """What the ledger and the CDN disagree on for one imported file; pure."""
+    name = row.accepted_name or row.name
+    if not listing.found:
+        return Difference(row.path, name, "missing at the CDN", "file/list does not list it")
+    if listing.status in confirm.failed_states:
+        return Difference(row.path, name, "failed at the CDN", f"file/list says {listing.status!r}")
+    if listing.size is not None and listing.size != (row.accepted_size or row.size):
+        return Difference(row.path, name, "size differs at the CDN",
+                          f"the CDN has {listing.size} bytes, the file {row.accepted_size or row.size}")
+    return None
+
+
+def local_differences(config: Config, ledger: Ledger) -> tuple[list[Difference], list[LedgerRow]]:
+    """Folder against ledger, one folder at a time; and the imported rows to ask the CDN about."""
+    differences: list[Difference] = []
+    to_ask: list[LedgerRow] = []
+    walked: set[str] = set()
+    for reldir, entries in walk_folder(config.folder, config.scan):
+        walked.add(reldir)
+        rows = {row.path: row for row in ledger.rows_in_dir(reldir)}
+        for entry in entries:
+            if entry.relpath in dict(config.private_files):
+                continue
+            row = rows.pop(entry.relpath, None)
+            found = local_difference(row, entry)
+            if found is not None:
+                differences.append(found)
+            elif row is not None:
+                to_ask.append(row)
+        differences += [local_difference(row, None) for row in rows.values()]   # type: ignore[misc]
+    differences += [local_difference(row, None) for row in ledger.all_rows()   # type: ignore[misc]
+                    if row.path.rpartition("/")[0] not in walked]
+    return differences, to_ask
+
+
+def ask_cdn(client: CdnClient, rows: Sequence[LedgerRow], workers: int,
+            show_progress: bool) -> Iterator[tuple[LedgerRow, Listing]]:
+    """file/list for each row, a few at a time within api.rate_limit, with a bar on a terminal."""
+    bars = ProgressBars(show_progress, print)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="check") as pool:
+        for row, listing in zip(rows, pool.map(lambda r: client.list_file(r.accepted_name or r.name), rows)):
+            bars.update("check", 1, total=len(rows), unit="file", desc="asking the CDN")
+            yield row, listing
+    bars.close()
+
+
+def check_against_cdn(config: Config, *, fix: bool, sample: int | None, as_json: bool,
+                      show_progress: bool, out: Callable[[str], None] = print) -> int:
+    """`check`: folder, ledger and CDN compared; one line per difference; exit 0 when all agree."""
+    check_can_submit(config)
+    if sample is not None and sample < 1:
+        raise ConfigError("--sample needs a number of files, at least 1")
+    if not config.ledger.exists():
+        raise ConfigError(f"no ledger yet at {config.ledger}: nothing has been pushed, so there is nothing to check")
+    with Ledger.open(config.ledger) as ledger:
+        if sample is None:
+            differences, to_ask = local_differences(config, ledger)
+        else:
+            differences, to_ask = [], ledger.sample_accepted(sample)
+        client = CdnClient(config.api, pool_size=config.submit_workers)
+        try:
+            for row, listing in ask_cdn(client, to_ask, config.submit_workers, show_progress):
+                found = cdn_difference(row, listing, config.confirm)
+                if found is None:
+                    continue
+                differences.append(found)
+                if fix:        # one row at a time, committed: a kill keeps every fix made so far
+                    ledger.put(as_resend(row))
+        finally:
+            client.close()
+    report_differences(differences, len(to_ask), fix=fix, as_json=as_json, out=out)
+    return EXIT_INCOMPLETE if differences else EXIT_OK
+
+
+def report_differences(differences: Sequence[Difference], asked: int, *, fix: bool, as_json: bool,
+                       out: Callable[[str], None]) -> None:
+    if as_json:
+        out(json.dumps({"asked_cdn": asked, "differences": [d._asdict() for d in differences]}, indent=2))
+        return
+    for found in differences:
+        name = f" (CDN name {printable(found.name)})" if found.name and found.name != found.path else ""
+        out(f"{found.problem}: {printable(found.path)}{name}{': ' + found.detail if found.detail else ''}")
+    fixed = sum(1 for d in differences if d.problem in CDN_PROBLEMS) if fix else 0
+    out(f"check: {len(differences)} differences; the CDN was asked about {files(asked)}"
+        + (f"; {files(fixed)} marked to be submitted again by the next run" if fixed else ""))
+
+
+CDN_PROBLEMS = ("missing at the CDN", "failed at the CDN", "size differs at the CDN")
+
+
 DEMO_SAMPLES = {
     "welcome.mp4": 256 * 1024,
     "series/episode 01.mp4": 3 * 1024 * 1024 + 7,
@@ -5732,6 +6255,21 @@ examples:
   .venv/bin/python cdn_push.py reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
   systemctl reload cdn-push                  # the unit runs this command
 """),
+    "check": ("compare folder, ledger and CDN (file/list); --fix marks what the CDN lacks to be sent again", """\
+examples:
+  .venv/bin/python cdn_push.py check                   # every imported file; exit 0 when all agree
+  .venv/bin/python cdn_push.py check --sample 200      # 200 random imported files: a cheap daily audit
+  .venv/bin/python cdn_push.py check --fix && .venv/bin/python cdn_push.py run
+"""),
+    "resend": ("submit files again on the next run, whatever the ledger says", """\
+examples:
+  .venv/bin/python cdn_push.py resend "series/episode 01.mp4"
+  .venv/bin/python cdn_push.py resend 'trailers/**'    # a glob, as in rules (quote it for the shell)
+"""),
+    "forget": ("drop files from the ledger (a file still in the folder is then imported as new)", """\
+examples:
+  .venv/bin/python cdn_push.py forget 'old-site/**'
+"""),
     "demo": ("local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks", """\
 examples:
   .venv/bin/python cdn_push.py demo
@@ -5776,6 +6314,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub["status"].add_argument("--json", action="store_true", help="print JSON")
     sub["status"].add_argument("--state", choices=STATES, help="only files in this state")
     sub["reload"].add_argument("--pid", type=int, help="the service's process id (default: from the ledger's lock)")
+    sub["check"].add_argument("--fix", action="store_true",
+                              help="mark files the CDN lacks, failed or holds at another size to be sent again")
+    sub["check"].add_argument("--json", action="store_true", help="print JSON")
+    sub["check"].add_argument("--sample", type=int, metavar="N", help="check N random imported files only")
+    for name in ("resend", "forget"):
+        sub[name].add_argument("patterns", nargs="+", metavar="PATH|GLOB",
+                               help="a path relative to 'folder', a CDN name, or a glob such as 'series/**'")
     sub["demo"].add_argument("--keep", action="store_true", help="keep the work folder")
     parser.set_defaults(commands=sub)
     return parser
@@ -5871,6 +6416,12 @@ def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
         return show_status(config, as_json=args.json, state=args.state)
     if args.command == "reload":
         return request_reload(config, args.pid)
+    if args.command in ("resend", "forget"):
+        return change_rows(config, args.patterns, forget=args.command == "forget")
+    if args.command == "check":
+        with stop_on_signals(stop):
+            return check_against_cdn(config, fix=args.fix, sample=args.sample, as_json=args.json,
+                                     show_progress=sys.stderr.isatty() and args.quiet == 0)
     if args.command == "watch":
         reload = threading.Event()
         with stop_on_signals(stop, reload):

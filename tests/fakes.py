@@ -15,10 +15,14 @@ def accepted(params: Mapping[str, str]) -> cdn_push.CdnAnswer:
 class FakeCdnClient:
     """Stands in for cdn_push.CdnClient (a cdn_push.SubmitClient): records every file/add in the order
     sent and answers with `answer(params)` (accepted by default), or raises what it returns if that
-    is an exception. After `hold()`, each request waits until the test `release()`s it."""
+    is an exception. After `hold()`, each request waits until the test `release()`s it. file/list
+    answers `listing(name)`: by default every name sent is `ready` at the size sent."""
 
-    def __init__(self, answer: Callable[[Mapping[str, str]], object] = accepted) -> None:
+    def __init__(self, answer: Callable[[Mapping[str, str]], object] = accepted,
+                 listing: Callable[[str], object] | None = None) -> None:
         self.answer = answer
+        self.listing = listing or self._listed_as_sent
+        self.listed: list[str] = []
         self.sent: list[str] = []
         self.requests: list[dict[str, str]] = []
         self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
@@ -54,3 +58,17 @@ class FakeCdnClient:
             raise outcome
         assert isinstance(outcome, cdn_push.CdnAnswer)
         return outcome
+
+    def list_file(self, name: str) -> cdn_push.Listing:
+        with self._lock:
+            self.listed.append(name)
+        outcome = self.listing(name)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, cdn_push.Listing)
+        return outcome
+
+    def _listed_as_sent(self, name: str) -> cdn_push.Listing:
+        with self._lock:
+            sizes = [int(r["size"]) for r in self.requests if r["name"] == name]
+        return cdn_push.Listing(True, "ready", sizes[-1]) if sizes else cdn_push.Listing(False)
