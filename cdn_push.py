@@ -120,7 +120,8 @@ STATE_SUBMITTED = "submitted"
 STATE_CONFIRMED = "confirmed"
 STATE_REJECTED = "rejected"
 STATE_FAILED = "failed"
-STATES = (STATE_PENDING, STATE_SUBMITTED, STATE_CONFIRMED, STATE_REJECTED, STATE_FAILED)
+STATE_GONE = "gone"             # imported, then deleted (or moved) in the folder: the CDN may still hold it
+STATES = (STATE_PENDING, STATE_SUBMITTED, STATE_CONFIRMED, STATE_REJECTED, STATE_FAILED, STATE_GONE)
 ACCEPTED_STATES = (STATE_SUBMITTED, STATE_CONFIRMED)
 
 # What the decide step concludes for one file on disk.
@@ -388,6 +389,14 @@ class CallbackConfig:
 
 
 @dataclass(frozen=True)
+class DeleteConfig:
+    """Local deletes sent to the CDN (file/delete): off unless asked for, and never in bulk."""
+    enabled: bool = False
+    grace_seconds: float = 3600.0       # how long a file must have been gone before it is deleted
+    max_per_pass: int = 100             # more files gone in one pass than this: nothing is deleted
+
+
+@dataclass(frozen=True)
 class Rule:
     match: str
     overrides: Mapping[str, Any]
@@ -421,6 +430,7 @@ class Config:
     source: str = "<config>"
     callback: CallbackConfig = field(default_factory=CallbackConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    delete: DeleteConfig = field(default_factory=DeleteConfig)
     monitor: "MonitorConfig" = field(default_factory=lambda: MonitorConfig())
     # Files that hold secrets or state and lie inside the folder: (relative path, the key naming it).
     private_files: tuple[tuple[str, str], ...] = ()
@@ -450,6 +460,7 @@ CONFIG_KEYS: dict[str, Any] = {
                          "idle_timeout": None}},
     "confirm": {"poll": None, "poll_interval": None, "ready_states": None, "failed_states": None,
                 "wait_seconds": None},
+    "delete": {"enabled": None, "grace_seconds": None, "max_per_pass": None},
     "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
                  "retry_delay": None},
     "monitor": {"listen": None, "allow_remote": None},
@@ -616,7 +627,8 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
                     rules=_rules(data.get("rules")), scan=_scan_config(_mapping(data.get("scan"), "scan")),
                     hash_workers=hash_workers, submit_workers=submit_workers, source=source,
                     callback=_callback_config(_mapping(data.get("callback"), "callback"), origin.serve),
-                    monitor=_monitor_config(_mapping(data.get("monitor"), "monitor")))
+                    monitor=_monitor_config(_mapping(data.get("monitor"), "monitor")),
+                    delete=_delete_config(_mapping(data.get("delete"), "delete")))
     config = _with_confirm(config, _mapping(data.get("confirm"), "confirm"), _mapping(data.get("callback"), "callback"))
     return dataclasses.replace(config, private_files=private_files_in(folder, private_candidates(config)))
 
@@ -814,6 +826,15 @@ def is_loopback(host: str) -> bool:
     with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host).is_loopback
     return False
+
+
+def _delete_config(raw: Mapping[str, Any]) -> DeleteConfig:
+    default = DeleteConfig()
+    return DeleteConfig(
+        enabled=_boolean(raw.get("enabled"), "delete.enabled", default.enabled),
+        grace_seconds=float(_number(raw.get("grace_seconds"), "delete.grace_seconds", default.grace_seconds)),
+        max_per_pass=_number(raw.get("max_per_pass"), "delete.max_per_pass", default.max_per_pass, minimum=1,
+                             integer=True))
 
 
 def _words(value: Any, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -1652,6 +1673,28 @@ class Ledger:
         cursor = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE dir=?", (reldir,))
         make = QuickRow._make
         return {values[0]: make(values) for values in cursor}
+
+    def dirs(self) -> list[str]:
+        """Every folder the ledger has a row in (the files_by_dir index answers it)."""
+        return [reldir for (reldir,) in self._run("SELECT DISTINCT dir FROM files")]
+
+    def mark_gone(self, paths: Sequence[str]) -> int:
+        """Files no longer in the folder: those the CDN never took are forgotten, the others become
+        `gone` (updated_at says since when). Returns how many became gone."""
+        gone = 0
+        for path in paths:
+            self._run("DELETE FROM files WHERE path=? AND accepted_sha256 IS NULL AND state != ?",
+                      (path, STATE_SUBMITTED))
+            gone += self._run("UPDATE files SET state=?, updated_at=? WHERE path=? AND state != ?",
+                              (STATE_GONE, self._clock(), path, STATE_GONE)).rowcount
+        self._changed(len(paths), 1)
+        return gone
+
+    def gone_before(self, when: float, limit: int) -> list[LedgerRow]:
+        """Up to `limit` rows gone since before `when`, oldest first."""
+        cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE state=? AND updated_at < ? "
+                           "ORDER BY updated_at LIMIT ?", (STATE_GONE, when, limit))
+        return [self._row(values) for values in cursor]
 
     def rows_in_dir(self, reldir: str) -> list[LedgerRow]:
         cursor = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE dir=?", (reldir,))
@@ -2854,6 +2897,9 @@ class RunSummary:
     confirmed: int = 0
     unconfirmed: int = 0
     resent: int = 0
+    gone: int = 0
+    deleted: int = 0
+    deletes_refused: int = 0
     bytes_hashed: int = 0
     hashed_files: int = 0
     interrupted: bool = False
@@ -2874,6 +2920,10 @@ class RunSummary:
             parts.append(f"{self.conflicts} conflicts")
         if self.unreadable:
             parts.append(f"{self.unreadable} unreadable")
+        if self.gone:
+            parts.append(f"{self.gone} gone from the folder")
+        if self.deleted:
+            parts.append(f"{self.deleted} deleted from the CDN")
         tail = " (interrupted)" if self.interrupted else ""
         return f"summary: {', '.join(parts)} in {time.monotonic() - self.started:.1f}s{tail}"
 
@@ -2887,7 +2937,7 @@ class RunSummary:
         if self.fatal is not None:
             return exit_code_for(self.fatal)
         if (self.rejected or self.failed or self.conflicts or self.unreadable or self.unconfirmed
-                or self.interrupted):
+                or self.interrupted or self.deletes_refused):
             return EXIT_INCOMPLETE
         return EXIT_OK
 
@@ -3341,6 +3391,8 @@ class Hasher:
 class FolderChunk(NamedTuple):
     entries: list[FileEntry]
     known: dict[str, QuickRow]      # what the ledger knows of the chunk's folder
+    gone: list[QuickRow] = []       # on a folder's last chunk: rows of files no longer in it
+    walk_over: bool = False         # the pass's last chunk: `gone` holds the rows of folders not there any more
 
 
 class Scanner:
@@ -3354,6 +3406,10 @@ class Scanner:
         self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
         self._folder: collections.deque[FileEntry] | None = None
         self._known: dict[str, QuickRow] = {}
+        self._seen: set[str] = set()            # the files of the folder at hand listed so far
+        self._walked: set[str] = set()          # folders listed this pass
+        self._unlisted: list[str] = []          # folders that could not be listed: their rows are not gone
+        self.listed = 0                         # files listed this pass
 
     @property
     def active(self) -> bool:
@@ -3361,28 +3417,49 @@ class Scanner:
 
     def start(self, config: Config) -> None:
         check_folder(config)
-        self._walk = walk_folder(config.folder, config.scan, self.on_problem)
+        self._walked, self._unlisted, self.listed = set(), [], 0
+        self._walk = walk_folder(config.folder, config.scan, self._problem)
+
+    def _problem(self, relpath: str, why: str) -> None:
+        if why.startswith("cannot list folder"):
+            self._unlisted.append("" if relpath == "." else relpath)
+        self.on_problem(relpath, why)
 
     def stop(self) -> None:
         self._walk = self._folder = None
 
     def next_chunk(self) -> FolderChunk | None:
-        """Up to `folder_chunk` files of the folder at hand (the next folder once it is done);
-        None when the walk is over."""
+        """Up to `folder_chunk` files of the folder at hand (the next folder once it is done); the
+        walk's end once, then None."""
         while self._folder is None:
             if self._walk is None:
                 return None
             batch = next(self._walk, None)
             if batch is None:
                 self._walk = None
-                return None
+                return FolderChunk([], {}, self._rows_of_folders_gone(), walk_over=True)
             reldir, entries = batch
-            self._folder, self._known = collections.deque(entries), self.ledger.quick_rows_in_dir(reldir)
+            self._walked.add(reldir)
+            self.listed += len(entries)
+            self._folder, self._known, self._seen = (collections.deque(entries),
+                                                     self.ledger.quick_rows_in_dir(reldir), set())
         waiting = self._folder
         entries = [waiting.popleft() for _ in range(min(self.tuning.folder_chunk, len(waiting)))]
-        if not waiting:
-            self._folder = None
-        return FolderChunk(entries, self._known)
+        self._seen.update(entry.relpath for entry in entries)
+        if waiting:
+            return FolderChunk(entries, self._known)
+        self._folder = None
+        gone = [row for path, row in self._known.items() if path not in self._seen and row.state != STATE_GONE]
+        return FolderChunk(entries, self._known, gone)
+
+    def _rows_of_folders_gone(self) -> list[QuickRow]:
+        """Rows in folders this pass did not list (removed, or now excluded), but for those that
+        could not be listed."""
+        def unlisted(reldir: str) -> bool:
+            return any(reldir == top or reldir.startswith(top + "/") or not top for top in self._unlisted)
+
+        return [row for reldir in self.ledger.dirs() if reldir not in self._walked and not unlisted(reldir)
+                for row in self.ledger.quick_rows_in_dir(reldir).values() if row.state != STATE_GONE]
 
 
 class Submitter:
@@ -3607,6 +3684,7 @@ class Decider:
                           f"location={params['location']}{' ' + extras if extras else ''}")
 
 
+NO_SUCH_FILE = re.compile(r"no such file|not found|does not exist|not exist", re.I)
 IN_PROGRESS_WORDS = frozenset({"queued", "new", "pending", "waiting", "fetching", "downloading", "importing",
                                "processing", "copying", "converting", "in progress", "in_progress"})
 
@@ -3720,6 +3798,21 @@ class Recorder:
         log.warning("%s: %s; submitting it again in %.0fs (attempt %d of %d)", printable(row.name), message,
                     delay, row.attempts + 1, ctx.config.callback.max_attempts)
         return True
+
+    def deleted(self, row: LedgerRow, outcome: Listing | CdnAnswer | Exception) -> None:
+        """The answer to file/delete for a file gone from the folder: the row goes once the CDN's copy does."""
+        name = printable(row.accepted_name or row.name)
+        if isinstance(outcome, CdnAnswer) and (outcome.outcome != OUTCOME_REJECTED or NO_SUCH_FILE.search(
+                outcome.message)):
+            self.ctx.ledger.forget(row.path)
+            self.ctx.summary.deleted += 1
+            log.info("deleted from the CDN: %s (gone from the folder)", name)
+        elif isinstance(outcome, (CdnError, CdnAnswer)):
+            said = outcome.message if isinstance(outcome, CdnAnswer) else str(outcome)
+            log.warning("could not delete %s from the CDN (%s); the next pass tries again", name,
+                        self.ctx.clean(said))
+        elif not isinstance(outcome, StopRequested):
+            raise outcome if isinstance(outcome, BaseException) else AssertionError(outcome)
 
     def listed(self, row: LedgerRow, listing: Listing) -> bool:
         """What file/list said of a submitted file; whether it is still awaited."""
@@ -3902,9 +3995,11 @@ class Feeder:
 
 
 class CheckJob(NamedTuple):
-    """One question to file/list: the row as it was when asked."""
+    """One question to file/list (or, for a file gone from the folder, a file/delete): the row as
+    it was when asked."""
 
     row: LedgerRow
+    delete: bool = False
 
 
 class Checker:
@@ -3917,7 +4012,7 @@ class Checker:
         self.wake = wake
         self.out = 0
         self._questions: queue.SimpleQueue[CheckJob | None] = queue.SimpleQueue()
-        self._answers: queue.SimpleQueue[tuple[CheckJob, Listing | Exception]] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[CheckJob, Listing | CdnAnswer | Exception]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def ask(self, job: CheckJob) -> None:
@@ -3927,7 +4022,7 @@ class Checker:
         self.out += 1
         self._questions.put(job)
 
-    def answers(self) -> list[tuple[CheckJob, Listing | Exception]]:
+    def answers(self) -> list[tuple[CheckJob, Listing | CdnAnswer | Exception]]:
         found = []
         while True:
             try:
@@ -3949,9 +4044,12 @@ class Checker:
             if job is None:
                 return
             client = self.submitter.client
+            name = job.row.accepted_name or job.row.name
             try:
-                outcome: Listing | Exception = (client.list_file(job.row.accepted_name or job.row.name)
-                                                if client else CdnError("no client"))
+                if client is None:
+                    raise CdnError("no client")
+                outcome: Listing | CdnAnswer | Exception = (client.delete_file(name) if job.delete
+                                                            else client.list_file(name))
             except Exception as exc:  # noqa: BLE001 - handed to the owner thread, which decides
                 outcome = exc
             self._answers.put((job, outcome))
@@ -3994,10 +4092,38 @@ class Confirmer:
     def take_answers(self) -> int:
         answers = self.checker.answers()
         for job, outcome in answers:
-            self.release(job.row.path, Stage.CHECKING, self._take(job.row, outcome))
+            if job.delete:
+                self.recorder.deleted(job.row, outcome)
+                self.ctx.table.move(job.row.path, Stage.CHECKING, None)
+            else:
+                self.release(job.row.path, Stage.CHECKING, self._take(job.row, outcome))
         return len(answers)
 
-    def _take(self, row: LedgerRow, outcome: Listing | Exception) -> bool:
+    def delete_gone(self, gone_now: Sequence[str]) -> None:
+        """file/delete for files gone longer than delete.grace_seconds and still missing; none at all
+        when more than delete.max_per_pass would go (or went) at once: that looks like a lost mount
+        or a wrong 'folder', not a clean-up (rclone's --max-delete)."""
+        ctx, settings = self.ctx, self.ctx.config.delete
+        due = ctx.ledger.gone_before(ctx.clock() - settings.grace_seconds, settings.max_per_pass + 1)
+        if ctx.dry_run and settings.grace_seconds <= 0:     # what this pass would have marked gone goes too
+            due += [row for row in map(ctx.ledger.get, gone_now) if row is not None and row.accepted_sha256]
+        due = [row for row in due if ctx.table.stage(row.path) is None
+               and not os.path.lexists(ctx.config.folder / row.path)]
+        if max(len(gone_now), len(due)) > settings.max_per_pass:
+            ctx.summary.deletes_refused += 1
+            log.error("%s disappeared from the folder at once (delete.max_per_pass is %d): nothing is deleted "
+                      "from the CDN. If that is what you meant, raise delete.max_per_pass for one run",
+                      files(max(len(gone_now), len(due))), settings.max_per_pass)
+            return
+        for row in due:
+            if ctx.dry_run:
+                ctx.bars.say(f"would delete from the CDN: {printable(row.accepted_name or row.name)} "
+                             f"(gone from the folder since {time.strftime('%Y-%m-%d %H:%M', time.localtime(row.updated_at))})")
+                continue
+            ctx.table.move(row.path, None, Stage.CHECKING)
+            self.checker.ask(CheckJob(row, delete=True))
+
+    def _take(self, row: LedgerRow, outcome: Listing | CdnAnswer | Exception) -> bool:
         """Record one answer; whether the file is still awaited."""
         if isinstance(outcome, Listing):
             return self.recorder.listed(row, outcome)
@@ -4055,14 +4181,17 @@ class Intake:
     and DECIDED and out of DECIDED; `enqueue` sends a fresh pending row on at once."""
 
     def __init__(self, ctx: RunContext, hasher: Hasher, decider: Decider, *,
-                 enqueue: Callable[[LedgerRow], int], on_waiting: Callable[[str], None]) -> None:
+                 enqueue: Callable[[LedgerRow], int], on_waiting: Callable[[str], None],
+                 walk_over: Callable[[list[QuickRow], int], None]) -> None:
         self.ctx = ctx
         self.scanner = Scanner(ctx.ledger, ctx.tuning, self.problem)
         self.hasher = hasher
         self.decider = decider
         self.enqueue = enqueue
         self.on_waiting = on_waiting
+        self.walk_over = walk_over
         self.waiting_examples: list[str] = []
+        self._gone: list[QuickRow] = []       # this pass's files no longer in the folder
         self.private = dict(ctx.config.private_files)
         self._private_warned: set[str] = set()
         self._decided: list[tuple[LedgerRow, bool]] = []
@@ -4119,6 +4248,11 @@ class Intake:
     def _take_chunk(self, chunk: FolderChunk) -> None:
         """Files young enough to be still written wait for a later pass (or the watcher); the
         ledger vouches for the others or they go on to be hashed."""
+        self._gone += chunk.gone
+        if chunk.walk_over:
+            gone, self._gone = self._gone, []
+            self.walk_over(gone, self.scanner.listed)
+            return
         clock, settle = self.ctx.clock, self.ctx.config.scan.settle_seconds
         settle_before_ns = int((clock() - settle) * 1e9)
         settled = []
@@ -4250,7 +4384,8 @@ class Pipeline:
         self.hasher = Hasher(self.table, config.hash_workers, tuning, hash_function, self.wake,
                              bars.hashed if show_progress else _no_progress)
         self.intake = Intake(self.ctx, self.hasher, Decider(self.ctx, retry_rejected=retry_rejected),
-                             enqueue=lambda row: self.feeder.enqueue(row, fresh=True), on_waiting=on_waiting)
+                             enqueue=lambda row: self.feeder.enqueue(row, fresh=True), on_waiting=on_waiting,
+                             walk_over=self._walk_over)
         self.recorder = Recorder(self.ctx)
         self.submitter = Submitter(client, self.wake)
         self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
@@ -4483,6 +4618,27 @@ class Pipeline:
             decider.origin_to_record = None
         self.activity.pass_ended()
         self.on_pass_done(started)
+
+    def _walk_over(self, gone: list[QuickRow], listed: int) -> None:
+        """The walk is through: files no longer in the folder become `gone`, and old enough ones
+        are deleted from the CDN where that is asked for. An empty listing proves nothing (an
+        unmounted share looks empty): then nothing is marked or deleted."""
+        if gone and not listed:
+            log.warning("the folder %s lists no files at all (an unmounted share?): the %s the ledger knows "
+                        "there are not marked gone, and nothing is deleted from the CDN", self.config.folder,
+                        files(len(gone)))
+            self.summary.deletes_refused += self.config.delete.enabled
+            return
+        paths = [row.path for row in gone if self.table.stage(row.path) in (None, Stage.AWAITING)]
+        if paths and not self.ctx.dry_run:
+            for path in paths:
+                self.table.leave(path, Stage.AWAITING)
+            self.summary.gone += self.ledger.mark_gone(paths)
+        if paths:
+            log.info("%s no longer in the folder: %s%s", files(len(paths)), ", ".join(map(printable, paths[:5])),
+                     f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        if self.config.delete.enabled:
+            self.confirmer.delete_gone(paths)
 
     def _collect_answers(self) -> int:
         answers = self.submitter.answers()

@@ -122,3 +122,79 @@ def test_a_check_fix_killed_half_way_keeps_its_fixes_and_a_second_one_finishes(i
     code, out, err = main(capsys, imported)
     assert code == 0, err
     assert main(capsys, imported, "check")[0] == 0
+
+
+# -- deletes and renames ----------------------------------------------------------------------------
+
+def counts(capsys, config):
+    code, shown, _ = main(capsys, config, "status", "--json")
+    return json.loads(shown)["counts"]
+
+
+def test_a_deleted_file_becomes_gone_and_is_no_longer_counted_as_confirmed(imported, drop, emulator, capsys):
+    (drop / "d0/3.mp4").unlink()
+    code, out, err = main(capsys, imported)
+    assert code == 0 and "1 gone from the folder" in out, err
+    assert counts(capsys, imported)["confirmed"] == 8 and counts(capsys, imported)["gone"] == 1
+    assert "d0/3.mp4" in emulator.files                      # deletes are not sent unless asked for
+    code, out, _ = main(capsys, imported)
+    assert code == 0 and "gone" not in out                    # said once
+
+
+def test_a_renamed_file_is_imported_under_its_new_name_without_hashing_and_the_old_name_is_gone(
+        imported, drop, emulator, capsys):
+    os.rename(drop / "d0/0.mp4", drop / "d1/zero.mp4")
+    code, out, err = main(capsys, imported)
+    assert code == 0, err
+    assert "1 new" in out and "1 gone from the folder" in out and "1 confirmed" in out
+    assert emulator.requests[-1]["name"] == "d1/zero.mp4"
+    code, shown, _ = main(capsys, imported, "status", "--json")
+    states = {f["path"]: f["state"] for f in json.loads(shown)["files"]}
+    assert states["d0/0.mp4"] == "gone" and states["d1/zero.mp4"] == "confirmed"
+
+
+def test_with_delete_enabled_a_local_delete_reaches_the_cdn_after_the_grace_period(
+        drop, emulator, write_config, capsys):
+    write_files(drop, FILES)
+    waiting = write_config(confirm=POLLING, delete={"enabled": True, "grace_seconds": 3600})
+    assert main(capsys, waiting)[0] == 0
+    (drop / "d2/2.mp4").unlink()
+    code, out, err = main(capsys, waiting)
+    assert code == 0 and "1 gone from the folder" in out and "deleted" not in out, err
+    assert "d2/2.mp4" in emulator.files                       # within the grace period
+    now = write_config(confirm=POLLING, delete={"enabled": True, "grace_seconds": 0})
+    code, out, _ = main(capsys, now, "--dry-run")
+    assert "would delete from the CDN: d2/2.mp4" in out and "d2/2.mp4" in emulator.files
+    code, out, err = main(capsys, now)
+    assert code == 0 and "1 deleted from the CDN" in out, err
+    assert "d2/2.mp4" not in emulator.files and len(emulator.files) == 8
+    assert counts(capsys, now)["gone"] == 0                   # the row went with the CDN's copy
+
+
+def test_a_folder_that_suddenly_looks_empty_deletes_nothing_and_says_why(drop, emulator, write_config, capsys):
+    write_files(drop, FILES)
+    config = write_config(confirm=POLLING, delete={"enabled": True, "grace_seconds": 0})
+    assert main(capsys, config)[0] == 0
+    os.rename(drop, drop.with_name("unmounted"))
+    drop.mkdir()                                              # the mount point, empty
+    code, out, err = main(capsys, config)
+    assert code == cdn_push.EXIT_INCOMPLETE
+    assert "lists no files at all (an unmounted share?)" in err and "nothing is deleted" in err
+    assert len(emulator.files) == 9 and counts(capsys, config)["gone"] == 0
+
+
+def test_more_files_gone_than_max_per_pass_deletes_none_of_them_until_the_limit_is_raised(
+        drop, emulator, write_config, capsys):
+    write_files(drop, FILES)
+    config = write_config(confirm=POLLING, delete={"enabled": True, "grace_seconds": 0, "max_per_pass": 2})
+    assert main(capsys, config)[0] == 0
+    for name in ("d0/0.mp4", "d1/1.mp4", "d2/2.mp4"):
+        (drop / name).unlink()
+    code, out, err = main(capsys, config)
+    assert code == cdn_push.EXIT_INCOMPLETE and "3 files disappeared from the folder at once" in err
+    assert len(emulator.files) == 9
+    assert main(capsys, config)[0] == cdn_push.EXIT_INCOMPLETE          # refused again, not forgotten
+    raised = write_config(confirm=POLLING, delete={"enabled": True, "grace_seconds": 0, "max_per_pass": 3})
+    code, out, err = main(capsys, raised)
+    assert code == 0 and "3 deleted from the CDN" in out, err
+    assert len(emulator.files) == 6
