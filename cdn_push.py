@@ -1494,8 +1494,9 @@ CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
 DROP INDEX IF EXISTS files_by_state;
 CREATE INDEX IF NOT EXISTS files_by_queue ON files (state, priority DESC, path);
 CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
-CREATE INDEX IF NOT EXISTS files_by_check ON files (state, retry_at);
 """
+# Indexes on columns that migrations add: made once the ledger is at SCHEMA_VERSION.
+LEDGER_INDEXES = "CREATE INDEX IF NOT EXISTS files_by_check ON files (state, retry_at);"
 
 
 # Forward migrations: MIGRATIONS[n] turns a version-n ledger into version n + 1.
@@ -1601,6 +1602,7 @@ class Ledger:
                                   "move the ledger aside to start a new one")
             elif int(found[0]) < SCHEMA_VERSION:
                 cls._migrate(db, where, int(found[0]))
+            db.executescript(LEDGER_INDEXES)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
         except OSError as exc:
@@ -4665,6 +4667,10 @@ class Pipeline:
         client.on_retry = self.activity.retried
         self.ctx.redact = Redactor(config.secrets())
         self.intake.private = dict(config.private_files)
+
+    def apply_callbacks(self) -> int:
+        """Record the callbacks that came in (the step does this too)."""
+        return self.recorder.apply_callbacks()
 
     def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
         self.ctx.signer, self.ctx.inbox = signer, inbox

@@ -86,6 +86,8 @@ def raw_config(tmp_path: Path, drop: Path, emulator: CdnEmulator, origin: Static
                                         "max_seconds": 10}},
         "origin": {"base_url": origin.url, "username": ORIGIN_USER, "password": ORIGIN_PASSWORD},
         "scan": {"settle_seconds": 5},
+        # Suites about sending turn file/list questions off; tests of confirmation turn them on.
+        "confirm": {"poll": False, "poll_interval": 0.2},
         "monitor": {"listen": None},     # tests that want the status page choose a free port
     }
 
@@ -110,6 +112,23 @@ def make_config(tmp_path: Path, raw_config: dict[str, Any]) -> Callable[..., cdn
         return cdn_push.parse_config({**raw_config, **sections}, env={}, base_dir=tmp_path)
 
     return make
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:
+    """Call `condition` until it returns something truthy, and return that.
+
+    After `timeout` seconds without it, raise AssertionError naming `message` and the last value
+    seen. The one wait of the suite: tests decide on conditions with a deadline, never on a sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g}s: {message or getattr(condition, '__name__', 'condition')}"
+                                 f" (last value: {repr(value)[:200]})")
+        time.sleep(interval)
 
 
 def free_port() -> int:

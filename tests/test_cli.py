@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ import pytest
 
 import cdn_push
 from cdn_push import main
-from conftest import API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, assert_cdn_holds, start_cdn_push, write_files
+from conftest import (API_PASSWORD, AWKWARD_FILES, ORIGIN_PASSWORD, ROOT, assert_cdn_holds, free_port, start_cdn_push,
+                      wait_for, write_files)
 
 
 def run_main(capsys, *args):
@@ -50,7 +50,7 @@ def test_full_run_then_nothing_then_status(capsys, drop, emulator, write_config)
     assert code == cdn_push.EXIT_OK, err
     assert out.strip().startswith(f"summary: {len(AWKWARD_FILES)} new, 0 changed, 0 unchanged, 0 waiting, "
                                   f"{len(AWKWARD_FILES)} submitted, 0 rejected, 0 failed")
-    assert err.count(" INFO imported ") == len(AWKWARD_FILES)
+    assert err.count(" INFO submitted ") == len(AWKWARD_FILES)
     code, out, _ = run_main(capsys, "--config", str(config))
     assert code == 0 and f"{len(AWKWARD_FILES)} unchanged" in out and "0 submitted" in out
     assert len(emulator.requests) == len(AWKWARD_FILES)
@@ -107,10 +107,7 @@ def test_refused_credentials_exit_4_without_retrying(capsys, drop, emulator, wri
 
 def test_unreachable_cdn_exits_4(capsys, drop, write_config, raw_config):
     write_files(drop, {"a.mp4": b"a"})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api = {**raw_config["api"], "url": f"http://127.0.0.1:{port}/api2"}
+    api = {**raw_config["api"], "url": f"http://127.0.0.1:{free_port()}/api2"}
     code, _, err = run_main(capsys, "--config", str(write_config(api=api)))
     assert code == cdn_push.EXIT_CDN_UNAVAILABLE and "cannot reach" in err
     ledger = cdn_push.Ledger.open(raw_config["ledger"])
@@ -183,21 +180,13 @@ def start_process(config: Path, *args: str) -> subprocess.Popen:
     return start_cdn_push("--config", str(config), *args)
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
-
-
 def test_kill_mid_run_then_rerun_imports_everything_once(drop, emulator, write_config, raw_config):
     files = {f"batch/f{i:03}.mp4": os.urandom(1000 + i) for i in range(40)}
     write_files(drop, files)
     emulator.answer_delay = 0.05
     config = write_config(workers={"hash": 2, "submit": 2})
     process = start_process(config)
-    wait_for(lambda: len(emulator.requests) >= 8)
+    wait_for(lambda: len(emulator.requests) >= 8, timeout=30, message="8 requests sent before the kill")
     process.kill()
     process.wait(10)
     assert process.returncode == -signal.SIGKILL
@@ -217,7 +206,7 @@ def test_sigterm_stops_cleanly_and_the_summary_says_so(drop, emulator, write_con
     write_files(drop, {f"f{i:03}.mp4": os.urandom(100) for i in range(60)})
     emulator.answer_delay = 0.05
     process = start_process(write_config(workers={"hash": 1, "submit": 1}))
-    wait_for(lambda: len(emulator.requests) >= 3)
+    wait_for(lambda: len(emulator.requests) >= 3, timeout=30, message="3 requests sent before SIGTERM")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == cdn_push.EXIT_INCOMPLETE, err
@@ -245,7 +234,6 @@ def ledger_states(raw_config):
 
 
 def test_a_wrong_public_url_sends_nothing_and_says_which_key(capsys, drop, emulator, write_config, raw_config):
-    from conftest import free_port
     write_files(drop, {f"f{i}.mp4": os.urandom(500) for i in range(5)})
     listen, wrong = free_port(), free_port()
     code, out, err = run_main(capsys, "--config", str(write_config(origin=serve_section(wrong, listen))))
@@ -261,7 +249,6 @@ def test_a_wrong_public_url_sends_nothing_and_says_which_key(capsys, drop, emula
 
 def test_links_that_can_no_longer_work_are_sent_again_at_once(capsys, drop, emulator, write_config, raw_config):
     """origin.check off and a wrong public_url: the CDN cannot fetch; fixed, the next run resends at once."""
-    from conftest import free_port
     write_files(drop, {f"f{i}.mp4": os.urandom(500) for i in range(3)})
     listen, wrong = free_port(), free_port()
     origin = {**serve_section(wrong, listen), "check": False}
@@ -310,10 +297,26 @@ def test_options_are_tied_to_their_commands(capsys, emulator, write_config, args
     assert "unrecognized arguments" in capsys.readouterr().err and emulator.requests == []
 
 
-def test_options_work_before_or_after_the_command(capsys, drop, write_config):
-    config = str(write_config())
-    assert main(["-q", "--config", config, "status"]) == 0
-    assert main(["status", "-q", "--config", config]) == 0
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_options_work_before_or_after_the_command(capsys, drop, write_config, where):
+    """--config, -q and -v take effect on either side of the command name."""
+    config = str(write_config(scan={"settle_seconds": 3600}))
+    write_files(drop, {"settled.mp4": b"settled"})
+    write_files(drop, {"young.mp4": b"still being written"}, age=0)    # an INFO line; with -v a DEBUG one too
+
+    def dry_run(*options):
+        return run_main(capsys, *([*options, "run", "--dry-run"] if where == "before"
+                                  else ["run", "--dry-run", *options]))
+
+    code, out, err = dry_run("--config", config)                 # neither -q nor -v: INFO, no DEBUG
+    assert code == 0 and "would submit (new): settled.mp4" in out, out + err     # this config's folder
+    assert " INFO " in err and " DEBUG " not in err, err
+    code, out, err = dry_run("-q", "--config", config)
+    assert code == 0 and "would submit (new): settled.mp4" in out, out + err
+    assert " INFO " not in err and " DEBUG " not in err, err       # -q: warnings and errors only
+    code, out, err = dry_run("-v", "--config", config)
+    assert code == 0 and "would submit (new): settled.mp4" in out, out + err
+    assert " DEBUG waiting: young.mp4" in err, err
 
 
 def test_status_into_a_closed_pipe_exits_quietly(write_config, raw_config, drop):
@@ -328,7 +331,6 @@ def test_status_into_a_closed_pipe_exits_quietly(write_config, raw_config, drop)
 
 
 def test_retry_waits_are_said_while_the_api_is_down(capsys, drop, write_config, raw_config):
-    from conftest import free_port
     write_files(drop, {"a.mp4": b"a"})
     api = {**raw_config["api"], "url": f"http://127.0.0.1:{free_port()}/api2",
            "retry": {"attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_seconds": 5}}
@@ -367,7 +369,7 @@ def test_the_config_path_is_shown_whole_from_anywhere(capsys, tmp_path, monkeypa
 
 def test_an_unknown_command_is_named(capsys):
     assert main(["frobnicate"]) == cdn_push.EXIT_USAGE
-    assert "unknown command 'frobnicate' (commands: run, watch, status, reload, demo)" in capsys.readouterr().err
+    assert "unknown command 'frobnicate' (commands: run, watch, status, reload, check, resend, forget, demo)" in capsys.readouterr().err
 
 
 def test_a_dry_run_warns_of_what_a_real_run_would_refuse(capsys, drop, write_config):

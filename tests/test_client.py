@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from email.utils import formatdate
 
@@ -10,7 +9,7 @@ import pytest
 
 import cdn_push
 from cdn_push import ApiConfig, CdnAuthError, CdnClient, CdnRetriesExhausted, CdnUnavailableError, RetryPolicy, Secret
-from conftest import API_LOGIN, API_PASSWORD
+from conftest import API_LOGIN, API_PASSWORD, free_port
 
 
 @pytest.mark.parametrize("status, body, expected", [
@@ -151,10 +150,7 @@ def test_retries_are_bounded_for_server_errors(emulator):
 
 
 def test_unreachable_cdn_raises_unavailable():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api = ApiConfig(url=f"http://127.0.0.1:{port}/api2", login="x", password=Secret("y"), timeout=1,
+    api = ApiConfig(url=f"http://127.0.0.1:{free_port()}/api2", login="x", password=Secret("y"), timeout=1,
                     retry=RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01))
     with pytest.raises(CdnUnavailableError, match="cannot reach.*after 2 attempts"):
         CdnClient(api, sleep=lambda s: None).add_file(PARAMS)

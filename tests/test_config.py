@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 import cdn_push
 from cdn_push import ConfigError
@@ -137,15 +140,61 @@ def test_warns_when_a_password_file_is_readable_by_others(tmp_path, mode, warned
     assert all("hunter2" not in w for w in warnings)
 
 
-def test_example_config_is_valid_and_complete(tmp_path):
+# In a section, a commented-out setting: "  # key: one-word-value", or "  # key:" opening a block whose
+# lines follow as "  #   key: value". Prose comments never match: capitalised, or more than one word after ":".
+COMMENTED_SETTING = re.compile(r"^(?P<indent> +)# (?P<setting> *[a-z_]+:(?: \S+)?)$")
+
+
+def switched_on(text: str) -> str:
+    """config.example.yaml with its commented-out settings (origin.serve, monitor.listen) switched on."""
+    lines = []
+    for line in text.splitlines():
+        found = COMMENTED_SETTING.match(line)
+        lines.append(found["indent"] + found["setting"] if found else line)
+    return "\n".join(lines) + "\n"
+
+
+def key_differences(documented: Any, known: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys of CONFIG_KEYS missing from `documented`, and keys `documented` has that CONFIG_KEYS lacks,
+    at every depth."""
+    if not isinstance(documented, dict):
+        return [f"{prefix.rstrip('.')} is {documented!r}, not a section with {', '.join(known)}"]
+    differences = [f"missing {prefix}{key}" for key in known if key not in documented]
+    differences += [f"unknown {prefix}{key}" for key in documented if key not in known]
+    for key, inner in known.items():
+        if isinstance(inner, dict) and key in documented:
+            differences += key_differences(documented[key], inner, f"{prefix}{key}.")
+    return differences
+
+
+def test_example_config_is_valid_and_complete():
     example = Path(cdn_push.__file__).with_name("config.example.yaml")
-    config, _ = cdn_push.load_config(example, {})
+    config, _ = cdn_push.load_config(example, {})             # valid as shipped
     assert config.folder.name
-    text = example.read_text()
-    for section, keys in cdn_push.CONFIG_KEYS.items():
-        assert f"{section}:" in text, section
-        for key in keys or ():
-            assert f"{key}:" in text, f"{section}.{key} is not in config.example.yaml"
+    documented = yaml.safe_load(switched_on(example.read_text()))
+    assert documented["origin"]["serve"] and documented["monitor"]["listen"]   # the commented-out ones were read
+    assert not key_differences(documented, cdn_push.CONFIG_KEYS), key_differences(documented, cdn_push.CONFIG_KEYS)
+    # The commented-out settings are valid too, once switched on ("remove base_url above" for serve).
+    del documented["origin"]["base_url"]
+    serving = cdn_push.parse_config(documented, env={}, base_dir=example.parent)
+    assert serving.origin.serve is not None and serving.monitor.listen_port == 8765
+
+
+@pytest.mark.parametrize("listen, host, port", [
+    ("127.0.0.1:8765", "127.0.0.1", 8765), ("127.0.0.2:9000", "127.0.0.2", 9000), ("[::1]:8766", "::1", 8766),
+    ("localhost:8767", "localhost", 8767),
+])
+def test_a_loopback_monitor_listen_is_accepted_as_written(listen, host, port):
+    """Loopback needs no allow_remote: the address is kept as written, with or without allow_remote: false.
+    (Its counterpart, a remote address refused without allow_remote, is in test_monitor.py.)"""
+    for extra in ({}, {"allow_remote": False}):
+        monitor = parse(with_("monitor", listen=listen, **extra)).monitor
+        assert (monitor.listen_host, monitor.listen_port, monitor.allow_remote, monitor.chosen) == (
+            host, port, False, True)
+    off = parse(with_("monitor", listen=None)).monitor          # null: no monitor, said on purpose
+    assert (off.listen_host, off.chosen) == (None, True)
+    default = parse(BASE).monitor                                # left out: 127.0.0.1:8765, not chosen
+    assert (default.listen_host, default.listen_port, default.chosen) == ("127.0.0.1", 8765, False)
 
 
 @pytest.mark.parametrize("text, line", [

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cdn_emulator import CdnEmulator, StaticOrigin
-from conftest import API_LOGIN, API_PASSWORD, write_files
+from conftest import API_LOGIN, API_PASSWORD, ROOT, free_port, wait_for, write_files
 
 AUTH = (API_LOGIN, API_PASSWORD)
 
@@ -159,29 +159,49 @@ def test_origin_credentials_in_the_location_are_used(emulator, drop):
         origin.stop()
 
 
-def test_ftp_fetch(emulator, drop):
+@pytest.fixture
+def ftp_server(drop):
+    """A real FTP server (pyftpdlib) over `drop`; yields its port.
+
+    Its IO loop is not thread-safe, so the server's own thread runs it and closes it: the test
+    only sets `stop` and joins. Closing it from the test's thread (close_all() while
+    serve_forever() polls) raced with the poll and ended the thread with an exception.
+    """
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler
     from pyftpdlib.servers import FTPServer
 
-    content = os.urandom(50_000)
-    write_files(drop, {"sub/a b.mp4": content})
     authorizer = DummyAuthorizer()
     authorizer.add_user("ftpuser", "ftp:pass", str(drop), perm="elr")
     handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
     server = FTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.05}, daemon=True)
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            while not stop.is_set():
+                server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        finally:
+            server.close_all()
+
+    thread = threading.Thread(target=serve, name="ftp-server")
     thread.start()
-    try:
-        port = server.socket.getsockname()[1]
-        location = f"ftp://ftpuser:ftp%3Apass@127.0.0.1:{port}/sub/a%20b.mp4"
-        assert add(emulator, location=location, name="f", size=str(len(content)), chksum=sha(content)).ok
-        assert add(emulator, location=location.replace("a%20b", "nope"), name="g", size="1").ok
-        assert emulator.wait_idle(20)
-        assert (emulator.files["f"].state, emulator.files["f"].sha256) == ("ready", sha(content))
-        assert (emulator.files["g"].state, emulator.files["g"].message) == ("failed", "404 error")
-    finally:
-        server.close_all()
+    yield server.socket.getsockname()[1]
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the FTP server did not stop"
+
+
+def test_ftp_fetch(emulator, drop, ftp_server):
+    content = os.urandom(50_000)
+    write_files(drop, {"sub/a b.mp4": content})
+    port = ftp_server
+    location = f"ftp://ftpuser:ftp%3Apass@127.0.0.1:{port}/sub/a%20b.mp4"
+    assert add(emulator, location=location, name="f", size=str(len(content)), chksum=sha(content)).ok
+    assert add(emulator, location=location.replace("a%20b", "nope"), name="g", size="1").ok
+    assert emulator.wait_idle(20)
+    assert (emulator.files["f"].state, emulator.files["f"].sha256) == ("ready", sha(content))
+    assert (emulator.files["g"].state, emulator.files["g"].message) == ("failed", "404 error")
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -209,9 +229,7 @@ def test_callbacks_carry_the_documented_parameters(emulator, drop, served):
                    callback=hook + "?token=t1").ok
         assert add(emulator, location=served.url + "/a.mp4", name="bad", size="4", callback=hook).ok
         assert emulator.wait_idle(20)
-        deadline = time.monotonic() + 5
-        while len(_Recorder.calls) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(_Recorder.calls) >= 2, timeout=5, message="both callbacks received")
         calls = {parse_qs(urlsplit(c).query).get("status", [""])[0]: c for c in _Recorder.calls}
         success = parse_qs(urlsplit(calls["success"]).query)
         assert success == {"token": ["t1"], "status": ["success"], "size": ["5000"], "sha-256": [sha(content)]}
@@ -259,13 +277,10 @@ def start_line_values(line: str, prefix: str) -> dict[str, str]:
 def test_runs_on_its_own_from_the_command_line(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
-
-    from conftest import free_port
 
     port, origin_port = free_port(), free_port()
     (tmp_path / "clip 1.mp4").write_bytes(b"x" * 1000)
-    script = Path(__file__).with_name("cdn_emulator.py")
+    script = ROOT / "cdn_emulator.py"
     process = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--login", "cli",
                                 "--password", "cli secret", "--origin-folder", str(tmp_path),
                                 "--origin-port", str(origin_port)],
@@ -283,12 +298,12 @@ def test_runs_on_its_own_from_the_command_line(tmp_path):
         answer = requests.post(f"http://127.0.0.1:{port}/api2/file/add", auth=("cli", "cli secret"), timeout=5,
                                data={"location": location, "name": "x", "size": "1000"})
         assert answer.status_code == 200
-        deadline = time.monotonic() + 20
-        while True:
+
+        def finished() -> list | None:
             state = requests.get(f"http://127.0.0.1:{port}/_emulator/state", timeout=5).json()
-            if state and state[0]["state"] not in ("queued", "fetching") or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+            return state if state and state[0]["state"] not in ("queued", "fetching") else None
+
+        state = wait_for(finished, timeout=20, interval=0.05, message="the import fetched and verified")
         assert [(f["name"], f["state"], f["streams"]) for f in state] == [("x", "ready", 3)]
     finally:
         process.terminate()
@@ -298,12 +313,11 @@ def test_runs_on_its_own_from_the_command_line(tmp_path):
 def test_command_line_defaults_and_help(monkeypatch):
     import subprocess
     import sys
-    from pathlib import Path
 
     import cdn_emulator
 
     monkeypatch.delenv("CDN_EMULATOR_PASSWORD", raising=False)
-    script = Path(__file__).with_name("cdn_emulator.py")
+    script = ROOT / "cdn_emulator.py"
     shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0
     text = " ".join(shown.stdout.split())
@@ -317,7 +331,7 @@ def test_command_line_defaults_and_help(monkeypatch):
     assert "../shared" not in shown.stdout + (cdn_emulator.__doc__ or "")
 
     # the defaults: no clash with the example config's built-in origin (8080) nor the status page (8765)
-    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    example = (ROOT / "config.example.yaml").read_text()
     used = {int(port) for port in re.findall(r":(\d{2,5})\b", example)} | {8765}
     assert 8080 in used
     args = cdn_emulator.build_parser().parse_args([])
@@ -335,9 +349,8 @@ def test_command_line_defaults_and_help(monkeypatch):
 def test_command_line_errors_are_one_line(argv, message):
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).with_name("cdn_emulator.py")
+    script = ROOT / "cdn_emulator.py"
     result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -346,9 +359,8 @@ def test_a_port_in_use_is_a_clear_error():
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).with_name("cdn_emulator.py")
+    script = ROOT / "cdn_emulator.py"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import pytest
 
 import cdn_push
 from cdn_push import Ledger, Pipeline, main
-from conftest import API_LOGIN, assert_cdn_holds, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, start_cdn_push, write_files
+from conftest import (API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, assert_cdn_holds, free_port, start_cdn_push,
+                      wait_for, write_files)
 
 SOAK = int(os.environ.get("CDN_PUSH_SOAK", "0") or 0)
 
@@ -204,9 +206,9 @@ def test_a_version_1_ledger_migrates_forward_and_keeps_its_rows(capsys, drop, em
     db.close()
     code, out, err = run_main(capsys, "--config", str(write_config()))
     assert code == 0 and "1 unchanged" in out and "0 submitted" in out
-    assert "upgraded from schema 1 to 2" in err
+    assert f"upgraded from schema 1 to {cdn_push.SCHEMA_VERSION}" in err
     db = sqlite3.connect(raw_config["ledger"])
-    assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta").fetchone() == (str(cdn_push.SCHEMA_VERSION),)
     assert db.execute("SELECT retry_at FROM files").fetchone() == (0,)
     db.close()
 
@@ -231,25 +233,49 @@ def test_unreadable_file_is_skipped_with_a_message_and_the_rest_goes(capsys, dro
     assert [r["name"] for r in emulator.requests] == ["ok.mp4"]
 
 
+HUGE_SIZE = 4 * 1024 ** 3 + 3
+# Written into an otherwise sparse (zero) file: at the start, across 2 GiB (signed 32-bit offsets
+# wrap there) and across 4 GiB up to the end (unsigned ones), so reading a wrong stretch shows.
+HUGE_MARKS = {0: b"first bytes", 2 ** 31 - 4: b"2 GiB: signed 32-bit", HUGE_SIZE - 11: b"across4GiB!"}
+# sha-256 of that content, computed once by huge_content_sha256() (and checked against reading the
+# file back): hashing 4 GiB takes seconds, so the test leaves the only read to the code under test.
+HUGE_SHA256 = "badcb9e3296644071bcc2dec13d7dd2dfbd6a57e8672f60426dc69f7ef577eaf"
+
+
+def huge_content_sha256() -> str:
+    """The sha-256 of the huge file's content, streamed from HUGE_MARKS: how HUGE_SHA256 was made.
+
+    .venv/bin/python -c 'import sys; sys.path[:0] = ["tests", "."]; import test_faults as t; print(t.huge_content_sha256())'
+    """
+    digest, at, zeros = hashlib.sha256(), 0, bytes(16 * 1024 * 1024)
+    for offset, mark in [*sorted(HUGE_MARKS.items()), (HUGE_SIZE, b"")]:
+        while at < offset:
+            step = min(offset - at, len(zeros))
+            digest.update(zeros[:step])
+            at += step
+        digest.update(mark)
+        at += len(mark)
+    return digest.hexdigest()
+
+
 def test_file_larger_than_4_gib(drop, emulator, make_config):
-    size = 4 * 1024 ** 3 + 3
+    marks = sorted(HUGE_MARKS.items())
+    assert all(a + len(m) <= b for (a, m), (b, _) in zip(marks, marks[1:] + [(HUGE_SIZE, b"")]))   # no overlap
     with open(drop / "huge.bin", "wb") as handle:      # sparse: no disk space, real size
-        handle.truncate(size)
+        handle.truncate(HUGE_SIZE)
+        for offset, mark in marks:
+            handle.seek(offset)
+            handle.write(mark)
+    assert (drop / "huge.bin").stat().st_size == HUGE_SIZE
     old = time.time() - 3600
     os.utime(drop / "huge.bin", (old, old))
-    expected = hashlib.sha256()
-    zeros = memoryview(bytes(16 * 1024 * 1024))
-    left = size
-    while left:
-        expected.update(zeros[:min(left, len(zeros))])
-        left -= min(left, len(zeros))
     emulator.hold()
     config = make_config()
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, cdn_push.CdnClient(config.api))
         pipeline.run_once()
-    assert emulator.requests[0]["size"] == str(size)
-    assert emulator.requests[0]["chksum"] == expected.hexdigest()
+    assert emulator.requests[0]["size"] == str(HUGE_SIZE)
+    assert emulator.requests[0]["chksum"] == HUGE_SHA256
 
 
 @pytest.fixture
@@ -361,8 +387,8 @@ def test_idle_and_trickling_clients_do_not_block_the_origin_or_grow_memory(live_
     finally:
         for sock in idle + [trickle]:
             sock.close()
-    time.sleep(0.3)
-    assert requests.get(url, timeout=5).status_code == 200
+    # served again once the origin has seen the attackers' closes (until then a slot may still look taken)
+    wait_for(lambda: requests.get(url, timeout=5).status_code == 200, message="the origin serving after the attack")
     rss_after = int(open("/proc/self/statm").read().split()[1])
     assert (rss_after - rss_before) * os.sysconf("SC_PAGE_SIZE") < 20 * 1024 * 1024
 
@@ -404,16 +430,27 @@ def test_watch_never_shows_a_password(drop, emulator, write_config, raw_config):
     process = subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "watch", "-v", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                stdin=subprocess.DEVNULL)
+    out_lines: list[str] = []
+    lines: list[str] = []
+    readers = [threading.Thread(target=sink.extend, args=(stream,), daemon=True)
+               for sink, stream in ((out_lines, process.stdout), (lines, process.stderr))]
+    for reader in readers:
+        reader.start()
+
+    def logged(text: str) -> bool:
+        assert process.poll() is None, f"watch ended: {''.join(lines)}"
+        return any(text in line for line in list(lines))
+
     try:
-        time.sleep(1.5)
+        wait_for(lambda: logged("pass done"), timeout=20, message="watch started and its first pass done")
         write_files(drop, {"w.mp4": b"watched"})
-        deadline = time.monotonic() + 20
-        while not emulator.answers and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_for(lambda: logged("rejected w.mp4"), timeout=20, message="the echoed rejection logged")
     finally:
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    assert emulator.answers and "***" in err
+        process.wait(30)
+        for reader in readers:
+            reader.join(10)
+    out, err = "".join(out_lines), "".join(lines)
+    assert emulator.answers == [400] and "***" in err
     for secret in (API_PASSWORD, ORIGIN_PASSWORD, cdn_push.quote(ORIGIN_PASSWORD, safe="")):
         assert secret not in out + err

@@ -183,11 +183,11 @@ def test_a_remote_listen_needs_allow_remote(capsys, make_config, write_config, l
     make_config(monitor={"listen": listen, "allow_remote": True})        # said on purpose: accepted
 
 
-def test_loopback_listen_is_accepted(make_config):
-    for listen in ("127.0.0.1:8765", "127.0.0.2:9000"):
-        make_config(monitor={"listen": listen})
-        make_config(monitor={"listen": listen, "allow_remote": False})
-    make_config(monitor={"listen": None})
+@pytest.mark.parametrize("listen, host, port", [("127.0.0.1:8765", "127.0.0.1", 8765),
+                                                  ("127.0.0.2:9000", "127.0.0.2", 9000), (None, None, 8765)])
+def test_a_loopback_listen_is_taken_as_written_without_allow_remote(make_config, listen, host, port):
+    monitor = make_config(monitor={"listen": listen, "allow_remote": False}).monitor
+    assert (monitor.listen_host, monitor.listen_port, monitor.chosen) == (host, port, True)
 
 
 def test_watch_serves_the_monitor_on_127_0_0_1_8765_by_default(drop, emulator, watch):

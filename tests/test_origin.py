@@ -15,7 +15,7 @@ import requests
 
 import cdn_push
 from cdn_push import CallbackInbox, Ledger, OriginServer, Pipeline, UrlSigner
-from conftest import free_port, write_files
+from conftest import free_port, wait_for, write_files
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -207,12 +207,10 @@ def test_fifty_concurrent_range_downloads_are_all_right(origin_setup, big_conten
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(fetch, range(50)))
     # max_connections is 8 here: the rest are told to come back, and they do
-    retried = 0
     for i, (status, ok) in enumerate(results):
-        while status == 503:
-            retried += 1
-            time.sleep(0.05)
-            status, ok = fetch(i)
+        if status == 503:
+            status, ok = wait_for(lambda: (answer := fetch(i))[0] != 503 and answer, timeout=30, interval=0.05,
+                                  message=f"range {i} served after a 503")
         assert status == 206 and ok, i
     with requests.get(url, timeout=60) as whole:
         assert hashlib.sha256(whole.content).digest() == hashlib.sha256(big_content).digest()
@@ -237,12 +235,9 @@ def test_stalled_clients_cannot_starve_the_server(origin_setup):
         assert extra.recv(100).startswith(b"HTTP/1.1 503")
         extra.close()
         idle.pop().close()
-        answer = requests.get(url_for(config, signer, "a.mp4"), timeout=5)
-        for _ in range(50):          # the server may not have seen the close yet
-            if answer.status_code == 200:
-                break
-            time.sleep(0.05)
-            answer = requests.get(url_for(config, signer, "a.mp4"), timeout=5)
+        # the server may not have seen the close yet: a 503 until it has
+        answer = wait_for(lambda: (got := requests.get(url_for(config, signer, "a.mp4"), timeout=5)).status_code
+                          != 503 and got, timeout=10, interval=0.05, message="a slot freed by the close")
         assert answer.status_code == 200 and len(answer.content) == 100
     finally:
         for sock in idle + [slow]:
@@ -443,7 +438,12 @@ def test_a_file_left_unconfirmed_is_submitted_again_by_a_later_run(drop, emulato
     assert first.unconfirmed == 1
     emulator.files["late.mp4"].state = "failed"          # as when the origin went away with cdn-push
     emulator.release()
-    time.sleep(0.4)
+    # The CDN's held fetch of the first link is over (it fails: that origin is gone), and
+    # wait_seconds (0.3 s) have passed since the submit, so the file is due to be asked again.
+    wait_for(lambda: emulator.fetch_order == ["late.mp4"] and emulator.wait_idle(0), message="the held fetch ended")
+    with Ledger.open(config.ledger) as ledger:
+        submitted_at = ledger.get("late.mp4").updated_at
+    wait_for(lambda: time.time() - submitted_at >= 0.3, message="callback.wait_seconds passed since the submit")
     second = one_shot(config)
     assert second.resent == 1 and second.confirmed == 1 and second.exit_code() == cdn_push.EXIT_OK, second.line()
     assert "1 resent unconfirmed" in second.line()

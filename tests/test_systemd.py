@@ -13,11 +13,13 @@ the tree cannot be built. ``-m "not system"`` leaves them out.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -27,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent / "systemd"))
 import systemd_container as sc  # noqa: E402
+from conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.system
 
@@ -69,6 +72,8 @@ class Box:
     def __init__(self, container: sc.Container) -> None:
         self.c = container
         self.install_output = ""
+        self.emulator_unit = ""            # the transient unit of the emulator running now, if any
+        self._emulator_starts = itertools.count(1)
 
     def run(self, command: Any, **kwargs: Any):
         return self.c.run(command, **kwargs)
@@ -90,14 +95,11 @@ class Box:
 
     def wait_for(self, what: str, probe: Callable[[], T], timeout: float, since: float,
                  interval: float = 0.2) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout:.0f}s: {what}{self.explain(since)}")
-            time.sleep(interval)
+        """conftest's wait_for, with the unit's state and journal since `since` when it times out."""
+        try:
+            return wait_for(probe, timeout=timeout, interval=interval, message=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{self.explain(since)}") from None
 
     def ledger(self) -> dict[str, str]:
         """CDN name -> state, as `status --json` run by the service user shows it."""
@@ -107,12 +109,22 @@ class Box:
         return {f["name"]: f["state"] for f in json.loads(result.stdout)["files"]}
 
     def emulator(self, answer_delay: float = 0.0) -> None:
-        """(Re)start the CDN emulator inside, answering each API call after `answer_delay` s."""
-        self.systemctl("stop", "cdn-emulator")
-        self.c.run(["systemd-run", "--quiet", "--collect", "--unit=cdn-emulator", PY, "-u",
-                    f"{APP}/tests/cdn_emulator.py", "--port", str(EMULATOR_PORT), "--login", LOGIN,
+        """(Re)start the CDN emulator inside, answering each API call after `answer_delay` s.
+
+        Each start is a transient unit of its own name: reusing one name right after `systemctl
+        stop` fails with "Unit ... was already loaded" while systemd still holds the old one."""
+        if self.emulator_unit:
+            stopped = self.systemctl("stop", self.emulator_unit)
+            assert stopped.returncode == 0, f"systemctl stop {self.emulator_unit}: {stopped.stderr}"
+        unit = f"cdn-emulator-{next(self._emulator_starts)}-{uuid.uuid4().hex[:8]}"
+        self.c.run(["systemd-run", "--quiet", "--collect", f"--unit={unit}", PY, "-u",
+                    f"{APP}/cdn_emulator.py", "--port", str(EMULATOR_PORT), "--login", LOGIN,
                     "--password", PASSWORD, "--answer-delay", str(answer_delay)], check=True)
-        self.emulator_state(wait=20)
+        self.emulator_unit = unit
+        # A fresh emulator holds no file: an answer with files would come from the one before.
+        assert self.emulator_state(wait=20) == [], f"port {EMULATOR_PORT} answered, but not by {unit}"
+        state = self.c.run(["systemctl", "is-active", unit]).stdout.strip()
+        assert state == "active", f"{unit} is {state}: {self.c.run(['journalctl', '--no-pager', '-u', unit]).stdout}"
 
     def emulator_state(self, wait: float = 0.0) -> list[dict[str, Any]]:
         result = self.c.run(f"{INSIDE} get http://127.0.0.1:{EMULATOR_PORT}/_emulator/state --wait {wait}")
@@ -258,11 +270,10 @@ def test_reload_applies_a_valid_config_and_fails_for_an_invalid_one(box: Box) ->
         after_valid = box.show("ActiveState", "MainPID")
         # Applied: a file dropped after the reload returned goes out with the new setting.
         box.files(f"{DROP}/reload", 1, 1000, prefix="c-")
-        deadline = time.monotonic() + 30
         sent: dict[str, Any] | None = None
-        while sent is None and time.monotonic() < deadline:
-            sent = next((f for f in box.emulator_state() if f["name"] == "reload/c-0000.mp4"), None)
-            time.sleep(0.2)
+        with contextlib.suppress(AssertionError):              # not sent: reported with the rest below
+            sent = wait_for(lambda: next((f for f in box.emulator_state() if f["name"] == "reload/c-0000.mp4"),
+                                         None), timeout=30, interval=0.2)
         box.set_config(config(defaults={"fetch_prio": 7}, no_such_key=1))
         invalid = box.systemctl("reload", UNIT, timeout=60)
         after_invalid = box.show("ActiveState", "MainPID")

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from conftest import wait_for     # tests/ is on sys.path: this module is loaded by tests/test_systemd.py
+
 CACHE = Path(os.environ.get("CDN_PUSH_TEST_CACHE", "/var/cache/cdn-push-tests"))
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -252,30 +254,36 @@ class Container:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=console,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not self.leader:
+
+        def namespace_init() -> int:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise Unavailable(f"systemd-nspawn exited {self.process.returncode}: {self.console_tail()}")
-            if time.monotonic() > deadline:
-                raise Unavailable(f"no container init after {timeout:.0f}s: {self.console_tail()}")
             pending = _children(self.process.pid)
             while pending:
                 pid = pending.pop()
                 if _is_namespace_init(pid):
-                    self.leader = pid
-                    break
+                    return pid
                 pending += _children(pid)
-            if not self.leader:
-                time.sleep(0.05)
+            return 0
+
+        try:
+            self.leader = wait_for(namespace_init, timeout=timeout, interval=0.05)
+        except AssertionError:
+            raise Unavailable(f"no container init after {timeout:.0f}s: {self.console_tail()}") from None
         # `--wait` returns once boot is over: running, or degraded if some unit failed;
         # "offline" while the manager does not take connections yet.
-        while True:
-            left = max(1.0, deadline - time.monotonic())
-            result = self.run(["systemctl", "is-system-running", "--wait"], timeout=left)
-            state = result.stdout.strip() or result.stderr.strip()
-            if state not in ("offline", "") and "Failed to connect to bus" not in state \
-                    or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        seen = [""]
+
+        def boot_over() -> str | None:
+            result = self.run(["systemctl", "is-system-running", "--wait"],
+                              timeout=max(1.0, deadline - time.monotonic()))
+            seen[0] = result.stdout.strip() or result.stderr.strip()
+            return None if seen[0] in ("offline", "") or "Failed to connect to bus" in seen[0] else seen[0]
+
+        with contextlib.suppress(AssertionError):       # still booting at the deadline: said below
+            wait_for(boot_over, timeout=max(0.0, deadline - time.monotonic()), interval=0.05)
+        state = seen[0]
         if state not in ("running", "degraded"):
             raise Unavailable(f"the container's systemd did not finish booting ({state!r}): {self.console_tail()}")
 
@@ -316,11 +324,10 @@ class Container:
 
     def unmount(self) -> None:
         for path in self._mounted:
-            for _ in range(20):
-                if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.1)
-            else:
+            try:                                        # busy for a moment after the container stops
+                wait_for(lambda: subprocess.run(["umount", str(path)], capture_output=True).returncode == 0,
+                         timeout=2.0, interval=0.1)
+            except AssertionError:
                 subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
         self._mounted.clear()
 
