@@ -1363,6 +1363,25 @@ def _hash_buffer(size: int) -> bytearray:
     return buffer
 
 
+SAFE_OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open a file of the folder for reading without ever blocking on it: a FIFO or a device swapped
+    in for a file would hang a plain open() until a writer comes. Raises FileChangedError for
+    anything but a regular file, OSError if it cannot be opened."""
+    fd = os.open(path, SAFE_OPEN)
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(found.st_mode):
+        os.close(fd)
+        raise FileChangedError(f"{path} is not a regular file any more")
+    return fd, found
+
+
 def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
               cancel: threading.Event | None = None, buffer_size: int = HASH_BUFFER_SIZE) -> str:
     """sha-256 of the file, read with one reused buffer.
@@ -1371,9 +1390,8 @@ def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None
     while it is read; OSError if it cannot be read. Plain os calls: for small files the
     io module's objects cost more than the hash.
     """
-    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, before = open_regular(entry.path)
     try:
-        before = os.fstat(fd)
         if (before.st_size, before.st_mtime_ns, before.st_ino) != (entry.size, entry.mtime_ns, entry.inode):
             raise FileChangedError(f"{entry.relpath} changed since it was listed")
         digest = hashlib.sha256()
@@ -1794,7 +1812,7 @@ class Ledger:
 
     def served_row(self, relpath: str) -> ServedRow | None:
         """What the built-in origin needs to serve a file or check its callback; None if not hashed."""
-        found = self._run("SELECT size, mtime_ns, sha256, state, attempts FROM files "
+        found = self._run("SELECT size, mtime_ns, sha256, state, attempts, inode FROM files "
                           "WHERE path=? AND sha256 IS NOT NULL", (relpath,)).fetchone()
         return ServedRow._make(found) if found else None
 
@@ -1871,6 +1889,7 @@ class ServedRow(NamedTuple):
     sha256: str
     state: str
     attempts: int
+    inode: int
 
 
 class LedgerLock:
@@ -2832,13 +2851,13 @@ class OriginServer:
         if row is None or os.path.commonpath([self.folder_real, real]) != self.folder_real:
             return None
         try:
-            handle = open(real, "rb")
-        except OSError:
+            fd, found = open_regular(real)
+        except (OSError, FileChangedError):
             return None
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            handle.close()
+        if found.st_ino != row.inode:        # another file swapped in under the name: not what was hashed
+            os.close(fd)
             return None
-        return handle, row
+        return os.fdopen(fd, "rb"), row
 
 
 # ----------------------------------------------------------------------------

@@ -1081,3 +1081,17 @@ def test_fuzz_the_origin_answers_or_closes_and_still_serves(start_origin):
     assert answer.status_code == 206 and len(answer.content) == 100
     whole = requests.get(origin.url("a.mp4"), timeout=5)
     assert whole.status_code == 200 and whole.content == ORIGIN_FILES["a.mp4"]
+
+
+def test_a_fifo_or_another_file_swapped_in_after_hashing_is_never_served(start_origin, drop):
+    origin = start_origin()
+    (drop / "a.mp4").unlink()
+    os.mkfifo(drop / "a.mp4")                     # no writer: a plain open() would hold the thread for good
+    hashed = os.stat(drop / "clip.webm")
+    (drop / "other").write_bytes(b"WEBM" * 50)    # same size and mtime, another inode: not what was hashed
+    os.utime(drop / "other", ns=(hashed.st_atime_ns, hashed.st_mtime_ns))
+    os.rename(drop / "other", drop / "clip.webm")
+    for name in ("a.mp4", "clip.webm"):
+        answer = requests.get(origin.url(name), timeout=5, verify=origin.verify)
+        assert answer.status_code == 404, (name, answer.status_code)
+    assert requests.get(origin.url("raw.bin"), timeout=5, verify=origin.verify).content == ORIGIN_FILES["raw.bin"]

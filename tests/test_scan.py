@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 
 import pytest
 from pyfakefs.helpers import reset_ids, set_uid
@@ -131,3 +132,17 @@ def test_a_file_replaced_since_listing_is_not_hashed(tmp_path):
     path.write_bytes(b"new!")
     with pytest.raises(FileChangedError, match="changed since it was listed"):
         cdn_push.hash_file(entry)
+
+
+def test_a_fifo_swapped_in_for_a_listed_file_is_skipped_at_once_not_waited_on(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"a video")
+    entry = entry_for(path)
+    path.unlink()
+    os.mkfifo(path)                               # no writer: a plain open() would block for good
+    outcome = []
+    hashing = threading.Thread(target=lambda: outcome.append(cdn_push.hash_outcome(entry)), daemon=True)
+    hashing.start()
+    hashing.join(5)
+    assert not hashing.is_alive(), "hashing a FIFO blocked"
+    assert isinstance(outcome[0], FileChangedError) and "not a regular file" in str(outcome[0])
