@@ -35,7 +35,7 @@ Sections, in dependency order (each under a banner of its name):
     Status, reload and demo    the small commands
     CLI                        subcommands, signals, main
 
-See README.md for the configuration reference and exit codes.
+See README.md for a user's guide and docs/configuration.md for every configuration key.
 """
 
 from __future__ import annotations
@@ -470,6 +470,9 @@ CONFIG_KEYS: dict[str, Any] = {
              "skip_temporary": None, "settle_seconds": None, "follow_symlinks": None,
              "rescan_interval": None, "poll": None, "poll_interval": None},
 }
+
+# Older names still read, each beside the key it stands for; the example file shows only the new one.
+CONFIG_ALIASES = {"callback.wait_seconds": "confirm.wait_seconds"}
 
 SPEED_FORMAT = re.compile(r"^\d+(\.\d+)?\s*([kKmMgG]|%)?$")
 BUFFER_FORMAT = re.compile(r"^\d+(\.\d+)?$")
@@ -3835,6 +3838,29 @@ class Recorder:
         elif not isinstance(outcome, StopRequested):
             raise outcome if isinstance(outcome, BaseException) else AssertionError(outcome)
 
+    def report_unconfirmed(self, stopped: bool) -> None:
+        """Where imports are followed, a run is done only when the CDN confirmed every file, this
+        run's or not."""
+        ctx = self.ctx
+        if not ctx.confirming:
+            return
+        ctx.summary.unconfirmed = ctx.ledger.count_awaiting(ctx.clock())
+        if not ctx.summary.unconfirmed or ctx.summary.fatal is not None:
+            return
+        if stopped:
+            log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
+                        files(ctx.summary.unconfirmed))
+        elif ctx.callbacks_on:
+            log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); they stay "
+                        "'submitted' and a later run asks again. If no callback ever arrives, check that "
+                        "'%s' reaches this machine and that 'api.callback_param' is the parameter name the "
+                        "CDN expects", files(ctx.summary.unconfirmed), ctx.config.confirm.wait_seconds,
+                        "origin.serve.public_url" if ctx.config.origin.serve else "callback.public_url")
+        else:
+            log.warning("%s not confirmed by the CDN yet (confirm.wait_seconds is %gs); they stay "
+                        "'submitted' and the next run asks the CDN again", files(ctx.summary.unconfirmed),
+                        ctx.config.confirm.wait_seconds)
+
     def listed(self, row: LedgerRow, listing: Listing) -> bool:
         """What file/list said of a submitted file; whether it is still awaited."""
         ctx, confirm, now = self.ctx, self.ctx.config.confirm, self.ctx.clock()
@@ -4203,14 +4229,14 @@ class Intake:
 
     def __init__(self, ctx: RunContext, hasher: Hasher, decider: Decider, *,
                  enqueue: Callable[[LedgerRow], int], on_waiting: Callable[[str], None],
-                 walk_over: Callable[[list[QuickRow], int], None]) -> None:
+                 delete_gone: Callable[[Sequence[str]], None]) -> None:
         self.ctx = ctx
         self.scanner = Scanner(ctx.ledger, ctx.tuning, self.problem)
         self.hasher = hasher
         self.decider = decider
         self.enqueue = enqueue
         self.on_waiting = on_waiting
-        self.walk_over = walk_over
+        self.delete_gone = delete_gone
         self.waiting_examples: list[str] = []
         self._gone: list[QuickRow] = []       # this pass's files no longer in the folder
         self.private = dict(ctx.config.private_files)
@@ -4272,7 +4298,7 @@ class Intake:
         self._gone += chunk.gone
         if chunk.walk_over:
             gone, self._gone = self._gone, []
-            self.walk_over(gone, self.scanner.listed)
+            self.end_of_walk(gone, self.scanner.listed)
             return
         clock, settle = self.ctx.clock, self.ctx.config.scan.settle_seconds
         settle_before_ns = int((clock() - settle) * 1e9)
@@ -4284,6 +4310,28 @@ class Intake:
                 age = max(0.0, clock() - entry.mtime_ns / 1e9)
                 self.waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is {settle:g}")
         self.look_at(settled, chunk.known, fresh=False)
+
+    def end_of_walk(self, gone: list[QuickRow], listed: int) -> None:
+        """The walk is through: files no longer in the folder become `gone`, and old enough ones
+        are deleted from the CDN where that is asked for. An empty listing proves nothing (an
+        unmounted share looks empty): then nothing is marked or deleted."""
+        ctx = self.ctx
+        if gone and not listed:
+            log.warning("the folder %s lists no files at all (an unmounted share?): the %s the ledger knows "
+                        "there are not marked gone, and nothing is deleted from the CDN", ctx.config.folder,
+                        files(len(gone)))
+            ctx.summary.deletes_refused += ctx.config.delete.enabled
+            return
+        paths = [row.path for row in gone if ctx.table.stage(row.path) in (None, Stage.AWAITING)]
+        if paths and not ctx.dry_run:
+            for path in paths:
+                ctx.table.leave(path, Stage.AWAITING)
+            ctx.summary.gone += ctx.ledger.mark_gone(paths)
+        if paths:
+            log.info("%s no longer in the folder: %s%s", files(len(paths)), ", ".join(map(printable, paths[:5])),
+                     f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        if ctx.config.delete.enabled:
+            self.delete_gone(paths)
 
     def look_at(self, entries: Sequence[FileEntry], known: Mapping[str, QuickRow], *, fresh: bool) -> None:
         """Triage listed files: what the ledger vouches for is done with at once (unchanged, or
@@ -4406,7 +4454,7 @@ class Pipeline:
                              bars.hashed if show_progress else _no_progress)
         self.intake = Intake(self.ctx, self.hasher, Decider(self.ctx, retry_rejected=retry_rejected),
                              enqueue=lambda row: self.feeder.enqueue(row, fresh=True), on_waiting=on_waiting,
-                             walk_over=self._walk_over)
+                             delete_gone=lambda paths: self.confirmer.delete_gone(paths))
         self.recorder = Recorder(self.ctx)
         self.submitter = Submitter(client, self.wake)
         self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
@@ -4461,7 +4509,7 @@ class Pipeline:
             self.halt()
         summary = self.summary
         summary.interrupted = self.stop.is_set()
-        self._report_unconfirmed()
+        self.recorder.report_unconfirmed(self.stop.is_set())
         if summary.waiting:
             shown = self.intake.waiting_examples
             more = summary.waiting - len(shown)
@@ -4547,28 +4595,6 @@ class Pipeline:
             self.ledger.commit()
         self._halting = False
 
-    def _report_unconfirmed(self) -> None:
-        """Where imports are followed, a run is done only when the CDN confirmed every file, this
-        run's or not."""
-        if not self.ctx.confirming:
-            return
-        self.summary.unconfirmed = self.ledger.count_awaiting(self.ctx.clock())
-        if not self.summary.unconfirmed or self.summary.fatal is not None:
-            return
-        if self.stop.is_set():
-            log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
-                        files(self.summary.unconfirmed))
-        elif self.ctx.callbacks_on:
-            log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); they stay "
-                        "'submitted' and a later run asks again. If no callback ever arrives, check that "
-                        "'%s' reaches this machine and that 'api.callback_param' is the parameter name the "
-                        "CDN expects", files(self.summary.unconfirmed), self.config.confirm.wait_seconds,
-                        "origin.serve.public_url" if self.config.origin.serve else "callback.public_url")
-        else:
-            log.warning("%s not confirmed by the CDN yet (confirm.wait_seconds is %gs); they stay "
-                        "'submitted' and the next run asks the CDN again", files(self.summary.unconfirmed),
-                        self.config.confirm.wait_seconds)
-
     def check_invariants(self) -> None:
         """Each path in one stage, and each stage's own queues agree with the table (tests call this
         between steps; it reads every queue, so it is not for production loops)."""
@@ -4639,27 +4665,6 @@ class Pipeline:
             decider.origin_to_record = None
         self.activity.pass_ended()
         self.on_pass_done(started)
-
-    def _walk_over(self, gone: list[QuickRow], listed: int) -> None:
-        """The walk is through: files no longer in the folder become `gone`, and old enough ones
-        are deleted from the CDN where that is asked for. An empty listing proves nothing (an
-        unmounted share looks empty): then nothing is marked or deleted."""
-        if gone and not listed:
-            log.warning("the folder %s lists no files at all (an unmounted share?): the %s the ledger knows "
-                        "there are not marked gone, and nothing is deleted from the CDN", self.config.folder,
-                        files(len(gone)))
-            self.summary.deletes_refused += self.config.delete.enabled
-            return
-        paths = [row.path for row in gone if self.table.stage(row.path) in (None, Stage.AWAITING)]
-        if paths and not self.ctx.dry_run:
-            for path in paths:
-                self.table.leave(path, Stage.AWAITING)
-            self.summary.gone += self.ledger.mark_gone(paths)
-        if paths:
-            log.info("%s no longer in the folder: %s%s", files(len(paths)), ", ".join(map(printable, paths[:5])),
-                     f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        if self.config.delete.enabled:
-            self.confirmer.delete_gone(paths)
 
     def _collect_answers(self) -> int:
         answers = self.submitter.answers()
@@ -6147,6 +6152,10 @@ def change_rows(config: Config, patterns: Sequence[str], *, forget: bool,
         if unmatched:
             raise ConfigError(f"nothing in the ledger matches {printable(unmatched[0])!r} (a path relative to "
                               "'folder', a CDN name, or a glob such as 'series/**'); nothing was changed")
+        missing = [row.path for row in rows if not forget and not os.path.lexists(config.folder / row.path)]
+        if missing:
+            raise ConfigError(f"{printable(missing[0])} is not in the folder, so there is nothing to send"
+                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; nothing was changed")
         for row in rows:
             if forget:
                 ledger.forget(row.path)
@@ -6177,7 +6186,7 @@ def local_difference(row: LedgerRow | None, entry: FileEntry | None) -> Differen
         assert entry is not None
         return Difference(entry.relpath, "", "not imported yet", "new in the folder")
     if entry is None:
-        return Difference(row.path, row.name, "deleted locally", f"the ledger has it {row.state}")
+        return Difference(row.path, row.name, "deleted locally", "since the last run")
     if row.state not in ACCEPTED_STATES:
         return Difference(row.path, row.name, f"not imported: {row.state}", printable(row.last_error or ""))
     if (row.size, row.mtime_ns, row.inode) != (entry.size, entry.mtime_ns, entry.inode):
@@ -6216,9 +6225,10 @@ def local_differences(config: Config, ledger: Ledger) -> tuple[list[Difference],
                 differences.append(found)
             elif row is not None:
                 to_ask.append(row)
-        differences += [local_difference(row, None) for row in rows.values()]   # type: ignore[misc]
+        differences += [local_difference(row, None) for row in rows.values()   # type: ignore[misc]
+                        if row.state != STATE_GONE]
     differences += [local_difference(row, None) for row in ledger.all_rows()   # type: ignore[misc]
-                    if row.path.rpartition("/")[0] not in walked]
+                    if row.path.rpartition("/")[0] not in walked and row.state != STATE_GONE]
     return differences, to_ask
 
 
@@ -6257,21 +6267,25 @@ def check_against_cdn(config: Config, *, fix: bool, sample: int | None, as_json:
                     ledger.put(as_resend(row))
         finally:
             client.close()
-    report_differences(differences, len(to_ask), fix=fix, as_json=as_json, out=out)
+        gone = ledger.counts()[STATE_GONE]
+    report_differences(differences, len(to_ask), gone, fix=fix, as_json=as_json, out=out)
     return EXIT_INCOMPLETE if differences else EXIT_OK
 
 
-def report_differences(differences: Sequence[Difference], asked: int, *, fix: bool, as_json: bool,
+def report_differences(differences: Sequence[Difference], asked: int, gone: int, *, fix: bool, as_json: bool,
                        out: Callable[[str], None]) -> None:
     if as_json:
-        out(json.dumps({"asked_cdn": asked, "differences": [d._asdict() for d in differences]}, indent=2))
+        out(json.dumps({"asked_cdn": asked, "gone": gone, "differences": [d._asdict() for d in differences]},
+                       indent=2))
         return
     for found in differences:
         name = f" (CDN name {printable(found.name)})" if found.name and found.name != found.path else ""
         out(f"{found.problem}: {printable(found.path)}{name}{': ' + found.detail if found.detail else ''}")
     fixed = sum(1 for d in differences if d.problem in CDN_PROBLEMS) if fix else 0
     out(f"check: {len(differences)} differences; the CDN was asked about {files(asked)}"
-        + (f"; {files(fixed)} marked to be submitted again by the next run" if fixed else ""))
+        + (f"; {files(fixed)} marked to be submitted again by the next run" if fixed else "")
+        + (f"; {files(gone)} gone from the folder may still be in the CDN (delete.enabled sends file/delete; "
+           "'forget' drops them from the ledger)" if gone else ""))
 
 
 CDN_PROBLEMS = ("missing at the CDN", "failed at the CDN", "size differs at the CDN")

@@ -68,6 +68,10 @@ def test_check_names_local_changes_and_speaks_json(imported, drop, emulator, cap
     assert found == {("d0/3.mp4", "deleted locally"), ("d1/1.mp4", "changed locally since import"),
                      ("d2/new.mp4", "not imported yet")}
     assert json.loads(out)["asked_cdn"] == 7                 # the unchanged imported files only
+    main(capsys, imported)                                   # the run notes the delete: d0/3.mp4 is gone
+    (drop / "d1/1.mp4").write_bytes(FILES["d1/1.mp4"])
+    code, out, _ = main(capsys, imported, "check")
+    assert "1 file gone from the folder may still be in the CDN" in out and "deleted locally" not in out
 
 
 def test_check_sample_asks_about_that_many_files(imported, emulator, capsys):
@@ -133,6 +137,8 @@ def counts(capsys, config):
 
 def test_a_deleted_file_becomes_gone_and_is_no_longer_counted_as_confirmed(imported, drop, emulator, capsys):
     (drop / "d0/3.mp4").unlink()
+    code, out, _ = main(capsys, imported, "resend", "d0/3.mp4")
+    assert code == cdn_push.EXIT_USAGE                        # nothing to send: refused, not silently dropped
     code, out, err = main(capsys, imported)
     assert code == 0 and "1 gone from the folder" in out, err
     assert counts(capsys, imported)["confirmed"] == 8 and counts(capsys, imported)["gone"] == 1

@@ -159,7 +159,8 @@ def key_differences(documented: Any, known: dict[str, Any], prefix: str = "") ->
     at every depth."""
     if not isinstance(documented, dict):
         return [f"{prefix.rstrip('.')} is {documented!r}, not a section with {', '.join(known)}"]
-    differences = [f"missing {prefix}{key}" for key in known if key not in documented]
+    differences = [f"missing {prefix}{key}" for key in known
+                   if key not in documented and f"{prefix}{key}" not in cdn_push.CONFIG_ALIASES]
     differences += [f"unknown {prefix}{key}" for key in documented if key not in known]
     for key, inner in known.items():
         if isinstance(inner, dict) and key in documented:

@@ -65,7 +65,8 @@ def test_counts_and_forget(tmp_path):
     with Ledger.open(tmp_path / "l.sqlite3") as ledger:
         ledger.put_many([row("a"), row("b", state="submitted"), row("c", state="rejected")])
         ledger.forget("a")
-        assert ledger.counts() == {"pending": 0, "submitted": 1, "confirmed": 0, "rejected": 1, "failed": 0}
+        assert ledger.counts() == {"pending": 0, "submitted": 1, "confirmed": 0, "rejected": 1, "failed": 0,
+                                   "gone": 0}
         assert [r.path for r in ledger.all_rows("rejected")] == ["c"]
 
 
