@@ -123,6 +123,7 @@ STATE_FAILED = "failed"
 STATE_GONE = "gone"             # imported, then deleted (or moved) in the folder: the CDN may still hold it
 STATES = (STATE_PENDING, STATE_SUBMITTED, STATE_CONFIRMED, STATE_REJECTED, STATE_FAILED, STATE_GONE)
 ACCEPTED_STATES = (STATE_SUBMITTED, STATE_CONFIRMED)
+CONFLICT = "conflict"     # shown, not stored: accepted once, changed since, and no_replace keeps the old one
 
 # What the decide step concludes for one file on disk.
 DECISION_NEW = "new"
@@ -1875,10 +1876,18 @@ class Ledger:
         found = dict(self._run("SELECT state, count(*) FROM files GROUP BY state").fetchall())
         return {state: found.get(state, 0) for state in STATES}
 
+    def count_conflicts(self) -> int:
+        """Files the CDN holds in an older version that no_replace keeps there (their row says why)."""
+        return self._run("SELECT count(*) FROM files WHERE state IN (?, ?) AND last_error IS NOT NULL",
+                         ACCEPTED_STATES).fetchone()[0]
+
     def all_rows(self, state: str | None = None) -> Iterator[LedgerRow]:
+        """Every row, or those in `state`; CONFLICT (not a stored state) names the no_replace conflicts."""
         sql = f"SELECT {','.join(LEDGER_COLUMNS)} FROM files"
         args: tuple[Any, ...] = ()
-        if state:
+        if state == CONFLICT:
+            sql, args = sql + " WHERE state IN (?, ?) AND last_error IS NOT NULL", ACCEPTED_STATES
+        elif state:
             sql, args = sql + " WHERE state=?", (state,)
         for values in self._run(sql + " ORDER BY path", args).fetchall():
             yield self._row(values)
@@ -6107,17 +6116,25 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
         return EXIT_OK
     with Ledger.reader(config.ledger) as ledger:     # read-only: root may look at the service's ledger
         counts = ledger.counts()
+        conflicts = ledger.count_conflicts()
         if as_json:
-            files = [row.as_json() for row in ledger.all_rows(state)]
-            out(json.dumps({"ledger": str(config.ledger), "counts": counts, "files": files}, indent=2))
+            files = [{**row.as_json(), "conflict": row.state in ACCEPTED_STATES and row.last_error is not None}
+                     for row in ledger.all_rows(state)]
+            out(json.dumps({"ledger": str(config.ledger), "counts": {**counts, CONFLICT: conflicts},
+                            "files": files}, indent=2))
             return EXIT_OK
         total = sum(counts.values())
-        waiting_note = " (waiting for the CDN to call back)" if config.callback.enabled else ""
+        waiting_note = (" (queued by the CDN; waiting for its callback)" if config.callback.enabled else
+                        " (queued by the CDN; cdn-push asks it through file/list)" if config.confirm.poll else
+                        " (queued by the CDN; not followed: confirm.poll is off)")
         out(f"{total} files in {config.ledger}: " + ", ".join(
-            f"{n} {s}{waiting_note if s == STATE_SUBMITTED and n else ''}" for s, n in counts.items()))
+            f"{n} {s}{waiting_note if s == STATE_SUBMITTED and n else ''}" for s, n in counts.items())
+            + (f"; {conflicts} of them in conflict (changed, and no_replace keeps the CDN's older copy: "
+               "status --state conflict)" if conflicts else ""))
         for row in ledger.all_rows(state):
             error = f"  ({printable(row.last_error)})" if row.last_error else ""
-            out(f"{row.state:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {printable(row.name)}"
+            shown = CONFLICT if row.state in ACCEPTED_STATES and row.last_error else row.state
+            out(f"{shown:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {printable(row.name)}"
                 f"{'  <- ' + printable(row.path) if row.name != row.path else ''}{error}")
     return EXIT_OK
 
@@ -6507,7 +6524,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub["watch"].add_argument("--poll", action="store_true",
                               help="poll instead of inotify (NFS/SMB mounts, where events do not arrive)")
     sub["status"].add_argument("--json", action="store_true", help="print JSON")
-    sub["status"].add_argument("--state", choices=STATES, help="only files in this state")
+    sub["status"].add_argument("--state", choices=(*STATES, CONFLICT), help="only files in this state")
     sub["reload"].add_argument("--pid", type=int, help="the service's process id (default: from the ledger's lock)")
     sub["check"].add_argument("--fix", action="store_true",
                               help="mark files the CDN lacks, failed or holds at another size to be sent again")

@@ -204,3 +204,21 @@ def test_more_files_gone_than_max_per_pass_deletes_none_of_them_until_the_limit_
     code, out, err = main(capsys, raised)
     assert code == 0 and "3 deleted from the CDN" in out, err
     assert len(emulator.files) == 6
+
+
+def test_a_no_replace_conflict_is_shown_by_status_as_its_own_state(drop, emulator, write_config, capsys):
+    write_files(drop, {"keep.mp4": b"first version", "other.mp4": b"other"})
+    config = write_config(confirm=POLLING, defaults={"no_replace": True})
+    assert main(capsys, config)[0] == 0
+    write_files(drop, {"keep.mp4": b"second version"})
+    code, out, err = main(capsys, config)
+    assert code == cdn_push.EXIT_INCOMPLETE and "1 conflicts" in out, err
+    code, out, _ = main(capsys, config, "status")
+    assert "1 of them in conflict" in out
+    code, out, _ = main(capsys, config, "status", "--state", "conflict")
+    lines = [line for line in out.splitlines() if line.startswith("conflict")]
+    assert len(lines) == 1 and "keep.mp4" in lines[0] and "no_replace" in lines[0]
+    code, shown, _ = main(capsys, config, "status", "--json")
+    document = json.loads(shown)
+    assert document["counts"]["conflict"] == 1
+    assert [f["path"] for f in document["files"] if f["conflict"]] == ["keep.mp4"]

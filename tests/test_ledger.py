@@ -107,3 +107,12 @@ def test_lock_holds_against_another_process(tmp_path):
                               text=True, cwd=cdn_push.__file__.rsplit("/", 1)[0])
     assert done.returncode == 3
     assert "pid" in done.stdout
+
+
+def test_the_schema_has_exactly_the_row_types_columns(tmp_path):
+    with Ledger.open(tmp_path / "l.sqlite3") as ledger:
+        ledger.commit()
+    db = sqlite3.connect(tmp_path / "l.sqlite3")
+    columns = [name for _, name, *_ in db.execute("PRAGMA table_info(files)")]
+    db.close()
+    assert [c for c in columns if c != "dir"] == list(cdn_push.LedgerRow._fields) == list(cdn_push.LEDGER_COLUMNS)
