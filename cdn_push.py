@@ -72,7 +72,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -1221,14 +1221,41 @@ class TqdmHandler(logging.StreamHandler):
 
 @contextlib.contextmanager
 def logging_configured(verbosity: int, redactor: Redactor, stream: Any = None) -> Iterator[logging.Handler]:
-    """cdn-push's logging for as long as the block runs; what was there before comes back after."""
-    saved = (log.handlers[:], log.level, log.propagate)
+    """cdn-push's logging for as long as the block runs, errors of every thread included; what was
+    there before comes back after."""
+    saved = (log.handlers[:], log.level, log.propagate, threading.excepthook)
     handler = configure_logging(verbosity, redactor, stream)
+    threading.excepthook = ThreadErrors().report
     try:
         yield handler
     finally:
         handler.flush()
-        log.handlers[:], log.level, log.propagate = saved
+        log.handlers[:], log.level, log.propagate, threading.excepthook = saved
+
+
+class ThreadErrors:
+    """What escapes a thread (an origin or monitor connection, a worker): logged through the
+    redacting formatter, with its traceback the first time of each kind, then only counted, so
+    an attack that trips one bug a thousand times writes a few lines, not a thousand tracebacks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def report(self, args: Any) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        where = (args.thread.name if args.thread else "a thread").split("-")[0]
+        kind = (where, args.exc_type.__name__)
+        with self._lock:
+            self._seen[kind] += 1
+            count = self._seen[kind]
+        if count == 1:
+            log.error("a fault in cdn-push's %s thread (a bug: please report it); it goes on", where,
+                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        elif math.log10(count).is_integer():
+            log.error("the same fault in the %s thread (%s) has now happened %d times", where,
+                      args.exc_type.__name__, count)
 
 
 def configure_logging(verbosity: int, redactor: Redactor, stream: Any = None) -> logging.Handler:
@@ -1613,6 +1640,30 @@ class Ledger:
             db = sqlite3.connect(where, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
+        except OSError as exc:
+            raise LedgerError(f"cannot create ledger {where}: {exc.strerror or exc}") from None
+        return cls._ready(db, where, clock)
+
+    @classmethod
+    def copy_of(cls, path: Path | str) -> "Ledger":
+        """A private in-memory copy, brought to this schema: a dry run reads the real ledger without
+        taking its lock, writing to it or migrating it."""
+        where = str(path)
+        try:
+            source = sqlite3.connect(f"file:{quote(where)}?mode=ro", uri=True, timeout=30.0)
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            with contextlib.closing(source):
+                source.backup(db)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
+        return cls._ready(db, f"{where} (a copy in memory, for the dry run)", time.time)
+
+    @classmethod
+    def _ready(cls, db: sqlite3.Connection, where: str, clock: Callable[[], float]) -> "Ledger":
+        """The schema made or checked, and brought forward, on a fresh connection."""
+        try:
             db.executescript(LEDGER_SCHEMA)
             found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
@@ -3098,6 +3149,24 @@ class Activity:
             }
 
 
+class StopEvent(threading.Event):
+    """The run's stop: set by the first SIGINT/SIGTERM (finish what is in flight, record, commit);
+    `now` by the second (record what is in, commit, leave the rest pending: safe to send again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = threading.Event()
+
+
+def join_until(threads: Iterable[threading.Thread], deadline: float, hurry: threading.Event) -> list[str]:
+    """Wait for the threads until the monotonic `deadline`, or until `hurry` is set; the names of
+    those still running then (daemons: they end with the process)."""
+    for thread in threads:
+        while thread.is_alive() and not hurry.is_set() and time.monotonic() < deadline:
+            thread.join(0.1)
+    return [thread.name for thread in threads if thread.is_alive()]
+
+
 @dataclass(frozen=True)
 class Tuning:
     """How the pipeline and the watch loop pace themselves. Passed in, never read from module
@@ -3298,6 +3367,11 @@ class SubmitQueue:
         with self._cond:
             return len(self._heap)
 
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
     def put(self, job: SubmitJob) -> None:
         with self._cond:
             heapq.heappush(self._heap, (queue_rank(job.row.priority, job.fresh), next(self._order), job))
@@ -3407,16 +3481,19 @@ class Hasher:
         done = [future for future in self._running if future.done()]
         return [Hashed(self._running.pop(future), future.result()) for future in done]
 
-    def halt(self) -> list[Hashed]:
-        """Waiting files are dropped (the next pass finds them), threads stop at their next buffer;
-        what they finished anyway is returned."""
+    def halt(self, deadline: float, hurry: threading.Event) -> list[Hashed]:
+        """Waiting files are dropped (the next pass finds them), threads stop at their next buffer
+        (waited for until `deadline`); what they finished anyway is returned."""
         for job in (*self._scan_jobs, *self._fresh_jobs):
             self.table.move(job.entry.relpath, Stage.TO_HASH, None)
         self._scan_jobs.clear()
         self._fresh_jobs.clear()
         self._cancel.set()
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            running = list(self._running)
+            while running and not hurry.is_set() and time.monotonic() < deadline:
+                running = list(futures_wait(running, timeout=0.1).not_done)
             self._pool = None
         return self.finished()
 
@@ -3552,16 +3629,25 @@ class Submitter:
         for client in retired:
             client.close()
 
-    def halt(self) -> list[SubmitJob]:
-        """Workers take nothing more, retry waits end, requests on the wire finish; the jobs never
-        sent are handed back (their answers, if any came, wait in `answers()`)."""
+    def check_workers(self) -> None:
+        """A worker that died would leave its jobs out for good: that is a bug, and the run ends on it."""
+        dead = [thread.name for thread in self._threads if not thread.is_alive()]
+        if dead and not self.queue.closed:
+            raise RuntimeError(f"the submit worker {dead[0]} died; its requests were never answered")
+
+    def halt(self, deadline: float, hurry: threading.Event) -> list[SubmitJob]:
+        """Workers take nothing more, retry waits end, requests on the wire finish (until `deadline`,
+        or `hurry`: theirs stay pending); the jobs never sent are handed back (the answers that came
+        wait in `answers()`)."""
         unsent = self.queue.close()
         with self._lock:
             clients = [c for c in (self._client, *self._retired) if c is not None]
         for client in clients:
             client.cancel()
-        for thread in self._threads:
-            thread.join()
+        still = join_until(self._threads, deadline, hurry)
+        if still:
+            log.warning("stopped without waiting for %d request(s) still out; those files stay pending and "
+                        "are sent again by the next run", len(still))
         self._threads.clear()
         with self._lock:
             retired, self._retired = self._retired, []
@@ -3573,7 +3659,8 @@ class Submitter:
         """A submit worker: take the most urgent job, send it, hand the answer back."""
         client = self.client
         if client is not None:
-            client.prepare()      # imports and a session now, not on the first file's way out
+            with contextlib.suppress(Exception):    # a failing session shows in the first answer instead
+                client.prepare()      # imports and a session now, not on the first file's way out
         while True:
             job = self.queue.get()
             if job is None:
@@ -4450,7 +4537,7 @@ class Pipeline:
                  on_waiting: Callable[[str], None] = lambda relpath: None,
                  signer: UrlSigner | None = None, inbox: CallbackInbox | None = None,
                  cdn_retry_pause: float | None = None, activity: Activity | None = None) -> None:
-        self.stop = stop or threading.Event()
+        self.stop = stop or StopEvent()
         self.wake = threading.Event()
         self.table = PathTable()
         bars = ProgressBars(show_progress, out)
@@ -4556,6 +4643,7 @@ class Pipeline:
         callback wakes it.
         """
         self.wake.clear()
+        self.submitter.check_workers()
         worked = (self.intake.collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
                   + self.confirmer.take_answers())
         scanned = 0
@@ -4583,26 +4671,46 @@ class Pipeline:
             [{"path": job.row.path, "size": job.row.size} for job in self.submitter.sending()[:10]])
 
     def halt(self) -> None:
-        """The one way out: stop producers, let requests in flight finish, record, commit."""
+        """The one way out: stop producers, let requests in flight finish (for at most the API's
+        timeout, or not at all after a second stop), record, commit. A step that fails does not
+        keep the others, or the final commit, from happening; the first failure is raised after."""
         self._halting = True
+        hurry = getattr(self.stop, "now", threading.Event())
+        deadline = time.monotonic() + self.config.api.timeout + 2
+        failures: list[BaseException] = []
+        for step in (self._halt_producers, lambda: self._halt_requests(deadline, hurry), self._halt_confirmations):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - raised after the commit below
+                failures.append(exc)
+        try:
+            self.ctx.bars.close()
+            if not self.ctx.dry_run:
+                self.ledger.commit()
+        finally:
+            self._halting = False
+        if failures:
+            raise failures[0]
+
+    def _halt_producers(self) -> None:
         self.intake.scanner.stop()
-        for hashed in self.hasher.halt():
+        for hashed in self.hasher.halt(time.monotonic() + 5, getattr(self.stop, "now", threading.Event())):
             self.intake.hashed(hashed)
         self.intake.flush(force=True)
-        self.feeder.hand_back(self.submitter.halt())
-        self.checker.halt(self.config.api.timeout + 1)
+
+    def _halt_requests(self, deadline: float, hurry: threading.Event) -> None:
+        self.feeder.hand_back(self.submitter.halt(deadline, hurry))
+        self.checker.halt(0 if hurry.is_set() else max(0.0, deadline - time.monotonic()))
         self._collect_answers()
         self.confirmer.take_answers()
         for path in self.table.paths(Stage.CHECKING):      # a question that never came back: asked again later
             self.table.move(path, Stage.CHECKING, None)
+
+    def _halt_confirmations(self) -> None:
         if self.ctx.inbox is not None:
             self.ctx.inbox.close()        # from now on the CDN is told to call again later
         self.recorder.apply_callbacks()
         self._observe()
-        self.ctx.bars.close()
-        if not self.ctx.dry_run:
-            self.ledger.commit()
-        self._halting = False
 
     def check_invariants(self) -> None:
         """Each path in one stage, and each stage's own queues agree with the table (tests call this
@@ -5371,6 +5479,16 @@ def metric_families(status: Mapping[str, Any], activity: Mapping[str, Any]) -> I
     yield InfoMetricFamily("cdn_push_build", "cdn-push version", value={"version": __version__})
 
 
+def reraise_in_thread(request: Any, client_address: Any) -> None:
+    """socketserver's handle_error prints a raw traceback; re-raised, the error reaches the thread
+    boundary (ThreadErrors), which logs it once per kind through the redacting formatter."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (OSError, ValueError)):       # hang-ups and bad requests: normal on a network
+        log.debug("monitor: connection from %s ended: %s", client_address, printable(str(exc)))
+        return
+    raise exc if exc is not None else RuntimeError("handle_error outside an exception")
+
+
 class MonitorServer:
     """A read-only HTTP listener apart from the origin: `/` (the page), `/status.json`, `/metrics`."""
 
@@ -5386,6 +5504,7 @@ class MonitorServer:
             raise ConfigError(f"cannot listen on {host}:{port} (monitor.listen): {exc.strerror or exc}; "
                               "set another port, or monitor.listen: null to turn the page off") from None
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = reraise_in_thread          # type: ignore[method-assign]
         self.httpd.monitor = self                            # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
 
@@ -5551,8 +5670,7 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
     if dry_run:
         for problem in submit_problems(config):
             log.warning("a real run would stop here: %s: %s", config.source, problem)
-        ledger_path = config.ledger if config.ledger.exists() else ":memory:"
-        with Ledger.open(ledger_path) as ledger:
+        with Ledger.copy_of(config.ledger) if config.ledger.exists() else Ledger.open(":memory:") as ledger:
             pipeline = Pipeline(config, ledger, None, stop=stop, show_progress=show_progress,
                                 dry_run=True, out=out)
             return pipeline.run_once()
@@ -6568,6 +6686,8 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
     def handler(signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP and reload is not None:
             reload.set()
+        elif stop.is_set() and isinstance(stop, StopEvent):
+            stop.now.set()          # a second stop: now, not once what is in flight is done
         else:
             stop.set()
 
@@ -6605,10 +6725,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:         # `status | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
+        except Exception:  # noqa: BLE001 - the one boundary: a bug ends here, redacted, as exit 70
+            log.critical("cdn-push stopped on a fault of its own (a bug: please report it with the lines "
+                         "below; the ledger keeps everything recorded so far)", exc_info=True)
+            return EXIT_BUG
 
 
 def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
-    stop = threading.Event()
+    stop = StopEvent()
     if args.command == "demo":
         with stop_on_signals(stop):
             return run_demo(keep=args.keep)

@@ -73,7 +73,9 @@ def free_port() -> int:
 def make_config(folder: Path, ledger: Path, **extra) -> cdn_push.Config:
     data = {"folder": str(folder), "ledger": str(ledger), "scan": {"settle_seconds": 0},
             "origin": {"base_url": "http://origin.example.com/v", "check": False},
-            "api": {"login": "bench", "password": "bench-secret", "retry": {"backoff_base": 0.05}}}
+            "api": {"login": "bench", "password": "bench-secret", "retry": {"backoff_base": 0.05}},
+            # The rows measure sending; the emulator is held, so no file/list question would ever see "ready".
+            "confirm": {"poll": False}}
     for key, value in extra.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return cdn_push.parse_config(data, env={}, base_dir=folder.parent)
