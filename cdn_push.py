@@ -472,6 +472,24 @@ CONFIG_KEYS: dict[str, Any] = {
              "rescan_interval": None, "poll": None, "poll_interval": None},
 }
 
+# What a reload (SIGHUP, `cdn_push.py reload`) does with each key: "applied" at once, or "restart"
+# (refused while running: the service keeps its settings and says to restart). Longest prefix wins.
+ON_RELOAD = {
+    "folder": "applied", "name_prefix": "applied", "ledger": "restart",
+    "workers.hash": "restart", "workers.submit": "restart",
+    "api": "applied", "origin": "applied", "origin.serve": "restart", "origin.secret_file": "restart",
+    "callback": "applied", "callback.public_url": "restart", "callback.listen": "restart",
+    "confirm": "applied", "delete": "applied", "monitor": "restart",
+    "defaults": "applied", "rules": "applied", "scan": "applied",
+}
+
+
+def on_reload(dotted: str) -> str | None:
+    """ON_RELOAD's word for a dotted key, or None if the table misses it."""
+    matches = [key for key in ON_RELOAD if dotted == key or dotted.startswith(key + ".")]
+    return ON_RELOAD[max(matches, key=len)] if matches else None
+
+
 # Older names still read, each beside the key it stands for; the example file shows only the new one.
 CONFIG_ALIASES = {"callback.wait_seconds": "confirm.wait_seconds"}
 
@@ -3052,6 +3070,7 @@ class Activity:
         self.now: dict[str, list[dict[str, Any]]] = {"hashing": [], "sending": []}
         self.mode = mode                 # fixed at birth: read without the lock
         self._waiting = 0
+        self._watching: bool | None = True if mode == "watch" else None
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=12)
 
     def _bucket(self, index: int) -> None:
@@ -3106,6 +3125,10 @@ class Activity:
         with self._lock:
             self._waiting = count
 
+    def set_watching(self, watching: bool) -> None:
+        with self._lock:
+            self._watching = watching
+
     def pass_started(self) -> None:
         with self._lock:
             self.passes = {"running": True, "number": self.passes["number"] + 1, "files_hashed": 0,
@@ -3145,7 +3168,7 @@ class Activity:
                 "chart": {"minute_starts": [m * 60.0 for m in minutes],
                           "imports": [self.minutes.get(m, [0, 0])[0] for m in minutes],
                           "confirmations": [self.minutes.get(m, [0, 0])[1] for m in minutes]},
-                "mode": self.mode,
+                "mode": self.mode, "watching": self._watching,
             }
 
 
@@ -5116,6 +5139,10 @@ def activity_summary(status: Mapping[str, Any], now: float) -> tuple[str, str, s
         return ("bad", "The CDN cannot be reached",
                 f"Unreachable since {_when(since, now)}.{retry_text} Files are kept and sent when "
                 f"it answers again; nothing is lost.")
+    if activity.get("watching") is False:
+        return ("bad", "Not watching the folder",
+                "The folder is gone or was replaced (moved away, or a share unmounted). cdn-push watches "
+                "it again as soon as it is back and then looks at every file; nothing is lost.")
     return _pass_summary(status, activity, now)
 
 
@@ -5437,7 +5464,7 @@ def status_document(config: Config, activity: Mapping[str, Any], counts: Mapping
         "version": __version__, "generated_at": now, "mode": activity["mode"],
         "folder": str(config.folder), "cdn": config.api.url,
         "activity": {"doing": doing, "pass": activity["pass"], "cdn": activity["cdn"],
-                     "last_pass_end": activity["last_pass_end"]},
+                     "last_pass_end": activity["last_pass_end"], "watching": activity.get("watching")},
         "counts": {**{state: counts.get(state, 0) for state in STATES}, "waiting": activity["queues"]["waiting"]},
         "bytes": {state: sizes.get(state, 0) for state in STATES},
         "queues": {k: activity["queues"][k] for k in ("hash", "submit", "confirm")},
@@ -5472,6 +5499,9 @@ def metric_families(status: Mapping[str, Any], activity: Mapping[str, Any]) -> I
     yield CounterMetricFamily("cdn_push_hashed_bytes", "Bytes hashed", value=activity["hashed_bytes"])
     yield GaugeMetricFamily("cdn_push_cdn_up", "1 while the CDN answers and takes the credentials",
                             value=1 if activity["cdn"]["up"] else 0)
+    if activity.get("watching") is not None:
+        yield GaugeMetricFamily("cdn_push_watching", "1 while the service watches the folder for new files",
+                                value=1 if activity["watching"] else 0)
     yield GaugeMetricFamily("cdn_push_pass_running", "1 while a full pass runs",
                             value=1 if activity["pass"]["running"] else 0)
     yield GaugeMetricFamily("cdn_push_last_pass_end_timestamp_seconds", "When the last full pass ended",
@@ -5933,6 +5963,19 @@ def watch_limit_message(exc: OSError) -> str:
             "falling back to polling")
 
 
+# How to read each "restart" key of ON_RELOAD from a Config, to see whether a reload changes it.
+RESTART_ONLY: dict[str, Callable[[Config], Any]] = {
+    "ledger": lambda c: c.ledger,
+    "workers.hash": lambda c: c.hash_workers,
+    "workers.submit": lambda c: c.submit_workers,
+    "origin.serve": lambda c: c.origin.serve,
+    "origin.secret_file": lambda c: c.origin.secret_file,
+    "callback.public_url": lambda c: c.callback.public_url,
+    "callback.listen": lambda c: (c.callback.listen_host, c.callback.listen_port),
+    "monitor": lambda c: c.monitor,
+}
+
+
 class WatchService:
     """Watch the folder and import each file once it stops changing, with full passes alongside.
 
@@ -5974,6 +6017,8 @@ class WatchService:
         self.rescan_after_pass = False
         self.passes = self.passes_done = self.turns = 0
         self.idle_turns = 0      # turns in a row that ended with nothing settling, hashed or sent (for tests)
+        self.watched: tuple[int, int] | None = None     # the folder's (device, inode) when watching began
+        self.watch_retry, self.next_watch_try = 1.0, 0.0
         self.next_rescan = math.inf
         self.last_ping = self.last_status = -math.inf
         self._trouble = WatchdogTroubleHandler(self.rescan_now)
@@ -6016,6 +6061,8 @@ class WatchService:
     def start_watching(self) -> None:
         folder = str(self.config.folder)
         check_folder(self.config)
+        found = os.stat(folder)
+        self.watched = (found.st_dev, found.st_ino)
         try:
             observer = self.observer_factory(self.polling, self.config.scan.poll_interval)
             observer.schedule(self.collector, folder, recursive=True)
@@ -6071,11 +6118,8 @@ class WatchService:
             self.reload.clear()
             self.reload_config()
         self.drain_events()
-        if self.observer is not None and not self.observer.is_alive() and not self.stop.is_set():
-            log.error("the folder watcher stopped; restarting it and rescanning")
-            self.stop_watching()
-            self.start_watching()
-            self.rescan_now.set()
+        if not self.stop.is_set():
+            self.keep_watching()
         if self.rescan_now.is_set():
             self.rescan_now.clear()
             log.warning("rescanning the whole folder: the watcher may have missed events")
@@ -6091,6 +6135,41 @@ class WatchService:
         if isinstance(self.pipeline.summary.fatal, (CdnAuthError, CdnEndpointError)):
             raise self.pipeline.summary.fatal        # wrong credentials or addresses stop the service
         self.ping_if_due()
+
+    def watcher_trouble(self) -> str:
+        """Why the folder is not watched as it should be ("" when it is): watchdog stops an emitter,
+        not the observer, when the folder goes; a folder moved away and made anew is another inode."""
+        if self.observer is None:
+            return "the folder is not watched"
+        if not self.observer.is_alive() or not all(e.is_alive() for e in getattr(self.observer, "emitters", ())):
+            return "the folder watcher stopped"
+        try:
+            found = os.stat(self.config.folder)
+        except OSError:
+            return "the folder is gone"
+        return "" if (found.st_dev, found.st_ino) == self.watched else "the folder was replaced (moved, or a share re-mounted)"
+
+    def keep_watching(self) -> None:
+        """Lost watching: say so once, then try again with back-off; when back, look at everything."""
+        if self.observer is not None:
+            trouble = self.watcher_trouble()
+            if not trouble:
+                return
+            log.error("%s: %s is not watched; watching it again as soon as it is back", trouble, self.config.folder)
+            self.stop_watching()
+            self.activity.set_watching(False)
+            self.watch_retry, self.next_watch_try = 1.0, self.clock()
+        if self.clock() < self.next_watch_try:
+            return
+        try:
+            self.start_watching()
+        except (ConfigError, OSError):
+            self.next_watch_try = self.clock() + self.watch_retry
+            self.watch_retry = min(60.0, self.watch_retry * 2)
+            return
+        log.warning("watching %s again; looking at every file it holds", self.config.folder)
+        self.activity.set_watching(True)
+        self.rescan_now.set()
 
     def drain_events(self) -> None:
         """Fold queued events into the settler's candidates."""
@@ -6138,21 +6217,24 @@ class WatchService:
             new = self.load()
         except CdnPushError as exc:
             return False, f"configuration not reloaded, keeping the running one: {exc}"
-        fixed = {"ledger": (new.ledger, self.config.ledger),
-                 "origin.serve": (new.origin.serve, self.config.origin.serve),
-                 "folder (served by the built-in origin)": (new.folder if new.origin.serve else None,
-                                                            self.config.folder if new.origin.serve else None),
-                 "callback.listen": ((new.callback.listen_host, new.callback.listen_port),
-                                     (self.config.callback.listen_host, self.config.callback.listen_port)),
-                 "callback.public_url": (new.callback.public_url, self.config.callback.public_url)}
+        old = self.config
+        fixed = {key: (read(new), read(old)) for key, read in RESTART_ONLY.items()}
+        fixed["folder (served by the built-in origin)"] = (new.folder if new.origin.serve else None,
+                                                           old.folder if new.origin.serve else None)
         for key, (after, before) in fixed.items():
             if after != before:
-                return False, f"configuration not reloaded: '{key}' cannot change while running; restart instead"
-        changed = config_changes(self.config, new)
+                return False, (f"configuration not reloaded, keeping the running one: '{key}' cannot change "
+                               "while running; restart the service instead (systemctl restart cdn-push)")
+        try:
+            check_folder(new)
+            client = self.client_factory(new)
+        except CdnPushError as exc:
+            return False, f"configuration not reloaded, keeping the running one: {exc}"
+        changed = config_changes(old, new)
         restart = (new.folder, new.scan.poll, new.scan.poll_interval) != (
             self.config.folder, self.config.scan.poll, self.config.scan.poll_interval)
         self.config = self.settler.config = new
-        self.pipeline.reconfigure(new, self.client_factory(new))
+        self.pipeline.reconfigure(new, client)
         if restart:
             self.stop_watching()
             self.settler.clear()

@@ -627,3 +627,83 @@ def test_reload_command_waits_for_the_outcome(tmp_path, drop, emulator, write_co
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+# -- reload as a transaction, and the folder watcher's health ------------------------------------------
+
+def config_leaves(keys, prefix=""):
+    for key, inner in keys.items():
+        if isinstance(inner, dict):
+            yield from config_leaves(inner, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_every_config_key_says_what_a_reload_does_with_it():
+    unclassified = [key for key in config_leaves(cdn_push.CONFIG_KEYS) if cdn_push.on_reload(key) is None]
+    assert not unclassified
+    restart = {key for key in config_leaves(cdn_push.CONFIG_KEYS) if cdn_push.on_reload(key) == "restart"}
+    assert {key for key in restart if not any(key == k or key.startswith(k + ".") for k in cdn_push.RESTART_ONLY)} \
+        == set()
+    assert all(cdn_push.on_reload(key) == "restart" for key in cdn_push.RESTART_ONLY)
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"folder": "missing"}, "is not a folder"),
+    ({"workers": {"hash": 1, "submit": 1}}, "'workers.hash' cannot change while running"),
+    ({"monitor": {"listen": "127.0.0.1:9"}}, "'monitor' cannot change while running"),
+])
+def test_a_reload_the_service_cannot_apply_changes_nothing_and_says_why(tmp_path, drop, emulator, raw_config,
+                                                                        watch, change, refused):
+    path = tmp_path / "config.yaml"
+    changed = {**raw_config, **change}
+    if "folder" in change:
+        changed["folder"] = str(tmp_path / "missing")
+    path.write_text(yaml.safe_dump({**changed, "name_prefix": "changed/"}))
+    running = watch(service_kwargs={"load": lambda: cdn_push.load_config(path, {})[0]})
+    turns = running.service.turns
+    running.reload.set()
+    wait_for(lambda: not running.reload.is_set() and running.service.turns > turns + 1, what="the reload")
+    record = running.service.reloads.read()
+    assert record["ok"] is False and refused in record["message"], record
+    assert running.thread.is_alive() and running.service.config.name_prefix == ""
+    write_files(drop, {"after.mp4": b"after"}, age=0)
+    wait_for(lambda: "after.mp4" in names(emulator), what="a drop imported under the running settings")
+
+
+def test_a_folder_moved_away_and_made_anew_is_watched_again_and_looked_at(tmp_path, drop, emulator, watch):
+    running = watch()
+    watched_before = running.service.watched
+    os.rename(drop, tmp_path / "moved-away")
+    wait_for(lambda: running.service.activity.snapshot()["watching"] is False, what="the watcher lost")
+    drop.mkdir()
+    (drop / "new.mp4").write_bytes(b"dropped into the new folder")
+    wait_for(lambda: "new.mp4" in names(emulator), timeout=30, what="new.mp4 imported without the hourly rescan")
+    assert running.service.activity.snapshot()["watching"] is True and running.service.watched != watched_before
+    (drop / "later.mp4").write_bytes(b"and the events flow again")
+    wait_for(lambda: "later.mp4" in names(emulator), what="later.mp4 imported from its events")
+
+
+def test_loop_a_replaced_or_missing_folder_is_noticed_and_watched_again_with_back_off(tmp_path, drop, loop):
+    service, client, clock, wall, observer = loop()
+    assert service.watcher_trouble() == ""
+    (tmp_path / "new").mkdir()
+    os.rename(drop, tmp_path / "old")                 # no loop turn in between: only the inode tells
+    os.rename(tmp_path / "new", drop)
+    assert "replaced" in service.watcher_trouble()
+    service.iteration(tick=0)
+    assert observer.started == 2 and service.watcher_trouble() == "" and service.passes == 2
+    os.rename(drop, tmp_path / "gone")
+    service.iteration(tick=0)
+    assert service.activity.snapshot()["watching"] is False and service.observer is None
+    service.iteration(tick=0)                         # retried at once, and failed: the next try waits
+    assert service.next_watch_try - clock() == pytest.approx(1.0)
+    clock.advance(1.1)
+    service.iteration(tick=0)                         # failed again: twice as long
+    assert service.next_watch_try - clock() == pytest.approx(2.0)
+    drop.mkdir()
+    service.iteration(tick=0)
+    assert service.observer is None                   # backing off, not spinning
+    clock.advance(2.5)
+    service.iteration(tick=0)
+    assert service.activity.snapshot()["watching"] is True and observer.started == 3 and service.passes == 3
