@@ -1476,6 +1476,62 @@ def hash_outcome(entry: FileEntry, progress: Callable[[int], None] = lambda n: N
         return exc
 
 
+WRITE_FLAGS = re.compile(rb"^flags:\s*([0-7]+)", re.M)
+
+
+class OpenFiles:
+    """Which files some process holds open for writing (their inode numbers), read from
+    /proc/*/fdinfo: one look shared by every question within `max_age` seconds, so its cost is
+    one walk over the host's descriptors, not one per file. `complete` says whether every process
+    could be looked at (root, or all of them ours): only then does "no writer" prove a file done.
+    Writers on other machines (NFS, SMB clients) are never seen. One thread uses an instance."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic, proc: str = "/proc") -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self.proc = proc
+        self.complete = False
+        self._inodes: frozenset[int] = frozenset()
+        self._taken = -math.inf
+
+    def writers(self) -> frozenset[int]:
+        if self.clock() - self._taken >= self.max_age:
+            self._inodes, self.complete = self._look()
+            self._taken = self.clock()
+        return self._inodes
+
+    def _look(self) -> tuple[frozenset[int], bool]:
+        found: set[int] = set()
+        complete = True
+        try:
+            pids = [pid for pid in os.listdir(self.proc) if pid.isdigit()]
+        except OSError:
+            return frozenset(), False
+        for pid in pids:
+            try:
+                fds = os.listdir(f"{self.proc}/{pid}/fd")
+            except PermissionError:
+                complete = False           # another user's process: its writers stay unseen
+                continue
+            except OSError:
+                continue                   # it ended meanwhile
+            for fd in fds:
+                found.update(self._written(pid, fd))
+        return frozenset(found), complete
+
+    def _written(self, pid: str, fd: str) -> tuple[int, ...]:
+        """The inode behind one descriptor if it is a regular file open for writing, else nothing."""
+        try:
+            with open(f"{self.proc}/{pid}/fdinfo/{fd}", "rb") as info:
+                flags = WRITE_FLAGS.search(info.read(256))
+            if flags is None or int(flags.group(1), 8) & (os.O_WRONLY | os.O_RDWR) == 0:
+                return ()
+            found = os.stat(f"{self.proc}/{pid}/fd/{fd}")
+        except OSError:
+            return ()
+        return (found.st_ino,) if stat.S_ISREG(found.st_mode) else ()
+
+
 def current_stat(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -1634,8 +1690,9 @@ def ledger_advice(path: str, exc: BaseException) -> str:
     return f"ledger {path}: {text}"
 
 
-class Ledger:
-    """The SQLite record of every file: what it held when hashed and what the CDN accepted.
+class LedgerFile:
+    """The SQLite file under the ledger: opening (or a private copy for a dry run), the schema and
+    its migrations, transactions, the key/value meta table.
 
     One connection, used only by the thread that owns it (the pipeline's; check_same_thread is off
     because that thread is not always the one that opened it); other threads open a `reader`.
@@ -1757,6 +1814,31 @@ class Ledger:
     def _row(values: Sequence[Any]) -> LedgerRow:
         return LedgerRow(*values)
 
+    @classmethod
+    def reader(cls, path: Path | str) -> "Ledger":
+        """A read-only connection of the caller's own, for other threads (origin, monitor)."""
+        try:
+            db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5.0,
+                                 isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerError(ledger_advice(str(path), exc)) from None
+        reader = cls(db, str(path))
+        reader._read_only = True
+        return reader
+
+    def meta(self, key: str) -> str | None:
+        found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self._changed(1, 1)
+
+
+class Ledger(LedgerFile):
+    """The record of every file: what it held when hashed and what the CDN accepted, and the
+    questions the stages ask of it (rows of a folder, what is due to be sent or asked about)."""
+
     def get(self, path: str) -> LedgerRow | None:
         found = self._run(f"SELECT {','.join(LEDGER_COLUMNS)} FROM files WHERE path=?", (path,)).fetchone()
         return self._row(found) if found else None
@@ -1871,18 +1953,6 @@ class Ledger:
         return self._run("SELECT count(*) FROM files WHERE state=? AND retry_at <= ?",
                          (STATE_PENDING, due)).fetchone()[0]
 
-    @classmethod
-    def reader(cls, path: Path | str) -> "Ledger":
-        """A read-only connection of the caller's own, for other threads (origin, monitor)."""
-        try:
-            db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5.0,
-                                 isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise LedgerError(ledger_advice(str(path), exc)) from None
-        reader = cls(db, str(path))
-        reader._read_only = True
-        return reader
-
     def served_row(self, relpath: str) -> ServedRow | None:
         """What the built-in origin needs to serve a file or check its callback; None if not hashed."""
         found = self._run("SELECT size, mtime_ns, sha256, state, attempts, inode FROM files "
@@ -1908,14 +1978,6 @@ class Ledger:
         self._run(f"UPDATE files SET state='{STATE_SUBMITTED}', accepted_name=name, accepted_size=size, "
                   "accepted_sha256=sha256 WHERE sha256 IS NOT NULL")
         self.commit()
-
-    def meta(self, key: str) -> str | None:
-        found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return found[0] if found else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
-        self._changed(1, 1)
 
     def due_checks(self, limit: int, skip: Callable[[str], bool], now: float) -> list[LedgerRow]:
         """Up to `limit` submitted rows whose next question to the CDN is due (`retry_at`: for a
@@ -3207,7 +3269,7 @@ class Tuning:
     status_every: float = 2.0         # watch: seconds between two STATUS= lines to systemd
 
 
-class Stage(enum.Enum):
+class Stage(enum.StrEnum):       # a str: hashed in C, as every file passes through four moves
     """Where a path is on its way through the pipeline. A path in no stage is idle: the ledger
     alone says what it is."""
 
@@ -3223,7 +3285,7 @@ class Stage(enum.Enum):
 _S = Stage
 LEGAL_MOVES: frozenset[tuple[Stage | None, Stage | None]] = frozenset({
     (None, _S.TO_HASH), (None, _S.DECIDED), (None, _S.SUBMITTING), (None, _S.SET_ASIDE),
-    (_S.TO_HASH, _S.HASHING), (_S.TO_HASH, None),
+    (_S.TO_HASH, _S.HASHING), (_S.TO_HASH, _S.DECIDED), (_S.TO_HASH, None),
     (_S.HASHING, _S.DECIDED), (_S.HASHING, None),
     (_S.DECIDED, None),
     (_S.SUBMITTING, _S.AWAITING), (_S.SUBMITTING, _S.TO_HASH), (_S.SUBMITTING, None),
@@ -3245,7 +3307,7 @@ class PathTable:
 
     def __init__(self) -> None:
         self._stages: dict[str, Stage] = {}
-        self._counts: collections.Counter[Stage] = collections.Counter()
+        self._counts: dict[Stage, int] = dict.fromkeys(Stage, 0)
         self.recheck: set[str] = set()
 
     def __contains__(self, path: object) -> bool:
@@ -3258,18 +3320,20 @@ class PathTable:
         return self._stages.get(path)
 
     def move(self, path: str, source: Stage | None, target: Stage | None) -> None:
-        current = self._stages.get(path)
+        stages, counts = self._stages, self._counts
+        current = stages.get(path)
         if current is not source or (source, target) not in LEGAL_MOVES:
             raise AssertionError(f"pipeline bug: {path!r} cannot move from {source} to {target} "
                                  f"(it is {current})")
         if source is not None:
-            self._counts[source] -= 1
+            counts[source] -= 1
         if target is None:
-            del self._stages[path]
-            self.recheck.discard(path)
+            del stages[path]
+            if self.recheck:
+                self.recheck.discard(path)
         else:
-            self._stages[path] = target
-            self._counts[target] += 1
+            stages[path] = target
+            counts[target] += 1
 
     def leave(self, path: str, stage: Stage) -> bool:
         """`path` leaves `stage` if it is there now; whether it was."""
@@ -3287,7 +3351,7 @@ class PathTable:
     def check(self) -> None:
         """The table agrees with itself (tests call this after every step)."""
         actual = collections.Counter(self._stages.values())
-        if +actual != +self._counts:
+        if +actual != +collections.Counter(self._counts):
             raise AssertionError(f"pipeline bug: stage counts {dict(self._counts)} but table holds {dict(actual)}")
         stray = sorted(p for p in self.recheck if self._stages.get(p) not in IN_FLIGHT)
         if stray:
@@ -3363,6 +3427,7 @@ class HashJob(NamedTuple):
 class Hashed(NamedTuple):
     job: HashJob
     outcome: str | Exception     # the sha-256, or what stopped the reading
+    stage: Stage = Stage.HASHING  # where the path is: TO_HASH for a file hashed inline
 
 
 HashFunction = Callable[[FileEntry, Callable[[int], None], "threading.Event | None"], "str | Exception"]
@@ -3484,10 +3549,9 @@ class Hasher:
         work, lanes = ((self._fresh_jobs, self.workers + 1) if self._fresh_jobs
                        else (self._scan_jobs, self.workers))
         job = work[0]
-        if job.entry.size < self.tuning.hash_inline_size:
+        if job.entry.size < self.tuning.hash_inline_size:     # hashed here and now: never seen HASHING
             work.popleft()
-            self.table.move(job.entry.relpath, Stage.TO_HASH, Stage.HASHING)
-            return Hashed(job, self.hash_function(job.entry, self.progress, None))
+            return Hashed(job, self.hash_function(job.entry, self.progress, None), Stage.TO_HASH)
         if len(self._running) >= lanes:
             return False
         work.popleft()
@@ -4348,7 +4412,7 @@ class Intake:
 
     def __init__(self, ctx: RunContext, hasher: Hasher, decider: Decider, *,
                  enqueue: Callable[[LedgerRow], int], on_waiting: Callable[[str], None],
-                 delete_gone: Callable[[Sequence[str]], None]) -> None:
+                 delete_gone: Callable[[Sequence[str]], None], open_files: OpenFiles) -> None:
         self.ctx = ctx
         self.scanner = Scanner(ctx.ledger, ctx.tuning, self.problem)
         self.hasher = hasher
@@ -4356,6 +4420,7 @@ class Intake:
         self.enqueue = enqueue
         self.on_waiting = on_waiting
         self.delete_gone = delete_gone
+        self.open_files = open_files            # a pass leaves files that a writer holds open
         self.waiting_examples: list[str] = []
         self._gone: list[QuickRow] = []       # this pass's files no longer in the folder
         self.private = dict(ctx.config.private_files)
@@ -4456,17 +4521,20 @@ class Intake:
         """Triage listed files: what the ledger vouches for is done with at once (unchanged, or
         moved: no hashing); the rest goes to be hashed. A file already on its way is left alone
         (one being sent that changed meanwhile is hashed again after its answer)."""
-        table, ledger = self.ctx.table, self.ctx.ledger
+        table, ledger, private = self.ctx.table, self.ctx.ledger, self.private
         unknown: list[FileEntry] = []
         for entry in entries:
             path = entry.relpath
-            if path in self.private:
+            row = known.get(path)
+            stage = table.stage(path) if table else None
+            if row is None and stage is None and path not in private:
+                unknown.append(entry)            # the first pass's every file: the short way
+                continue
+            if path in private:
                 self._skip_private(path)
                 continue
-            stage = table.stage(path)
             if stage in (Stage.TO_HASH, Stage.HASHING, Stage.DECIDED):
                 continue
-            row = known.get(path)
             if stage in IN_FLIGHT:
                 if not same_file(entry, row):
                     table.recheck.add(path)
@@ -4474,6 +4542,11 @@ class Intake:
                 unknown.append(entry)
             elif not self.decider.unchanged(entry, row):
                 self._decided_row(self.decider.decide(entry, ledger.get(path), row.sha256), fresh, stage)
+        if unknown and not fresh:      # fresh drops were checked when they settled
+            writers = self.open_files.writers()
+            for entry in [e for e in unknown if e.inode in writers]:
+                self.waiting(entry.relpath, "another process has it open for writing")
+            unknown = [e for e in unknown if e.inode not in writers]
         moved = ledger.find_moved([e for e in unknown if e.relpath not in known])
         for entry in unknown:
             stage = table.stage(entry.relpath)
@@ -4506,9 +4579,9 @@ class Intake:
             # Read again now, not as listed (an answer may have come); a path unknown when listed stays
             # unknown, as the table lets no other job take it meanwhile, so a first pass skips the read.
             row = self.ctx.ledger.get(entry.relpath) if hashed.job.known is not None else None
-            self._decided_row(self.decider.decide(entry, row, outcome), hashed.job.fresh, Stage.HASHING)
+            self._decided_row(self.decider.decide(entry, row, outcome), hashed.job.fresh, hashed.stage)
             return
-        self.ctx.table.move(entry.relpath, Stage.HASHING, None)
+        self.ctx.table.move(entry.relpath, hashed.stage, None)
         if isinstance(outcome, FileChangedError):
             self.waiting(entry.relpath, "it changed while it was hashed")
         elif not isinstance(outcome, (FileNotFoundError, HashInterrupted)):
@@ -4554,7 +4627,7 @@ class Pipeline:
     def __init__(self, config: Config, ledger: Ledger, client: SubmitClient | None, *,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, tuning: Tuning = Tuning(),
-                 hash_function: HashFunction = hash_outcome,
+                 hash_function: HashFunction = hash_outcome, open_files: OpenFiles | None = None,
                  show_progress: bool = False, dry_run: bool = False, retry_rejected: bool = False,
                  out: Callable[[str], None] = print,
                  on_waiting: Callable[[str], None] = lambda relpath: None,
@@ -4573,7 +4646,8 @@ class Pipeline:
                              bars.hashed if show_progress else _no_progress)
         self.intake = Intake(self.ctx, self.hasher, Decider(self.ctx, retry_rejected=retry_rejected),
                              enqueue=lambda row: self.feeder.enqueue(row, fresh=True), on_waiting=on_waiting,
-                             delete_gone=lambda paths: self.confirmer.delete_gone(paths))
+                             delete_gone=lambda paths: self.confirmer.delete_gone(paths),
+                             open_files=open_files or OpenFiles(5.0, monotonic))
         self.recorder = Recorder(self.ctx)
         self.submitter = Submitter(client, self.wake)
         self.feeder = Feeder(self.ctx, self.submitter, self.recorder, cdn_retry_pause=cdn_retry_pause,
@@ -4600,10 +4674,6 @@ class Pipeline:
     @property
     def activity(self) -> Activity:
         return self.ctx.activity
-
-    @property
-    def awaiting(self) -> list[str]:
-        return self.table.paths(Stage.AWAITING)
 
     @property
     def scanning(self) -> bool:
@@ -5817,6 +5887,7 @@ class Candidate:
     last_event: float
     closed: bool = False
     seen: tuple[int, int, int] | None = None
+    steady_since: float = 0.0           # when size, mtime and inode were last seen to change
 
 
 class EventCollector:
@@ -5854,10 +5925,12 @@ class Settler:
     """
 
     def __init__(self, config: Config, tuning: Tuning, clock: Callable[[], float],
-                 wall: Callable[[], float]) -> None:
+                 wall: Callable[[], float], open_files: OpenFiles | None = None) -> None:
         self.config = config
         self.tuning = tuning
         self.clock, self.wall = clock, wall
+        self.open_files = open_files or OpenFiles(tuning.close_grace / 2)
+        self.local = True           # watched through inotify: a writer would be on this machine
         self.candidates: dict[str, Candidate] = {}
 
     def __len__(self) -> int:
@@ -5930,9 +6003,11 @@ class Settler:
                 self.candidates.setdefault(entry.relpath, Candidate(last_event=0.0))
 
     def settled_entries(self) -> list[FileEntry]:
-        """Candidates whose size and mtime held still long enough; the rest keep waiting."""
+        """Candidates no process holds open for writing whose size and mtime held still long
+        enough: over the close grace once a writer is known done (a close or rename event, or no
+        writer at all where every writer can be seen, as after a `mv`), else settle_seconds."""
         now, wall = self.clock(), self.wall()
-        settle = self.config.scan.settle_seconds
+        settle, grace = self.config.scan.settle_seconds, min(self.tuning.close_grace, self.config.scan.settle_seconds)
         ready: list[FileEntry] = []
         for relpath, candidate in list(self.candidates.items()):
             path = os.path.join(self.config.folder, relpath)
@@ -5941,12 +6016,13 @@ class Settler:
                 del self.candidates[relpath]
                 continue
             if found != candidate.seen:          # still changing: watch it one more turn
-                candidate.seen = found
+                candidate.seen, candidate.steady_since = found, now
                 continue
-            quiet = now - candidate.last_event
-            age = wall - found[1] / 1e9
-            if (candidate.closed and quiet >= min(self.tuning.close_grace, settle)) or (
-                    quiet >= settle and age >= settle):
+            if found[2] in self.open_files.writers():
+                continue                         # a writer still holds it, however long it pauses
+            done = candidate.closed or (self.local and self.open_files.complete)
+            if (done and now - candidate.steady_since >= grace and now - candidate.last_event >= grace) or (
+                    now - candidate.last_event >= settle and wall - found[1] / 1e9 >= settle):
                 del self.candidates[relpath]
                 ready.append(FileEntry(relpath, path, *found))
         return ready
@@ -5990,7 +6066,7 @@ class WatchService:
                  notifier: SystemdNotifier | None = None,
                  observer_factory: Callable[[bool, float], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 tuning: Tuning = Tuning(),
+                 tuning: Tuning = Tuning(), open_files: OpenFiles | None = None,
                  client_factory: Callable[[Config], SubmitClient] | None = None) -> None:
         self.config = config
         self.ledger = ledger
@@ -6005,7 +6081,7 @@ class WatchService:
             lambda c: CdnClient(c.api, pool_size=c.submit_workers, stop=stop))
         self.activity = Activity(wall, mode="watch")
         self.monitor: MonitorServer | None = None
-        self.settler = Settler(config, tuning, clock, wall)
+        self.settler = Settler(config, tuning, clock, wall, open_files)
         self.pipeline = Pipeline(config, ledger, self.client_factory(config), stop=stop, clock=wall,
                                  monotonic=clock, tuning=tuning, on_waiting=self.settler.still_writing,
                                  cdn_retry_pause=tuning.cdn_retry_pause, activity=self.activity)
@@ -6076,6 +6152,7 @@ class WatchService:
             observer.schedule(self.collector, folder, recursive=True)
             observer.start()
         self.observer = observer
+        self.settler.local = not self.polling
 
     def stop_watching(self) -> None:
         if self.observer is not None:

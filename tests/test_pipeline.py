@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -448,3 +449,18 @@ def test_the_fake_and_the_real_client_offer_what_the_pipeline_needs(make_config)
     assert isinstance(FakeCdnClient(), cdn_push.SubmitClient)
     assert isinstance(cdn_push.CdnClient(make_config().api), cdn_push.SubmitClient)
     assert not isinstance(object(), cdn_push.SubmitClient)
+
+
+def test_a_run_leaves_a_file_another_process_holds_open_for_writing(drop, emulator, make_config):
+    write_files(drop, {"done.mp4": b"done", "open.mp4": b"half of it"})    # an hour old: settled by mtime
+    config = make_config()
+    with open(drop / "open.mp4", "ab") as writer:
+        summary = run(config)
+        assert (summary.submitted, summary.waiting) == (1, 1)
+        assert [r["name"] for r in emulator.requests] == ["done.mp4"]
+        writer.write(b" and the rest")
+    old = time.time() - 3600
+    os.utime(drop / "open.mp4", (old, old))                 # settled by mtime too, once closed
+    summary = run(config)
+    assert summary.submitted == 1 and emulator.requests[-1]["name"] == "open.mp4"
+    assert int(emulator.requests[-1]["size"]) == len(b"half of it and the rest")

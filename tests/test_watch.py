@@ -464,18 +464,30 @@ class Event:
                                                                              is_directory, str(dest_path))
 
 
+class FakeOpenFiles:
+    """Stands in for cdn_push.OpenFiles: the inodes a test says are open for writing, and whether
+    every writer on the machine would be seen."""
+
+    def __init__(self, complete=True, writers=()):
+        self.complete, self.inodes = complete, set(writers)
+
+    def writers(self):
+        return frozenset(self.inodes)
+
+
 @pytest.fixture
 def loop(drop, make_config):
     made = []
 
-    def make(tuning=cdn_push.Tuning(), **sections):
+    def make(tuning=cdn_push.Tuning(), open_files=None, **sections):
         sections.setdefault("scan", {"settle_seconds": 30, "rescan_interval": 3600})
         config = make_config(**sections)
         ledger = Ledger.open(config.ledger)
         client, observer = FakeCdnClient(), FakeObserver()
         clock, wall = Clock(1000.0), Clock(time.time())
         service = WatchService(config, ledger, stop=threading.Event(), observer_factory=lambda p, i: observer,
-                               clock=clock, wall=wall, tuning=tuning, client_factory=lambda c: client)
+                               clock=clock, wall=wall, tuning=tuning, client_factory=lambda c: client,
+                               open_files=open_files or FakeOpenFiles(complete=False))
         service.start_watching()
         service.start_pass()
         made.append(service)
@@ -523,7 +535,7 @@ def test_loop_close_after_write_goes_after_the_grace_not_before(drop, loop):
     (("created", "modified"), False),                                # no close: settle_seconds
     (("moved",), True),                                              # renamed into place
 ])
-def test_loop_settling_by_events(drop, loop, events, fast):
+def test_loop_settling_by_events_where_writers_cannot_be_seen(drop, loop, events, fast):
     service, client, clock, wall, _ = loop()
     write_now(drop / "b.mp4", b"b")
     for kind in events:
@@ -707,3 +719,79 @@ def test_loop_a_replaced_or_missing_folder_is_noticed_and_watched_again_with_bac
     clock.advance(2.5)
     service.iteration(tick=0)
     assert service.activity.snapshot()["watching"] is True and observer.started == 3 and service.passes == 3
+
+
+@pytest.mark.parametrize("events", [("created",), ("created", "modified"), ("moved",), ()])
+def test_loop_a_file_no_process_writes_is_taken_after_the_close_grace_whatever_the_event(drop, loop, events):
+    service, client, clock, wall, _ = loop(open_files=FakeOpenFiles(complete=True))
+    write_now(drop / "mv.mp4", b"moved in complete")
+    service.settler.still_writing("mv.mp4") if not events else None
+    for kind in events:
+        service.collector.on_any_event(Event(kind, drop / "mv.mp4", dest_path=drop / "mv.mp4"))
+    service.iteration(tick=0)
+    assert "mv.mp4" in service.settler.candidates
+    clock.advance(service.tuning.close_grace + 0.01)
+    turn(service, lambda: client.sent == ["mv.mp4"], "mv.mp4 sent within the close grace")
+
+
+def test_loop_a_file_a_writer_holds_open_is_never_taken_however_long_it_pauses(drop, loop):
+    open_files = FakeOpenFiles(complete=True)
+    service, client, clock, wall, _ = loop(open_files=open_files)
+    write_now(drop / "slow.mp4", b"first half")
+    open_files.inodes.add((drop / "slow.mp4").stat().st_ino)
+    for kind in ("created", "modified", "closed"):     # even a close event: another descriptor is open
+        service.collector.on_any_event(Event(kind, drop / "slow.mp4"))
+    for _ in range(3):
+        service.iteration(tick=0)
+        clock.advance(60)
+        wall.advance(60)                                 # far past settle_seconds (30)
+    assert "slow.mp4" in service.settler.candidates and client.sent == []
+    with open(drop / "slow.mp4", "ab") as handle:
+        handle.write(b" and the second half")
+    open_files.inodes.clear()                            # the writer closed it
+    service.iteration(tick=0)
+    clock.advance(service.tuning.close_grace + 0.01)
+    turn(service, lambda: client.sent == ["slow.mp4"], "slow.mp4 sent once, whole")
+    assert int(client.requests[0]["size"]) == len(b"first half and the second half")
+
+
+def test_open_files_sees_a_file_this_process_holds_open_for_writing(tmp_path):
+    path = tmp_path / "being-written.mp4"
+    open_files = cdn_push.OpenFiles(max_age=0)
+    with open(path, "wb") as handle:
+        handle.write(b"x")
+        handle.flush()
+        assert path.stat().st_ino in open_files.writers()
+    with open(path, "rb"):
+        assert path.stat().st_ino not in open_files.writers()       # read-only does not count
+    assert path.stat().st_ino not in open_files.writers()
+
+
+def test_a_writer_that_pauses_past_settle_seconds_is_imported_once_at_its_final_size(drop, emulator, watch):
+    running = watch()                                    # settle_seconds 1
+    writer = open(drop / "paused.mp4", "wb")
+    try:
+        writer.write(b"a" * 100_000)
+        writer.flush()
+        time.sleep(2.5)                                  # the pause is what is tested: past settle_seconds
+        turns = running.service.turns
+        wait_for(lambda: running.service.turns >= turns + 5, what="a few more turns of the loop")
+        assert "paused.mp4" not in names(emulator)       # still open for writing: not taken
+        assert "paused.mp4" in running.service.settler.candidates
+        writer.write(b"b" * 100_000)
+    finally:
+        writer.close()
+    wait_for(lambda: "paused.mp4" in names(emulator), what="paused.mp4 submitted after its close")
+    running.wait_idle()
+    sent = [r for r in emulator.requests if r["name"] == "paused.mp4"]
+    assert [int(r["size"]) for r in sent] == [200_000]
+
+
+def test_mv_of_a_complete_file_is_taken_within_the_close_grace_not_settle_seconds(tmp_path, drop, emulator, watch):
+    running = watch(scan={"settle_seconds": 30, "rescan_interval": 3600})
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"copied elsewhere, complete")
+    started = time.monotonic()
+    os.rename(outside, drop / "moved-in.mp4")
+    wait_for(lambda: "moved-in.mp4" in names(emulator), timeout=10, what="moved-in.mp4 submitted")
+    assert time.monotonic() - started < 10 < running.service.config.scan.settle_seconds
