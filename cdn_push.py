@@ -3850,8 +3850,11 @@ class Decider:
 
     def unchanged(self, entry: FileEntry, row: QuickRow | None) -> bool:
         """The ledger vouches for this file: same stat, accepted as it is, nothing amiss (counted)."""
-        if (same_file(entry, row) and row is not None and row.accepted
-                and row.name == cdn_name(self.ctx.config.name_prefix, entry.relpath)
+        return same_file(entry, row) and self.accepted_as_is(entry, row)    # type: ignore[arg-type]
+
+    def accepted_as_is(self, entry: FileEntry, row: QuickRow) -> bool:
+        """For a row known to describe the file as listed: accepted under its name, nothing amiss (counted)."""
+        if (row.accepted and row.name == cdn_name(self.ctx.config.name_prefix, entry.relpath)
                 and not self.unconfirmed_due(row.state, row.attempts, row.updated_at)):
             self.ctx.summary.unchanged += 1
             return True
@@ -4527,8 +4530,11 @@ class Intake:
             path = entry.relpath
             row = known.get(path)
             stage = table.stage(path) if table else None
-            if row is None and stage is None and path not in private:
-                unknown.append(entry)            # the first pass's every file: the short way
+            if stage is None and path not in private:     # the short way for (nearly) every file
+                if not same_file(entry, row):
+                    unknown.append(entry)
+                elif not self.decider.accepted_as_is(entry, row):   # type: ignore[arg-type]
+                    self._decided_row(self.decider.decide(entry, ledger.get(path), row.sha256), fresh, None)  # type: ignore[union-attr]
                 continue
             if path in private:
                 self._skip_private(path)
