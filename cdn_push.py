@@ -1669,6 +1669,18 @@ def prepare_private_file(path: Path, key: str) -> None:
                           f"{owned_by_another(path) if path.exists() else 'check its folder'}") from None
 
 
+LEDGER_ROOM = 4 * 1024 * 1024      # bytes free under the ledger below which nothing more is sent
+
+
+def ledger_room(path: str) -> int | None:
+    """Bytes free on the file system holding the ledger, or None if that cannot be told."""
+    try:
+        vfs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return vfs.f_bavail * vfs.f_frsize
+
+
 def ledger_advice(path: str, exc: BaseException) -> str:
     """What went wrong with the ledger file, in words that say what to do about it."""
     text = str(exc)
@@ -2059,9 +2071,12 @@ class LedgerLock:
             os.close(fd)
             raise LockedError(f"another cdn-push (pid {holder}) is running with ledger "
                               f"{str(self.path)[:-5]}; this run exits") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:      # a full disk: the lock holds all the same; `reload` cannot find the pid
+            log.warning("%s", ledger_advice(str(self.path), exc))
         return self
 
     def release(self) -> None:
@@ -4092,6 +4107,7 @@ class Feeder:
         self._consecutive_failures = 0
         self._cdn_was_down = False
         self._origin_checked = False
+        self._room, self._room_checked = True, -math.inf
 
     @property
     def paused(self) -> bool:
@@ -4100,7 +4116,27 @@ class Feeder:
     def can_send(self) -> bool:
         ctx = self.ctx
         return (self.submitter.client is not None and not ctx.dry_run and ctx.summary.fatal is None
-                and not self.paused)
+                and not self.paused and self._ledger_has_room())
+
+    def _ledger_has_room(self) -> bool:
+        """No request leaves that the ledger could not record: below LEDGER_ROOM free, a one-shot run
+        ends (exit 5) and the service pauses sending, looking again every few seconds."""
+        now = self.ctx.monotonic()
+        if now < self._room_checked + 5.0:
+            return self._room
+        self._room_checked = now
+        free = ledger_room(self.ctx.ledger.path) if self.ctx.ledger.path != ":memory:" else None
+        room = free is None or free >= LEDGER_ROOM
+        if not room and self._room:
+            problem = LedgerError(f"the disk holding ledger {self.ctx.ledger.path} is full ({free} bytes free): "
+                                  "nothing more is sent, since its answer could not be recorded; free some space")
+            if self.cdn_retry_pause is None:
+                self.ctx.summary.fatal = problem
+            log.error("%s", problem)
+        elif room and not self._room:
+            log.info("the disk holding the ledger has room again: sending goes on")
+        self._room = room
+        return room
 
     def due_rows(self, limit: int) -> list[LedgerRow]:
         """Pending rows due now that no stage holds (a path awaiting a resend is due too)."""

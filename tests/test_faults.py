@@ -6,6 +6,7 @@ CDN_PUSH_SOAK=N runs the random-kill loop N times instead of 20.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -454,3 +455,29 @@ def test_watch_never_shows_a_password(drop, emulator, write_config, raw_config):
     assert emulator.answers == [400] and "***" in err
     for secret in (API_PASSWORD, ORIGIN_PASSWORD, cdn_push.quote(ORIGIN_PASSWORD, safe="")):
         assert secret not in out + err
+
+
+def test_nothing_is_sent_that_a_full_ledger_disk_could_not_record(capsys, small_fs, drop, emulator, write_config,
+                                                                   make_config, raw_config):
+    write_files(drop, {f"p{i}.mp4": b"%d" % i for i in range(5)})
+    ledger = small_fs / "ledger.sqlite3"
+    config = make_config(ledger=str(ledger))
+    with Ledger.open(config.ledger) as db:
+        cdn_push.Pipeline(config, db, None).scan_and_hash()       # pending rows, as a killed run leaves them
+    filler = small_fs / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
+        while True:
+            handle.write(b"\0" * 4096)
+    os.truncate(filler, filler.stat().st_size - 1024 * 1024)    # room to open the ledger, not to run on
+    code, out, err = run_main(capsys, "--config", str(write_config(ledger=str(ledger))))
+    assert code == cdn_push.EXIT_LEDGER and "is full" in err and "nothing more is sent" in err, err
+    assert emulator.requests == []
+    os.truncate(filler, 0)                                      # completely full: the ledger cannot even open
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    code, out, err = run_main(capsys, "--config", str(write_config(ledger=str(ledger))))
+    assert code == cdn_push.EXIT_LEDGER and "is full" in err and emulator.requests == [], err
+    filler.unlink()
+    code, out, err = run_main(capsys, "--config", str(write_config(ledger=str(ledger))))
+    assert code == 0 and len(emulator.requests) == 5, err
