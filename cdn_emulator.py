@@ -222,6 +222,9 @@ class CdnEmulator:
         self._running = threading.Event()
         if auto_fetch:
             self._running.set()
+        self._answering = threading.Event()
+        self._answering.set()
+        self._held = 0
         self.answer_delay = answer_delay
         self.fault_rate = fault_rate
         self.fault_choices = fault_choices
@@ -304,6 +307,18 @@ class CdnEmulator:
     def release(self) -> None:
         self._running.set()
 
+    def hold_answers(self) -> None:
+        """file/add requests are recorded, then wait for release_answers() before they are answered."""
+        self._answering.clear()
+
+    def release_answers(self) -> None:
+        self._answering.set()
+
+    def held_answers(self) -> int:
+        """Requests waiting for their answer now."""
+        with self._lock:
+            return self._held
+
     # -- API -----------------------------------------------------------------------
 
     def _next_seq(self) -> int:
@@ -343,6 +358,17 @@ class CdnEmulator:
             if self.fault_rate and self._rng.random() < self.fault_rate:
                 return self._rng.choice(self.fault_choices)
         return None
+
+    def _wait_to_answer(self) -> None:
+        if self._answering.is_set():
+            return
+        with self._lock:
+            self._held += 1
+        try:
+            self._answering.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
 
     def file_add(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """Validate and queue one import; returns (HTTP status, JSON answer)."""
@@ -421,6 +447,7 @@ class CdnEmulator:
                     return
                 if method == "file/add":
                     status, answer = emulator.file_add(params)
+                    emulator._wait_to_answer()
                     if fault == "error200":
                         status, answer = 200, {"status": "error", "message": "import queue unavailable"}
                     if fault == "garbage":

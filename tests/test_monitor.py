@@ -208,7 +208,7 @@ def test_listen_null_turns_the_monitor_off(drop, emulator, watch):
 
 def test_a_one_shot_run_serves_the_monitor_only_when_listen_is_set(drop, emulator, write_config):
     write_files(drop, {f"f{i:02}.mp4": b"file %d" % i for i in range(16)})
-    emulator.answer_delay = 0.2                       # about 3 s of sending: time to look
+    emulator.hold_answers()                           # the run waits on its first answer: time to look
     port = free_port()
     process = start_cdn_push("run", "--config", str(write_config(workers={"hash": 1, "submit": 1},
                                                                   monitor={"listen": f"127.0.0.1:{port}"})))
@@ -217,6 +217,7 @@ def test_a_one_shot_run_serves_the_monitor_only_when_listen_is_set(drop, emulato
         assert status["mode"] == "run"
         assert metric(scrape(port), "cdn_push_build_info", version=cdn_push.__version__) == 1
     finally:
+        emulator.release_answers()
         out, err = process.communicate(timeout=60)
     assert process.returncode == cdn_push.EXIT_OK, err
     with pytest.raises(OSError):                      # gone with the run
@@ -224,13 +225,14 @@ def test_a_one_shot_run_serves_the_monitor_only_when_listen_is_set(drop, emulato
 
     # The same run without monitor.listen listens on nothing at all.
     config = write_config(workers={"hash": 1, "submit": 1}, ledger=str(drop.parent / "second.sqlite3"))
-    emulator.answer_delay = 0.3
+    emulator.hold_answers()
     process = start_cdn_push("run", "--config", str(config))
     try:
-        wait_for(lambda: len(emulator.requests) >= 16 + 2, timeout=30, what="the second run under way")
+        wait_for(lambda: emulator.held_answers() == 1, timeout=30, what="the second run under way")
         assert process.poll() is None, "the run ended before it could be looked at"
         assert listening_ports(process.pid) == set()
     finally:
+        emulator.release_answers()
         out, err = process.communicate(timeout=60)
     assert process.returncode == cdn_push.EXIT_OK, err
 
