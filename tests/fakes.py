@@ -1,9 +1,10 @@
-"""One stand-in for the CDN client, shared by the pipeline and watch tests."""
+"""Stand-ins shared by the pipeline and watch tests: the CDN client, a clock, a loop driver."""
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 import cdn_push
 
@@ -72,3 +73,25 @@ class FakeCdnClient:
         with self._lock:
             sizes = [int(r["size"]) for r in self.requests if r["name"] == name]
         return cdn_push.Listing(True, "ready", sizes[-1]) if sizes else cdn_push.Listing(False)
+
+
+class Clock:
+    """An injected clock that moves only when the test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def step_until(pipeline: Any, predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    """Turn the pipeline's loop until `predicate` holds, checking its path table after every turn."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pipeline.step(timeout=0.01)
+        pipeline.check_invariants()

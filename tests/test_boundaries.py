@@ -4,7 +4,6 @@ per kind, a dead worker is noticed, a second Ctrl-C stops at once, a dry run lea
 from __future__ import annotations
 
 import hashlib
-import logging
 import signal
 import socket
 import sqlite3

@@ -11,8 +11,8 @@ import pytest
 import cdn_push
 from cdn_emulator import StaticOrigin
 from cdn_push import CdnAuthError, CdnEndpointError, Listing, Pipeline, Stage, _TransientError
-from conftest import ORIGIN_PASSWORD, ORIGIN_USER, wait_for, write_files
-from fakes import FakeCdnClient
+from conftest import ORIGIN_PASSWORD, ORIGIN_USER, write_files
+from fakes import Clock, FakeCdnClient, step_until
 
 POLLING = {"poll": True, "poll_interval": 0.2, "wait_seconds": 20}
 
@@ -56,22 +56,6 @@ def test_file_list_http_answers_are_classified(status, body, kind):
 
 # -- the pipeline asking, with a fake client and an injected clock ---------------------------------
 
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-def turn(pipeline, predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pipeline.step(0.01)
-        pipeline.check_invariants()
-
-
 def polling_config(make_config, raw_config, **confirm):
     return make_config(origin={**raw_config["origin"], "check": False},
                        confirm={**POLLING, "poll_interval": 30, **confirm})
@@ -86,10 +70,10 @@ def test_unknown_status_words_keep_the_file_submitted_and_are_named_once(make_co
     with cdn_push.Ledger.open(config.ledger) as ledger:
         p = Pipeline(config, ledger, client, clock=clock)
         p.start_scan()
-        turn(p, lambda: len(client.sent) == 2 and p.table.count(Stage.AWAITING) == 2, "both submitted")
+        step_until(p, lambda: len(client.sent) == 2 and p.table.count(Stage.AWAITING) == 2, "both submitted")
         assert client.listed == []                           # not before poll_interval
         clock.now += 31
-        turn(p, lambda: len(client.listed) == 2 and not p.table.count(Stage.CHECKING), "the first questions")
+        step_until(p, lambda: len(client.listed) == 2 and not p.table.count(Stage.CHECKING), "the first questions")
         assert {r.state for r in ledger.all_rows()} == {"submitted"}
         warned = [r.message for r in caplog.records if "transcoding" in r.message]
         assert len(warned) == 1, warned                                      # named once, not per file
@@ -98,7 +82,7 @@ def test_unknown_status_words_keep_the_file_submitted_and_are_named_once(make_co
         assert row.retry_at - clock.now == pytest.approx(60, abs=1)          # backing off: twice the gap
         words["a.mp4"] = words["b.mp4"] = "ready"
         clock.now += 61
-        turn(p, lambda: {r.state for r in ledger.all_rows()} == {"confirmed"}, "the confirmations")
+        step_until(p, lambda: {r.state for r in ledger.all_rows()} == {"confirmed"}, "the confirmations")
         assert p.finished() and p.summary.confirmed == 2
         p.halt()
 
@@ -112,15 +96,15 @@ def test_a_failed_import_found_by_asking_is_sent_again_then_confirmed(make_confi
     with cdn_push.Ledger.open(config.ledger) as ledger:
         p = Pipeline(config, ledger, client, clock=clock)
         p.start_scan()
-        turn(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "submitted", "the request answered")
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "submitted", "the request answered")
         clock.now += 31
-        turn(p, lambda: ledger.get("a.mp4").state == "pending", "the failure")
+        step_until(p, lambda: ledger.get("a.mp4").state == "pending", "the failure")
         assert "file/list reports it 'failed'" in ledger.get("a.mp4").last_error
         assert not p.finished()                       # a one-shot run waits for the resend
         clock.now += 600
-        turn(p, lambda: len(client.sent) == 2 and ledger.get("a.mp4").state == "submitted", "the resend")
+        step_until(p, lambda: len(client.sent) == 2 and ledger.get("a.mp4").state == "submitted", "the resend")
         clock.now += 31
-        turn(p, lambda: ledger.get("a.mp4").state == "confirmed", "the resend confirmed")
+        step_until(p, lambda: ledger.get("a.mp4").state == "confirmed", "the resend confirmed")
         assert client.sent == ["a.mp4", "a.mp4"] and p.finished()
         p.halt()
 
@@ -134,10 +118,10 @@ def test_a_login_refused_file_list_stops_the_questions_not_the_run(make_config, 
     with cdn_push.Ledger.open(config.ledger) as ledger:
         p = Pipeline(config, ledger, client, clock=clock)
         p.start_scan()
-        turn(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "submitted", "the request answered")
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "submitted", "the request answered")
         clock.now += 31
-        turn(p, lambda: client.listed, "the question")
-        turn(p, lambda: p.finished(), "the end of the run")
+        step_until(p, lambda: client.listed, "the question")
+        step_until(p, lambda: p.finished(), "the end of the run")
         p.halt()
         assert p.summary.fatal is None and ledger.get("a.mp4").state == "submitted"
     assert len(client.listed) == 1 and "refused file/list" in caplog.text

@@ -13,7 +13,7 @@ import cdn_push
 from cdn_push import (DECISION_CHANGED, DECISION_CONFLICT, DECISION_NEW, DECISION_STILL_REJECTED,
                       DECISION_UNCHANGED, FileEntry, Ledger, LedgerRow, Pipeline)
 from conftest import AWKWARD_FILES, write_files
-from fakes import FakeCdnClient
+from fakes import FakeCdnClient, step_until
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -310,15 +310,6 @@ def test_a_closed_submit_queue_hands_back_what_it_held_and_releases_waiting_work
 @pytest.mark.parametrize("priority, fresh, rank", [(0, False, (0, 1)), (0, True, (0, 0)), (3, False, (-3, 1))])
 def test_queue_rank(priority, fresh, rank):
     assert cdn_push.queue_rank(priority, fresh) == rank
-
-
-def step_until(pipeline, predicate, what, timeout=10.0):
-    """Turn the pipeline's loop until `predicate` holds, checking its path table after every turn."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pipeline.step(timeout=0.01)
-        pipeline.check_invariants()
 
 
 def test_the_first_request_leaves_before_the_pass_ends_and_a_fresh_file_overtakes_the_backlog(drop, make_config):

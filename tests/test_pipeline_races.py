@@ -13,7 +13,7 @@ import cdn_push
 from cdn_push import (CallbackInbox, CallbackReport, CdnAnswer, FileEntry, Ledger, PathTable, Pipeline, Stage,
                       Tuning, UrlSigner)
 from conftest import write_files
-from fakes import FakeCdnClient
+from fakes import Clock, FakeCdnClient, step_until
 
 
 def cfg(make_config, raw_config, **kw):
@@ -28,23 +28,6 @@ def callbacks(**settings):
 
 def entry_for(drop, relpath):
     return FileEntry(relpath, str(drop / relpath), *cdn_push.current_stat(str(drop / relpath)))
-
-
-def turn(pipeline, predicate, what, timeout=10.0):
-    """Step until `predicate` holds, checking the path table after every step."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pipeline.step(0.01)
-        pipeline.check_invariants()
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 # -- the path table ----------------------------------------------------------------------
@@ -98,7 +81,7 @@ def test_a_pass_reaching_a_row_that_is_being_sent_leaves_it_to_its_answer(make_c
         p.check_invariants()
         assert p.table.stage("a.mp4") is Stage.SUBMITTING and not p.table.recheck
         client.release()
-        turn(p, lambda: ledger.get("a.mp4").state == "submitted", "the answer")
+        step_until(p, lambda: ledger.get("a.mp4").state == "submitted", "the answer")
         for _ in range(5):
             p.step(0.01)
             p.check_invariants()
@@ -114,13 +97,13 @@ def test_a_file_that_changes_while_its_request_is_out_is_sent_again_at_its_new_c
         client = FakeCdnClient().hold()
         p = Pipeline(config, ledger, client)
         p.add_fresh([entry_for(drop, "a.mp4")])
-        turn(p, lambda: client.sent, "the first request")
+        step_until(p, lambda: client.sent, "the first request")
         write_files(drop, {"a.mp4": b"second version" * 100})
         p.add_fresh([entry_for(drop, "a.mp4")])                 # the watcher saw it settle again
         p.check_invariants()
         assert p.table.recheck == {"a.mp4"}
         client.release(2)
-        turn(p, lambda: len(client.sent) == 2 and not p.busy(), "the second request")
+        step_until(p, lambda: len(client.sent) == 2 and not p.busy(), "the second request")
         p.halt()
     sizes = [int(r["size"]) for r in client.requests]
     assert sizes == [500, 1400], sizes
@@ -143,7 +126,7 @@ def test_a_file_dropped_while_the_pass_hashes_it_is_hashed_and_sent_once(make_co
         p = Pipeline(config, ledger, client, cdn_retry_pause=60, hash_function=hash_second_late)
         p.add_fresh([entry_for(drop, "big.mp4")])
         p.start_scan()
-        turn(p, lambda: not (p.busy() or p.pass_started is not None), "the pass and the import")
+        step_until(p, lambda: not (p.busy() or p.pass_started is not None), "the pass and the import")
         p.halt()
     assert calls == ["big.mp4"]          # the pass leaves a file on its way already alone
     assert client.sent == ["big.mp4"], client.sent
@@ -199,7 +182,7 @@ def test_nothing_is_sent_during_the_cdn_down_pause_and_the_pause_ends_on_the_clo
         p.step(0.01)
         assert p.paused and client.sent == []
         monotonic.now += 2
-        turn(p, lambda: client.sent == ["new.mp4"], "the request after the pause")
+        step_until(p, lambda: client.sent == ["new.mp4"], "the request after the pause")
         p.halt()
 
 
@@ -219,11 +202,11 @@ def test_a_run_ends_once_a_resent_file_is_confirmed(make_config, raw_config, dro
         clock = Clock(time.time())
         p = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=inbox, clock=clock)
         p.start_scan()
-        turn(p, lambda: ledger.get("a.mp4") is not None and ledger.get("a.mp4").state == "pending"
+        step_until(p, lambda: ledger.get("a.mp4") is not None and ledger.get("a.mp4").state == "pending"
              and ledger.get("a.mp4").last_error, "the failed callback")
         assert not p.finished(), "the run would end before the resend"
         clock.now += 120                                       # the resend is due
-        turn(p, lambda: p.finished(), "the end of the run")
+        step_until(p, lambda: p.finished(), "the end of the run")
         p.halt()
         assert ledger.get("a.mp4").state == "confirmed" and client.sent == ["a.mp4", "a.mp4"]
 
@@ -246,7 +229,7 @@ def test_refused_credentials_end_a_run_without_waiting_out_other_retries(make_co
         client = Client(config.api, stop=stop)
         p = Pipeline(config, ledger, client, stop=stop)
         p.start_scan()
-        turn(p, lambda: p.summary.fatal is not None, "the refusal")
+        step_until(p, lambda: p.summary.fatal is not None, "the refusal")
         refused.set()
         halted = threading.Thread(target=p.halt)
         halted.start()
@@ -271,11 +254,11 @@ def test_a_rescan_asked_for_while_the_pass_still_hashes_does_not_start_a_second_
         done = []
         p.on_pass_done = done.append
         assert p.start_scan()
-        turn(p, lambda: not p.scanning, "the walk")
+        step_until(p, lambda: not p.scanning, "the walk")
         assert p.table.count(Stage.HASHING) == 1       # the pass's big file is still hashing
         started_again = p.start_scan()                  # WatchService.start_pass (rescan_now / reload)
         release.set()
-        turn(p, lambda: not (p.busy() or p.pass_started), "the pass")
+        step_until(p, lambda: not (p.busy() or p.pass_started), "the pass")
         p.halt()
     assert not started_again and len(done) == 1 and calls == ["big.mp4"], (started_again, len(done), calls)
 
@@ -291,7 +274,7 @@ def test_a_row_set_aside_whose_file_is_then_deleted_is_forgotten_by_the_next_pas
         assert p.table.stage("a.mp4") is Stage.SET_ASIDE
         (drop / "a.mp4").unlink()                                          # ... then removed
         p.start_scan()
-        turn(p, lambda: p.pass_started is None and not p.busy(), "the pass")
+        step_until(p, lambda: p.pass_started is None and not p.busy(), "the pass")
         p.halt()
         assert ledger.get("a.mp4") is None and p.table.count(Stage.SET_ASIDE) == 0
 

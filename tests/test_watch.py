@@ -23,7 +23,7 @@ import yaml
 import cdn_push
 from cdn_push import Ledger, WatchService
 from conftest import ROOT, start_cdn_push, write_files
-from fakes import FakeCdnClient
+from fakes import Clock, FakeCdnClient
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -445,17 +445,6 @@ class FakeObserver:
 
     def is_alive(self):
         return self.alive
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 class Event:
