@@ -1493,9 +1493,14 @@ class OpenFiles:
         self.complete = False
         self._inodes: frozenset[int] = frozenset()
         self._taken = -math.inf
+        self._under = ""
 
-    def writers(self) -> frozenset[int]:
-        if self.clock() - self._taken >= self.max_age:
+    def writers(self, under: Path | str = "/") -> frozenset[int]:
+        """Inodes of files below the folder `under` open for writing (a descriptor elsewhere costs
+        one readlink, so a host with many open files is cheap to look at)."""
+        root = os.path.join(os.path.realpath(under), "")
+        if self.clock() - self._taken >= self.max_age or root != self._under:
+            self._under = root
             self._inodes, self.complete = self._look()
             self._taken = self.clock()
         return self._inodes
@@ -1520,8 +1525,10 @@ class OpenFiles:
         return frozenset(found), complete
 
     def _written(self, pid: str, fd: str) -> tuple[int, ...]:
-        """The inode behind one descriptor if it is a regular file open for writing, else nothing."""
+        """The inode behind one descriptor if it is a file below the folder open for writing."""
         try:
+            if not os.readlink(f"{self.proc}/{pid}/fd/{fd}").startswith(self._under):
+                return ()
             with open(f"{self.proc}/{pid}/fdinfo/{fd}", "rb") as info:
                 flags = WRITE_FLAGS.search(info.read(256))
             if flags is None or int(flags.group(1), 8) & (os.O_WRONLY | os.O_RDWR) == 0:
@@ -4585,7 +4592,7 @@ class Intake:
             elif not self.decider.unchanged(entry, row):
                 self._decided_row(self.decider.decide(entry, ledger.get(path), row.sha256), fresh, stage)
         if unknown and not fresh:      # fresh drops were checked when they settled
-            writers = self.open_files.writers()
+            writers = self.open_files.writers(self.ctx.config.folder)
             for entry in [e for e in unknown if e.inode in writers]:
                 self.waiting(entry.relpath, "another process has it open for writing")
             unknown = [e for e in unknown if e.inode not in writers]
@@ -5971,7 +5978,7 @@ class Settler:
         self.config = config
         self.tuning = tuning
         self.clock, self.wall = clock, wall
-        self.open_files = open_files or OpenFiles(tuning.close_grace / 2)
+        self.open_files = open_files or OpenFiles(max(1.0, tuning.close_grace))
         self.local = True           # watched through inotify: a writer would be on this machine
         self.candidates: dict[str, Candidate] = {}
 
@@ -6060,7 +6067,7 @@ class Settler:
             if found != candidate.seen:          # still changing: watch it one more turn
                 candidate.seen, candidate.steady_since = found, now
                 continue
-            if found[2] in self.open_files.writers():
+            if found[2] in self.open_files.writers(self.config.folder):
                 continue                         # a writer still holds it, however long it pauses
             done = candidate.closed or (self.local and self.open_files.complete)
             if (done and now - candidate.steady_since >= grace and now - candidate.last_event >= grace) or (

@@ -460,7 +460,7 @@ class FakeOpenFiles:
     def __init__(self, complete=True, writers=()):
         self.complete, self.inodes = complete, set(writers)
 
-    def writers(self):
+    def writers(self, under="/"):
         return frozenset(self.inodes)
 
 
@@ -750,10 +750,11 @@ def test_open_files_sees_a_file_this_process_holds_open_for_writing(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"x")
         handle.flush()
-        assert path.stat().st_ino in open_files.writers()
+        assert path.stat().st_ino in open_files.writers(tmp_path)
+        assert path.stat().st_ino not in open_files.writers(tmp_path / "elsewhere")   # only below the folder
     with open(path, "rb"):
-        assert path.stat().st_ino not in open_files.writers()       # read-only does not count
-    assert path.stat().st_ino not in open_files.writers()
+        assert path.stat().st_ino not in open_files.writers(tmp_path)       # read-only does not count
+    assert path.stat().st_ino not in open_files.writers(tmp_path)
 
 
 def test_a_writer_that_pauses_past_settle_seconds_is_imported_once_at_its_final_size(drop, emulator, watch):
