@@ -95,3 +95,14 @@ def step_until(pipeline: Any, predicate: Callable[[], Any], what: str, timeout: 
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         pipeline.step(timeout=0.01)
         pipeline.check_invariants()
+
+
+class FakeOpenFiles:
+    """Stands in for cdn_push.OpenFiles: the inodes a test says are open for writing, and whether
+    every writer on the machine would be seen."""
+
+    def __init__(self, complete=True, writers=()):
+        self.complete, self.inodes = complete, set(writers)
+
+    def writers(self, under: object = "/") -> frozenset[int]:
+        return frozenset(self.inodes)

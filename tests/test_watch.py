@@ -23,7 +23,7 @@ import yaml
 import cdn_push
 from cdn_push import Ledger, WatchService
 from conftest import ROOT, start_cdn_push, write_files
-from fakes import Clock, FakeCdnClient
+from fakes import Clock, FakeCdnClient, FakeOpenFiles
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -451,17 +451,6 @@ class Event:
     def __init__(self, event_type, src_path, is_directory=False, dest_path=""):
         self.event_type, self.src_path, self.is_directory, self.dest_path = (event_type, str(src_path),
                                                                              is_directory, str(dest_path))
-
-
-class FakeOpenFiles:
-    """Stands in for cdn_push.OpenFiles: the inodes a test says are open for writing, and whether
-    every writer on the machine would be seen."""
-
-    def __init__(self, complete=True, writers=()):
-        self.complete, self.inodes = complete, set(writers)
-
-    def writers(self, under="/"):
-        return frozenset(self.inodes)
 
 
 @pytest.fixture

@@ -1,0 +1,471 @@
+"""The pipeline's stages, the settler and the watch loop, one behaviour at a time: the tests the
+mutation pass (tests/mutants.py) found missing. Real files in temporary folders, the real ledger,
+the fake CDN client, injected clocks; every wait is for a condition, and the path table is checked
+after every step."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+import cdn_push
+from cdn_push import (CallbackInbox, CallbackReport, CdnAnswer, FileEntry, Ledger, LedgerRow, Pipeline, Settler,
+                      Stage, Tuning, UrlSigner, WatchService)
+from conftest import write_files
+from fakes import FakeCdnClient, FakeOpenFiles
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def cfg(make_config, raw_config, **sections):
+    """No origin probe before the first request: the fake client fetches nothing."""
+    return make_config(origin={**raw_config["origin"], "check": False}, **sections)
+
+
+def callbacks(**settings):
+    """Callbacks on, to a receiver nobody calls: the tests put reports in the inbox themselves."""
+    return {"public_url": "http://127.0.0.1:9/cb", "listen": "127.0.0.1:0", **settings}
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def entry_for(drop, relpath):
+    return FileEntry(relpath, str(drop / relpath), *cdn_push.current_stat(str(drop / relpath)))
+
+
+def turn(pipeline, predicate, what, timeout=10.0, each=lambda: None):
+    """Step until `predicate` holds, checking the path table (and `each`) after every step."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pipeline.step(0.01)
+        pipeline.check_invariants()
+        each()
+
+
+def imported_row(drop, relpath, content, *, state="submitted", attempts=1):
+    """The ledger row of a file the CDN accepted as it is on disk now."""
+    digest = sha(content)
+    size, mtime_ns, inode = cdn_push.current_stat(str(drop / relpath))
+    return LedgerRow(relpath, size, mtime_ns, inode, digest, relpath, state, attempts=attempts,
+                     accepted_name=relpath, accepted_size=size, accepted_sha256=digest)
+
+
+# -- the decide step's record (pure) ----------------------------------------------------------------
+
+ENTRY = FileEntry("p", "/drop/p", 1, 7, 1)          # touched since: a new mtime, the same content
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_a_resend_rehashed_at_the_same_content_keeps_its_attempts():
+    """A failed callback left the row pending for a resend; a touch makes it hashed again. Its
+    attempts still count towards callback.max_attempts; new content starts again from 0."""
+    waiting = LedgerRow("p", 1, 5, 1, SHA_A, "n", "pending", attempts=2, last_error="the CDN could not import it")
+    same = cdn_push.row_after_decision(cdn_push.DECISION_NEW, ENTRY, waiting, "n", SHA_A, 0)
+    assert (same.state, same.attempts, same.last_error, same.mtime_ns) == ("pending", 2, None, 7)
+    other = cdn_push.row_after_decision(cdn_push.DECISION_NEW, ENTRY, waiting, "n", SHA_B, 0)
+    assert other.attempts == 0
+
+
+@pytest.mark.parametrize("state", ["failed", "rejected"])
+def test_a_failed_or_rejected_file_sent_again_starts_a_new_count_of_attempts(state):
+    done = LedgerRow("p", 1, 5, 1, SHA_A, "n", state, attempts=3, last_error="gave up")
+    again = cdn_push.row_after_decision(cdn_push.DECISION_NEW, ENTRY, done, "n", SHA_A, 0)
+    assert (again.state, again.attempts) == ("pending", 0)
+
+
+# -- the decider: files accepted but never confirmed -----------------------------------------------
+
+def test_an_unconfirmed_file_is_asked_again_once_wait_seconds_have_passed_to_the_second(
+        drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"a"})
+    config = cfg(make_config, raw_config, callback=callbacks(wait_seconds=100, max_attempts=3))
+    accepted_at = float(int(time.time()) - 600)
+    with Ledger.open(config.ledger, clock=lambda: accepted_at) as ledger:
+        ledger.put(imported_row(drop, "a.mp4", b"a"))
+    with Ledger.open(config.ledger) as ledger:
+        early = Pipeline(config, ledger, None, clock=lambda: accepted_at + 99.5)
+        early.scan_and_hash()
+        assert (early.summary.unchanged, early.summary.resent) == (1, 0)
+        due = Pipeline(config, ledger, None, clock=lambda: accepted_at + 100)
+        due.scan_and_hash()
+        assert (due.summary.unchanged, due.summary.resent) == (0, 1)
+        assert ledger.get("a.mp4").state == "pending"
+
+
+# -- intake: young files, renamed files, batched decisions ---------------------------------------------
+
+def test_a_young_file_the_ledger_vouches_for_is_unchanged_not_waiting(drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"just imported by the watcher"}, age=0)
+    config = cfg(make_config, raw_config)
+    waiting = []
+    with Ledger.open(config.ledger) as ledger:
+        ledger.put(imported_row(drop, "a.mp4", b"just imported by the watcher"))
+        pipeline = Pipeline(config, ledger, None, on_waiting=waiting.append)
+        pipeline.scan_and_hash()
+    assert (pipeline.summary.unchanged, pipeline.summary.waiting, waiting) == (1, 0, [])
+
+
+def test_a_file_renamed_in_the_folder_is_recorded_under_its_new_path_without_hashing(
+        drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"renamed later"})
+    config = cfg(make_config, raw_config)
+    hashed = []
+
+    def counting(entry, progress, cancel):
+        hashed.append(entry.relpath)
+        return cdn_push.hash_outcome(entry, progress, cancel)
+
+    with Ledger.open(config.ledger) as ledger:
+        Pipeline(config, ledger, None).scan_and_hash()
+        (drop / "a.mp4").rename(drop / "b.mp4")
+        Pipeline(config, ledger, None, hash_function=counting).scan_and_hash()
+        assert hashed == []
+        assert ledger.get("b.mp4").sha256 == sha(b"renamed later")
+
+
+def test_decisions_are_written_as_soon_as_commit_every_of_them_wait(drop, make_config, raw_config):
+    write_files(drop, {f"{i}.mp4": b"%d" % i for i in range(3)})
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        # one file per step; the flush interval never passes on this clock
+        pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0),
+                            tuning=Tuning(scan_slice=0.0, flush_every=3600.0, commit_every=2))
+        pipeline.start_scan()
+        turn(pipeline, lambda: pipeline.summary.hashed_files == 2, "two files hashed")
+        assert pipeline.scanning and pipeline.table.count(Stage.DECIDED) == 0
+        assert sum(1 for _ in ledger.all_rows()) == 2
+        pipeline.halt()
+
+
+def test_a_prio_file_is_written_at_once_while_the_scan_batches_the_rest(drop, make_config, raw_config):
+    write_files(drop, {"plain.mp4": b"plain", "urgent/x.mp4": b"urgent"})
+    config = cfg(make_config, raw_config, rules=[{"match": "urgent/**", "fetch_prio": 2}])
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0),
+                            tuning=Tuning(scan_slice=0.0, flush_every=3600.0))
+        pipeline.start_scan()
+        turn(pipeline, lambda: pipeline.summary.hashed_files == 1, "plain.mp4 hashed")
+        assert ledger.get("plain.mp4") is None                 # the scan goes on: batched
+        turn(pipeline, lambda: pipeline.summary.hashed_files == 2, "urgent/x.mp4 hashed")
+        assert ledger.get("urgent/x.mp4").priority == 2         # written in the same step
+        pipeline.halt()
+
+
+# -- the hasher: fresh drops go first, and have a lane of their own ---------------------------------
+
+def test_a_fresh_drop_is_hashed_before_the_files_a_pass_has_waiting(drop, make_config, raw_config):
+    write_files(drop, {f"{i}.mp4": b"%d" % i for i in range(5)})
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0), tuning=Tuning(scan_slice=0.0))
+        pipeline.start_scan()
+        turn(pipeline, lambda: pipeline.table.count(Stage.TO_HASH) == 5, "the folder listed")
+        write_files(drop, {"drops/new.mp4": b"fresh"})
+        pipeline.add_fresh([entry_for(drop, "drops/new.mp4")])
+        pipeline.step(0)
+        pipeline.check_invariants()
+        assert pipeline.summary.hashed_files == 1 and ledger.get("drops/new.mp4") is not None
+        assert pipeline.table.count(Stage.TO_HASH) == 5
+        pipeline.halt()
+
+
+def test_a_fresh_drop_takes_the_spare_hash_lane_while_the_pass_holds_the_others(drop, make_config, raw_config):
+    write_files(drop, {"big.mp4": b"b" * 1000})
+    config = cfg(make_config, raw_config, workers={"hash": 1, "submit": 1})
+    release = threading.Event()
+
+    def big_held(entry, progress, cancel):
+        if entry.relpath == "big.mp4":
+            release.wait(20)
+        return cdn_push.hash_outcome(entry, progress, cancel)
+
+    with Ledger.open(config.ledger) as ledger:
+        # every file counts as large here: each goes to a hash thread
+        pipeline = Pipeline(config, ledger, None, hash_function=big_held, tuning=Tuning(hash_inline_size=1))
+        try:
+            pipeline.start_scan()
+            turn(pipeline, lambda: pipeline.table.stage("big.mp4") is Stage.HASHING, "the pass hashing big.mp4")
+            write_files(drop, {"drops/new.mp4": b"fresh"})
+            pipeline.add_fresh([entry_for(drop, "drops/new.mp4")])
+            turn(pipeline, lambda: ledger.get("drops/new.mp4") is not None, "the fresh drop hashed", timeout=5)
+            assert pipeline.table.stage("big.mp4") is Stage.HASHING
+        finally:
+            release.set()
+        turn(pipeline, lambda: not pipeline.busy_here(), "the pass")
+        pipeline.halt()
+        assert ledger.get("big.mp4") is not None
+
+
+# -- the feeder: memory bound, the CDN failing, files gone before they are sent -------------------------
+
+def test_fresh_drops_beyond_queued_max_wait_in_the_ledger_not_in_memory(drop, make_config, raw_config):
+    names = [f"{i}.mp4" for i in range(4)]
+    write_files(drop, {name: name.encode() for name in names})
+    config = cfg(make_config, raw_config, workers={"hash": 1, "submit": 1})
+    client = FakeCdnClient().hold()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, tuning=Tuning(queued_max=1))
+
+        def bounded():
+            assert len(pipeline.submitter.queue) <= 1, "more jobs held in memory than queued_max"
+
+        pipeline.add_fresh([entry_for(drop, name) for name in names])
+        turn(pipeline, lambda: pipeline.table.count(Stage.SUBMITTING) == 2, "one request out, one queued",
+             each=bounded)
+        assert ledger.counts()["pending"] == 4
+        client.release(len(names))
+        turn(pipeline, lambda: len(client.sent) == 4 and not pipeline.busy(), "every file sent", each=bounded)
+        pipeline.halt()
+    assert sorted(client.sent) == names
+
+
+def test_three_failures_in_a_row_end_a_one_shot_run_as_the_cdn_unavailable(drop, make_config, raw_config):
+    write_files(drop, {f"{i}.mp4": b"%d" % i for i in range(3)})
+    config = cfg(make_config, raw_config, workers={"hash": 1, "submit": 1})
+    client = FakeCdnClient(answer=lambda params: cdn_push.CdnError("HTTP 500: internal error"))
+    with Ledger.open(config.ledger) as ledger:
+        summary = Pipeline(config, ledger, client).run_once()
+    assert summary.failed == 3 and isinstance(summary.fatal, cdn_push.CdnUnavailableError), summary.line()
+
+
+def test_an_imported_file_changed_then_deleted_before_its_resend_keeps_its_import_on_record(
+        drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"second version"})
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        # the CDN holds the first version; the second is hashed and waits to be sent
+        second = imported_row(drop, "a.mp4", b"second version")
+        ledger.put(second._replace(state="pending", accepted_size=5, accepted_sha256=sha(b"first")))
+        (drop / "a.mp4").unlink()
+        client = FakeCdnClient()
+        pipeline = Pipeline(config, ledger, client)
+        pipeline.feeder.feed()
+        pipeline.check_invariants()
+        pipeline.halt()
+        row = ledger.get("a.mp4")
+    assert client.sent == []
+    assert row is not None and (row.state, row.sha256, row.size) == ("submitted", sha(b"first"), 5)
+
+
+# -- the recorder: answers and callbacks --------------------------------------------------------------
+
+def test_a_file_already_in_the_cdn_with_no_replace_set_is_rejected_with_the_reason(drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"a"})
+    config = cfg(make_config, raw_config, defaults={"no_replace": True})
+    client = FakeCdnClient(answer=lambda params: CdnAnswer("exists", 200, "file already exists", "{}"))
+    with Ledger.open(config.ledger) as ledger:
+        summary = Pipeline(config, ledger, client).run_once()
+        row = ledger.get("a.mp4")
+    assert client.requests[0]["no_replace"] == "true"
+    assert summary.rejected == 1 and row.state == "rejected" and "no_replace is set" in row.last_error
+
+
+def test_a_callback_that_overtakes_the_answer_is_applied_once_the_answer_is_recorded(
+        drop, make_config, raw_config):
+    write_files(drop, {"a.mp4": b"a" * 100})
+    config = cfg(make_config, raw_config, callback=callbacks(wait_seconds=60))
+    inbox, client, clock = CallbackInbox(), FakeCdnClient().hold(), Clock(time.time())
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=inbox, clock=clock)
+        pipeline.add_fresh([entry_for(drop, "a.mp4")])
+        turn(pipeline, lambda: client.sent, "the request out")
+        inbox.put(CallbackReport("a.mp4", 1, True, 100, sha(b"a" * 100), "", clock()))
+        turn(pipeline, lambda: inbox.deferred, "the early report held back")
+        client.release()
+        turn(pipeline, lambda: ledger.get("a.mp4").state == "confirmed", "the confirmation", timeout=5)
+        assert pipeline.table.count(cdn_push.Stage.AWAITING) == 0 and pipeline.summary.confirmed == 1
+        pipeline.halt()
+
+
+@pytest.mark.parametrize("success, state", [(True, "confirmed"), (False, "submitted")])
+def test_a_late_report_on_an_earlier_attempt_confirms_only_if_it_is_a_success(
+        drop, make_config, raw_config, success, state):
+    write_files(drop, {"a.mp4": b"a"})
+    config = cfg(make_config, raw_config, callback=callbacks())
+    inbox = CallbackInbox()
+    with Ledger.open(config.ledger) as ledger:
+        ledger.put(imported_row(drop, "a.mp4", b"a", attempts=2))        # sent a second time
+        inbox.put(CallbackReport("a.mp4", 1, success, 1, sha(b"a"), "" if success else "timeout", time.time()))
+        pipeline = Pipeline(config, ledger, None, signer=UrlSigner(b"k" * 32), inbox=inbox)
+        pipeline.step(0)
+        pipeline.check_invariants()
+        assert ledger.get("a.mp4").state == state
+        pipeline.halt()
+
+
+@pytest.mark.parametrize("attempts, state", [(2, "pending"), (3, "failed")])
+def test_a_failed_fetch_is_final_on_the_last_allowed_attempt(drop, make_config, raw_config, attempts, state):
+    write_files(drop, {"a.mp4": b"a"})
+    config = cfg(make_config, raw_config, callback=callbacks(max_attempts=3))
+    inbox = CallbackInbox()
+    with Ledger.open(config.ledger) as ledger:
+        ledger.put(imported_row(drop, "a.mp4", b"a", attempts=attempts))
+        inbox.put(CallbackReport("a.mp4", attempts, False, None, "", "download failed", time.time()))
+        pipeline = Pipeline(config, ledger, None, signer=UrlSigner(b"k" * 32), inbox=inbox)
+        pipeline.step(0)
+        pipeline.check_invariants()
+        row = ledger.get("a.mp4")
+        pipeline.halt()
+    assert row.state == state and "download failed" in row.last_error
+
+
+# -- the settler: when a file that had events counts as written --------------------------------------
+
+class Event:
+    def __init__(self, event_type, src_path, dest_path=""):
+        self.event_type, self.src_path, self.dest_path = event_type, str(src_path), str(dest_path)
+        self.is_directory = False
+
+
+@pytest.fixture
+def settler(drop, make_config, raw_config):
+    config = cfg(make_config, raw_config, scan={"settle_seconds": 30})
+    clock, wall = Clock(1000.0), Clock(time.time())
+    # writers not visible: these tests are about the settle rule itself
+    return Settler(config, Tuning(close_grace=0.5), clock, wall, FakeOpenFiles(complete=False)), clock, wall
+
+
+def ready(settler):
+    return [entry.relpath for entry in settler.settled_entries()]
+
+
+def test_the_settler_takes_a_file_only_once_two_looks_find_it_the_same(drop, settler):
+    settler, clock, wall = settler
+    write_files(drop, {"a.mp4": b"old, no events (a folder moved in)"})
+    settler.still_writing("a.mp4")
+    assert ready(settler) == []                       # the first look only notes size and mtime
+    write_files(drop, {"a.mp4": b"old, no events (a folder moved in), still growing"})   # its old mtime kept
+    clock.advance(60)
+    assert ready(settler) == []
+    clock.advance(60)
+    assert ready(settler) == ["a.mp4"] and len(settler) == 0
+
+
+def test_a_young_file_without_events_waits_until_it_is_settle_seconds_old(drop, settler):
+    settler, clock, wall = settler
+    write_files(drop, {"young.mp4": b"written a moment ago"}, age=0)
+    settler.still_writing("young.mp4")                # left by a pass: no event seen for it
+    for _ in range(3):
+        clock.advance(60)
+        assert ready(settler) == []
+    wall.advance(31)
+    assert ready(settler) == ["young.mp4"]
+
+
+def test_a_file_deleted_and_written_again_waits_for_its_new_writer(drop, settler):
+    settler, clock, wall = settler
+    path = drop / "a.mp4"
+    write_files(drop, {"a.mp4": b"first"}, age=0)
+    for kind in ("created", "modified", "closed", "deleted"):
+        settler.note(Event(kind, path))
+    write_files(drop, {"a.mp4": b"second writer, still at it"}, age=0)
+    for kind in ("created", "modified"):
+        settler.note(Event(kind, path))
+    assert ready(settler) == []
+    clock.advance(1.0)                                  # past the close grace, but nobody closed it
+    assert ready(settler) == [] and "a.mp4" in settler.candidates
+
+
+def test_a_symlink_dropped_into_the_folder_is_not_taken(tmp_path, drop, settler):
+    settler, clock, wall = settler
+    (tmp_path / "outside.mp4").write_bytes(b"not ours")
+    (drop / "link.mp4").symlink_to(tmp_path / "outside.mp4")
+    for kind in ("created", "closed"):
+        settler.note(Event(kind, drop / "link.mp4"))
+    for _ in range(3):
+        clock.advance(60)
+        wall.advance(60)
+        assert ready(settler) == []
+    assert len(settler) == 0
+
+
+# -- the watch loop: reloads and a folder that goes away ------------------------------------------------
+
+class FakeObserver:
+    def schedule(self, handler, path, recursive):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return True
+
+
+@pytest.fixture
+def service(drop, make_config, raw_config):
+    made = []
+
+    def make(load=None, tuning=Tuning()):
+        config = cfg(make_config, raw_config, scan={"settle_seconds": 30, "rescan_interval": 3600})
+        ledger = Ledger.open(config.ledger)
+        client, clock = FakeCdnClient(), Clock(1000.0)
+        watch = WatchService(config, ledger, stop=threading.Event(), reload=threading.Event(), load=load,
+                             observer_factory=lambda polling, interval: FakeObserver(), clock=clock,
+                             wall=time.time, tuning=tuning, client_factory=lambda c: client)
+        made.append(watch)
+        watch.start_watching()
+        watch.start_pass()
+        loop(watch, lambda: watch.passes_done == 1, "the first pass")
+        return watch, client, clock
+
+    yield make
+    for watch in made:
+        watch.pipeline.halt()
+        watch.ledger.close()
+
+
+def loop(watch, predicate, what, turns=300):
+    for _ in range(turns):
+        if predicate():
+            return
+        watch.iteration(tick=0.01)
+        watch.pipeline.check_invariants()
+    raise AssertionError(f"{what} did not happen in {turns} turns")
+
+
+def test_a_reload_that_changes_the_names_looks_at_the_whole_folder_again(drop, make_config, raw_config, service):
+    write_files(drop, {"a.mp4": b"a"})
+    renamed = cfg(make_config, raw_config, name_prefix="v2/", scan={"settle_seconds": 30, "rescan_interval": 3600})
+    watch, client, clock = service(load=lambda: renamed)
+    loop(watch, lambda: client.sent == ["a.mp4"] and not watch.pipeline.busy(), "a.mp4 sent")
+    watch.reload.set()
+    loop(watch, lambda: "v2/a.mp4" in client.sent, "a.mp4 sent under its new name")
+    assert watch.passes == 2 and client.sent == ["a.mp4", "v2/a.mp4"]
+
+
+def test_a_rescan_that_finds_the_folder_gone_is_tried_again_after_the_retry_pause(tmp_path, drop, service):
+    watch, client, clock = service(tuning=Tuning(cdn_retry_pause=60.0))
+    away = tmp_path / "unmounted"
+    drop.rename(away)
+    watch.rescan_now.set()                             # the watcher lost events: rescan now
+    watch.iteration(tick=0)
+    assert watch.passes == 1                           # the folder is not there: no pass
+    away.rename(drop)
+    write_files(drop, {"missed.mp4": b"written while the watcher was blind"})
+    watch.iteration(tick=0)
+    assert watch.passes == 1 and client.sent == []     # not before the pause is over
+    clock.advance(60)
+    loop(watch, lambda: client.sent == ["missed.mp4"], "the pass after the pause")
+    assert watch.passes == 2
