@@ -3054,9 +3054,11 @@ def row_after_decision(decision: str, entry: FileEntry, row: LedgerRow | None, n
     if row is None:
         return LedgerRow(state=STATE_PENDING, **seen)
     if decision in (DECISION_NEW, DECISION_CHANGED):
-        content_same = (row.name, row.size, row.sha256) == (name, entry.size, sha256)
-        attempts = row.attempts if content_same and row.state == STATE_PENDING else 0
-        return row._replace(state=STATE_PENDING, attempts=attempts, last_error=None, **seen)
+        resend = (row.name, row.size, row.sha256) == (name, entry.size, sha256) and row.state == STATE_PENDING
+        # A resend keeps its count and its back-off; new content goes at once (a submitted row's
+        # retry_at is when to ask the CDN about the old content, not when to send this).
+        return row._replace(state=STATE_PENDING, attempts=row.attempts if resend else 0,
+                            retry_at=row.retry_at if resend else 0.0, last_error=None, **seen)
     if decision == DECISION_UNCONFIRMED:    # attempts kept: they bound how often we ask again
         return row._replace(state=STATE_PENDING, last_error=None, retry_at=0.0, **seen)
     if decision == DECISION_UNCHANGED:

@@ -2,10 +2,10 @@
 """A mutation pass over the pipeline, the watch service and the decide step (issue 17).
 
 Each mutant below is one small hand-made change to cdn_push.py: an exact source snippet, what
-replaces it, and the tests that ought to notice. For each one this script copies the tree
-(cdn_push.py, cdn_emulator.py, tests/, pytest.ini and the few files tests read) into a
-temporary folder, writes the mutated
-module there, runs the chosen tests and reports
+replaces it, and the tests that ought to notice. The script copies the tree (cdn_push.py,
+cdn_emulator.py, tests/, pytest.ini and the few files tests read) into a temporary folder once;
+for each mutant it writes the mutated module there, runs the chosen tests (pytest -x, no
+bytecode written, so no stale .pyc can hide a mutant), puts the original back, and reports
 
     KILLED    a test failed: the tests notice the change
     SURVIVED  every chosen test passed: a missing test, unless the mutant is equivalent
@@ -48,11 +48,7 @@ PYTEST = ["-m", "pytest", "-x", "-q", "-m", "not system", "-p", "no:cacheprovide
 # Test selections, the fast deterministic stage tests first (with -x a killed mutant stops early).
 PURE = "tests/test_stages.py tests/test_pipeline.py"
 PIPE = "tests/test_stages.py tests/test_pipeline_races.py tests/test_pipeline.py"
-# test_origin's end-to-end callback tests (its tests that call Pipeline.apply_callbacks are stale at
-# the time of writing: the method moved to Recorder)
-CALLBACKS = PIPE + "".join(f" tests/test_origin.py::{name}" for name in (
-    "test_fetch_failure_leads_to_resubmit_then_confirmed", "test_fetch_failing_every_time_ends_failed_with_the_message",
-    "test_a_file_left_unconfirmed_is_submitted_again_by_a_later_run"))
+CALLBACKS = PIPE + " tests/test_origin.py"
 WATCH = "tests/test_stages.py tests/test_watch.py"
 
 
@@ -186,12 +182,16 @@ MUTANTS: list[Mutant] = [
            "(done and now - candidate.steady_since >= grace and now - candidate.last_event >= grace) or (",
            "False or (", WATCH),
     Mutant("settle-still-changing-recheck-deleted",
-           "            if found != candidate.seen:          # still changing: watch it one more turn\n"
            "                candidate.seen, candidate.steady_since = found, now\n                continue\n",
-           "            candidate.seen = found\n", WATCH),
+           "                candidate.seen, candidate.steady_since = found, now\n", WATCH),
     Mutant("settle-age-check-removed",
-           "                    now - candidate.last_event >= settle and wall - found[1] / 1e9 >= settle):",
-           "                    now - candidate.last_event >= settle):", WATCH),
+           "now - candidate.last_event >= settle and wall - found[1] / 1e9 >= settle):",
+           "now - candidate.last_event >= settle):", WATCH),
+    Mutant("settle-open-writer-ignored",
+           "if found[2] in self.open_files.writers(", "if False and self.open_files.writers(", WATCH),
+    Mutant("settle-polling-trusts-local-writers",
+           "done = candidate.closed or (self.local and self.open_files.complete)",
+           "done = candidate.closed or self.open_files.complete", WATCH),
     Mutant("note-reopen-not-noted",
            "            self.candidates[target].closed = False      # opened again: wait for its close",
            "            pass", WATCH),
@@ -205,7 +205,7 @@ MUTANTS: list[Mutant] = [
     Mutant("reload-change-starts-no-pass",
            "        if changed:\n            self.start_pass()", "        if False:\n            self.start_pass()",
            WATCH),
-    Mutant("folder-gone-pass-never-retried",
+    Mutant("folder-gone-retry-pause-ignored",
            "            self.next_rescan = self.clock() + self.tuning.cdn_retry_pause\n            return",
            "            return", WATCH),
 ]

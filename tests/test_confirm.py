@@ -192,3 +192,20 @@ def test_confirmation_by_asking_works_with_either_answer_form_and_through_rate_l
     assert code == cdn_push.EXIT_OK, out.err
     assert "4 confirmed" in out.out
     assert "confirmed 0.mp4 through file/list" in out.err
+
+
+def test_a_changed_file_is_sent_at_once_not_when_its_old_content_was_due_a_question(make_config, raw_config, drop):
+    write_files(drop, {"a.mp4": b"first"})
+    config = polling_config(make_config, raw_config, poll_interval=3600)
+    client = FakeCdnClient(listing=lambda name: Listing(True, "queued", None))
+    with cdn_push.Ledger.open(config.ledger) as ledger:
+        p = Pipeline(config, ledger, client)
+        p.start_scan()
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "submitted", "the first request")
+        p.halt()
+        write_files(drop, {"a.mp4": b"second version"})       # found by the next pass, an hour old
+        p = Pipeline(config, ledger, client)
+        p.start_scan()
+        step_until(p, lambda: len(client.sent) == 2, "the changed content sent", timeout=5)
+        p.halt()
+    assert int(client.requests[-1]["size"]) == len(b"second version")

@@ -6,6 +6,7 @@ after every step."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 
@@ -336,8 +337,8 @@ class Event:
 def settler(drop, make_config, raw_config):
     config = cfg(make_config, raw_config, scan={"settle_seconds": 30})
     clock, wall = Clock(1000.0), Clock(time.time())
-    # writers not visible: these tests are about the settle rule itself
-    return Settler(config, Tuning(close_grace=0.5), clock, wall, FakeOpenFiles(complete=False)), clock, wall
+    # every writer on the machine would be seen, and no process holds a file open
+    return Settler(config, Tuning(close_grace=0.5), clock, wall, FakeOpenFiles()), clock, wall
 
 
 def ready(settler):
@@ -356,8 +357,9 @@ def test_the_settler_takes_a_file_only_once_two_looks_find_it_the_same(drop, set
     assert ready(settler) == ["a.mp4"] and len(settler) == 0
 
 
-def test_a_young_file_without_events_waits_until_it_is_settle_seconds_old(drop, settler):
+def test_where_writers_cannot_be_seen_a_young_file_waits_until_it_is_settle_seconds_old(drop, settler):
     settler, clock, wall = settler
+    settler.local = False                             # a polled folder: a writer may be on another machine
     write_files(drop, {"young.mp4": b"written a moment ago"}, age=0)
     settler.still_writing("young.mp4")                # left by a pass: no event seen for it
     for _ in range(3):
@@ -367,8 +369,9 @@ def test_a_young_file_without_events_waits_until_it_is_settle_seconds_old(drop, 
     assert ready(settler) == ["young.mp4"]
 
 
-def test_a_file_deleted_and_written_again_waits_for_its_new_writer(drop, settler):
+def test_where_writers_cannot_be_seen_a_file_deleted_and_written_again_waits_for_its_new_writer(drop, settler):
     settler, clock, wall = settler
+    settler.local = False
     path = drop / "a.mp4"
     write_files(drop, {"a.mp4": b"first"}, age=0)
     for kind in ("created", "modified", "closed", "deleted"):
@@ -455,17 +458,20 @@ def test_a_reload_that_changes_the_names_looks_at_the_whole_folder_again(drop, m
     assert watch.passes == 2 and client.sent == ["a.mp4", "v2/a.mp4"]
 
 
-def test_a_rescan_that_finds_the_folder_gone_is_tried_again_after_the_retry_pause(tmp_path, drop, service):
+def test_a_rescan_that_finds_the_folder_gone_is_tried_again_after_the_retry_pause_not_every_turn(
+        tmp_path, drop, service, caplog):
     watch, client, clock = service(tuning=Tuning(cdn_retry_pause=60.0))
     away = tmp_path / "unmounted"
     drop.rename(away)
-    watch.rescan_now.set()                             # the watcher lost events: rescan now
-    watch.iteration(tick=0)
-    assert watch.passes == 1                           # the folder is not there: no pass
+    clock.advance(watch.next_rescan - clock())          # the periodic rescan is due
+    with caplog.at_level(logging.ERROR, logger="cdn_push"):
+        for _ in range(5):
+            watch.iteration(tick=0)
+            clock.advance(1)
+    retries = [record for record in caplog.records if "trying again in 60s" in record.getMessage()]
+    assert len(retries) == 1 and watch.passes == 1
     away.rename(drop)
-    write_files(drop, {"missed.mp4": b"written while the watcher was blind"})
-    watch.iteration(tick=0)
-    assert watch.passes == 1 and client.sent == []     # not before the pause is over
+    write_files(drop, {"missed.mp4": b"written while the folder was away"})
     clock.advance(60)
-    loop(watch, lambda: client.sent == ["missed.mp4"], "the pass after the pause")
+    loop(watch, lambda: client.sent == ["missed.mp4"], "the pass once the folder is back")
     assert watch.passes == 2
