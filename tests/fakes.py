@@ -88,13 +88,16 @@ class Clock:
         self.now += seconds
 
 
-def step_until(pipeline: Any, predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    """Turn the pipeline's loop until `predicate` holds, checking its path table after every turn."""
+def step_until(pipeline: Any, predicate: Callable[[], Any], what: str, timeout: float = 10.0,
+               each: Callable[[], Any] = lambda: None) -> None:
+    """Turn the pipeline's loop until `predicate` holds, checking its path table (and `each`) after
+    every turn."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         pipeline.step(timeout=0.01)
         pipeline.check_invariants()
+        each()
 
 
 class FakeOpenFiles:

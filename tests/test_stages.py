@@ -16,18 +16,7 @@ import cdn_push
 from cdn_push import (CallbackInbox, CallbackReport, CdnAnswer, FileEntry, Ledger, LedgerRow, Pipeline, Settler,
                       Stage, Tuning, UrlSigner, WatchService)
 from conftest import write_files
-from fakes import FakeCdnClient, FakeOpenFiles
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from fakes import Clock, FakeCdnClient, FakeOpenFiles, step_until
 
 
 def cfg(make_config, raw_config, **sections):
@@ -46,16 +35,6 @@ def sha(content: bytes) -> str:
 
 def entry_for(drop, relpath):
     return FileEntry(relpath, str(drop / relpath), *cdn_push.current_stat(str(drop / relpath)))
-
-
-def turn(pipeline, predicate, what, timeout=10.0, each=lambda: None):
-    """Step until `predicate` holds, checking the path table (and `each`) after every step."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pipeline.step(0.01)
-        pipeline.check_invariants()
-        each()
 
 
 def imported_row(drop, relpath, content, *, state="submitted", attempts=1):
@@ -147,7 +126,7 @@ def test_decisions_are_written_as_soon_as_commit_every_of_them_wait(drop, make_c
         pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0),
                             tuning=Tuning(scan_slice=0.0, flush_every=3600.0, commit_every=2))
         pipeline.start_scan()
-        turn(pipeline, lambda: pipeline.summary.hashed_files == 2, "two files hashed")
+        step_until(pipeline, lambda: pipeline.summary.hashed_files == 2, "two files hashed")
         assert pipeline.scanning and pipeline.table.count(Stage.DECIDED) == 0
         assert sum(1 for _ in ledger.all_rows()) == 2
         pipeline.halt()
@@ -160,9 +139,9 @@ def test_a_prio_file_is_written_at_once_while_the_scan_batches_the_rest(drop, ma
         pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0),
                             tuning=Tuning(scan_slice=0.0, flush_every=3600.0))
         pipeline.start_scan()
-        turn(pipeline, lambda: pipeline.summary.hashed_files == 1, "plain.mp4 hashed")
+        step_until(pipeline, lambda: pipeline.summary.hashed_files == 1, "plain.mp4 hashed")
         assert ledger.get("plain.mp4") is None                 # the scan goes on: batched
-        turn(pipeline, lambda: pipeline.summary.hashed_files == 2, "urgent/x.mp4 hashed")
+        step_until(pipeline, lambda: pipeline.summary.hashed_files == 2, "urgent/x.mp4 hashed")
         assert ledger.get("urgent/x.mp4").priority == 2         # written in the same step
         pipeline.halt()
 
@@ -175,7 +154,7 @@ def test_a_fresh_drop_is_hashed_before_the_files_a_pass_has_waiting(drop, make_c
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, None, monotonic=Clock(0.0), tuning=Tuning(scan_slice=0.0))
         pipeline.start_scan()
-        turn(pipeline, lambda: pipeline.table.count(Stage.TO_HASH) == 5, "the folder listed")
+        step_until(pipeline, lambda: pipeline.table.count(Stage.TO_HASH) == 5, "the folder listed")
         write_files(drop, {"drops/new.mp4": b"fresh"})
         pipeline.add_fresh([entry_for(drop, "drops/new.mp4")])
         pipeline.step(0)
@@ -200,14 +179,14 @@ def test_a_fresh_drop_takes_the_spare_hash_lane_while_the_pass_holds_the_others(
         pipeline = Pipeline(config, ledger, None, hash_function=big_held, tuning=Tuning(hash_inline_size=1))
         try:
             pipeline.start_scan()
-            turn(pipeline, lambda: pipeline.table.stage("big.mp4") is Stage.HASHING, "the pass hashing big.mp4")
+            step_until(pipeline, lambda: pipeline.table.stage("big.mp4") is Stage.HASHING, "the pass hashing big.mp4")
             write_files(drop, {"drops/new.mp4": b"fresh"})
             pipeline.add_fresh([entry_for(drop, "drops/new.mp4")])
-            turn(pipeline, lambda: ledger.get("drops/new.mp4") is not None, "the fresh drop hashed", timeout=5)
+            step_until(pipeline, lambda: ledger.get("drops/new.mp4") is not None, "the fresh drop hashed", timeout=5)
             assert pipeline.table.stage("big.mp4") is Stage.HASHING
         finally:
             release.set()
-        turn(pipeline, lambda: not pipeline.busy_here(), "the pass")
+        step_until(pipeline, lambda: not pipeline.busy_here(), "the pass")
         pipeline.halt()
         assert ledger.get("big.mp4") is not None
 
@@ -226,11 +205,11 @@ def test_fresh_drops_beyond_queued_max_wait_in_the_ledger_not_in_memory(drop, ma
             assert len(pipeline.submitter.queue) <= 1, "more jobs held in memory than queued_max"
 
         pipeline.add_fresh([entry_for(drop, name) for name in names])
-        turn(pipeline, lambda: pipeline.table.count(Stage.SUBMITTING) == 2, "one request out, one queued",
+        step_until(pipeline, lambda: pipeline.table.count(Stage.SUBMITTING) == 2, "one request out, one queued",
              each=bounded)
         assert ledger.counts()["pending"] == 4
         client.release(len(names))
-        turn(pipeline, lambda: len(client.sent) == 4 and not pipeline.busy(), "every file sent", each=bounded)
+        step_until(pipeline, lambda: len(client.sent) == 4 and not pipeline.busy(), "every file sent", each=bounded)
         pipeline.halt()
     assert sorted(client.sent) == names
 
@@ -284,11 +263,11 @@ def test_a_callback_that_overtakes_the_answer_is_applied_once_the_answer_is_reco
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=inbox, clock=clock)
         pipeline.add_fresh([entry_for(drop, "a.mp4")])
-        turn(pipeline, lambda: client.sent, "the request out")
+        step_until(pipeline, lambda: client.sent, "the request out")
         inbox.put(CallbackReport("a.mp4", 1, True, 100, sha(b"a" * 100), "", clock()))
-        turn(pipeline, lambda: inbox.deferred, "the early report held back")
+        step_until(pipeline, lambda: inbox.deferred, "the early report held back")
         client.release()
-        turn(pipeline, lambda: ledger.get("a.mp4").state == "confirmed", "the confirmation", timeout=5)
+        step_until(pipeline, lambda: ledger.get("a.mp4").state == "confirmed", "the confirmation", timeout=5)
         assert pipeline.table.count(cdn_push.Stage.AWAITING) == 0 and pipeline.summary.confirmed == 1
         pipeline.halt()
 
