@@ -76,8 +76,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 # Third-party packages are imported where they are used: a cron run over an unchanged folder is
 # dominated by interpreter start-up, and they are a third of it. `main` says which are missing.
@@ -144,6 +144,7 @@ SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
 MASK = "***"
+SHORT_SECRET = 8    # shorter secrets are masked only where they stand alone, and a config warning says so
 ANSWER_GRACE = 300.0            # seconds a callback may wait for our record of the CDN's answer
 RESUBMIT_DELAY_MAX = 300.0      # longest wait before an import the CDN failed is sent again (unless retry_delay is longer)
 SCHEMA_VERSION = 3
@@ -266,6 +267,13 @@ def mask_signed_paths(text: str) -> str:
 # Config
 # ----------------------------------------------------------------------------
 
+def basic_credentials(login: str, password: str) -> str:
+    """What an `Authorization: Basic` header holds for a login and password."""
+    import base64
+
+    return base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+
+
 class Secret:
     """A password that never shows itself in repr, str, logs or tracebacks."""
 
@@ -312,6 +320,8 @@ class ApiConfig:
     rate_limit: float = 0.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     password_from: str = ""         # where the password in use came from, for messages
+    auth: str = "basic"             # "otp": a one-time password per request instead of basic auth
+    password_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +351,7 @@ class MonitorConfig:
     listen_port: int = DEFAULT_MONITOR[1]
     allow_remote: bool = False
     chosen: bool = False
+    allowed_hosts: tuple[str, ...] = ()     # Host header names beside IP addresses and localhost
 
 
 @dataclass(frozen=True)
@@ -414,6 +425,8 @@ class ScanConfig:
     rescan_interval: float = 3600.0
     poll: bool = False
     poll_interval: float = 5.0
+    allow_sparse: bool = False          # files with far fewer blocks than bytes (a 1 TB file of holes)
+    max_size: int = 0                   # bytes; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -437,7 +450,10 @@ class Config:
     private_files: tuple[tuple[str, str], ...] = ()
 
     def secrets(self) -> list[str]:
-        return [s.reveal() for s in (self.api.password, self.origin.password) if s]
+        """Every secret a message could hold, the Basic-auth forms of the login/password pairs included."""
+        pairs = [(self.api.login, self.api.password), (self.origin.username, self.origin.password)]
+        return [s.reveal() for s in (self.api.password, self.origin.password) if s] + [
+            basic_credentials(login, password.reveal()) for login, password in pairs if password]
 
     @property
     def serves_http(self) -> bool:
@@ -450,7 +466,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "name_prefix": None,
     "ledger": None,
     "workers": {"hash": None, "submit": None},
-    "api": {"url": None, "login": None, "password": None, "timeout": None,
+    "api": {"url": None, "login": None, "password": None, "password_file": None, "auth": None, "timeout": None,
             "callback_param": None, "verify_tls": None, "ca_bundle": None,
             "rate_limit": None,
             "retry": {"attempts": None, "max_seconds": None, "backoff_base": None,
@@ -464,12 +480,13 @@ CONFIG_KEYS: dict[str, Any] = {
     "delete": {"enabled": None, "grace_seconds": None, "max_per_pass": None},
     "callback": {"public_url": None, "listen": None, "wait_seconds": None, "max_attempts": None,
                  "retry_delay": None},
-    "monitor": {"listen": None, "allow_remote": None},
+    "monitor": {"listen": None, "allow_remote": None, "allowed_hosts": None},
     "defaults": dict.fromkeys(OVERRIDE_KEYS),
     "rules": None,
     "scan": {"include": None, "exclude": None, "skip_hidden": None,
              "skip_temporary": None, "settle_seconds": None, "follow_symlinks": None,
-             "rescan_interval": None, "poll": None, "poll_interval": None},
+             "rescan_interval": None, "poll": None, "poll_interval": None, "allow_sparse": None,
+             "max_size": None},
 }
 
 # What a reload (SIGHUP, `cdn_push.py reload`) does with each key: "applied" at once, or "restart"
@@ -667,12 +684,14 @@ def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) 
     number = lambda section, name, default, **kw: _number(  # noqa: E731
         section.get(name), f"api.{'retry.' if section is retry_raw else ''}{name}", default, **kw)
     ca_bundle = _path(raw.get("ca_bundle"), "api.ca_bundle", base_dir)
+    auth = _string(raw.get("auth"), "api.auth") or default.auth
+    if auth not in ("basic", "otp"):
+        raise ConfigError(f"'api.auth' must be basic or otp, not {printable(auth)!r}")
+    password, password_from, password_file = _api_password(raw, env, base_dir)
     return ApiConfig(
         url=url.rstrip("/"),
         login=_string(raw.get("login"), "api.login"),
-        password=Secret(env.get(ENV_API_PASSWORD) or _string(raw.get("password"), "api.password")),
-        password_from=(f"{ENV_API_PASSWORD} (which wins over api.password)" if env.get(ENV_API_PASSWORD)
-                       else "api.password"),
+        password=Secret(password), password_from=password_from, auth=auth, password_file=password_file,
         timeout=float(number(raw, "timeout", default.timeout, minimum=0.1)),
         callback_param=_string(raw.get("callback_param"), "api.callback_param") or default.callback_param,
         verify_tls=_boolean(raw.get("verify_tls"), "api.verify_tls", default.verify_tls),
@@ -684,6 +703,32 @@ def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) 
             backoff_base=float(number(retry_raw, "backoff_base", retry_default.backoff_base)),
             backoff_max=float(number(retry_raw, "backoff_max", retry_default.backoff_max))),
     )
+
+
+def _api_password(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> tuple[str, str, str | None]:
+    """(password, where it came from, api.password_file): the environment wins over the file, the
+    file over api.password. The file is read here, so a bad one is a config error that names it."""
+    path = _path(raw.get("password_file"), "api.password_file", base_dir)
+    if raw.get("password") and path is not None:
+        raise ConfigError("set either 'api.password' or 'api.password_file', not both")
+    if env.get(ENV_API_PASSWORD):
+        return env[ENV_API_PASSWORD], f"{ENV_API_PASSWORD} (which wins over api.password)", str(path or "") or None
+    if path is None:
+        return _string(raw.get("password"), "api.password"), "api.password", None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"'api.password_file' ({path}) is not a regular file")
+            text = handle.read(4097).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read 'api.password_file' ({path}): "
+                          f"{getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+    password = text.rstrip("\r\n")
+    if not password or len(text) > 4096 or "\n" in password:
+        raise ConfigError(f"'api.password_file' ({path}) must hold the password alone on one line")
+    return password, f"api.password_file ({path})", str(path)
 
 
 def _origin_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> OriginConfig:
@@ -749,7 +794,8 @@ def _scan_config(raw: Mapping[str, Any]) -> ScanConfig:
         skip_hidden=flag("skip_hidden"), skip_temporary=flag("skip_temporary"),
         settle_seconds=seconds("settle_seconds"), follow_symlinks=flag("follow_symlinks"),
         rescan_interval=seconds("rescan_interval", 1.0), poll=flag("poll"),
-        poll_interval=seconds("poll_interval", 0.1),
+        poll_interval=seconds("poll_interval", 0.1), allow_sparse=flag("allow_sparse"),
+        max_size=_number(raw.get("max_size"), "scan.max_size", default.max_size, integer=True),
     )
 
 
@@ -770,7 +816,8 @@ def private_candidates(config: Config) -> list[tuple[str, str]]:
     found += [(ledger + suffix, "the ledger ('ledger')") for suffix in ("", "-wal", "-shm", "-journal", ".lock",
                                                                        ".reload")]
     found += [(str(config.origin.secret_file), "the signing key ('origin.secret_file')"),
-              (config.api.ca_bundle, "the CA bundle ('api.ca_bundle')")]
+              (config.api.ca_bundle, "the CA bundle ('api.ca_bundle')"),
+              (config.api.password_file, "the API password ('api.password_file')")]
     if config.origin.serve is not None:
         found += [(config.origin.serve.cert, "the TLS certificate ('origin.serve.cert')"),
                   (config.origin.serve.key, "the TLS key ('origin.serve.key')")]
@@ -786,6 +833,17 @@ def private_files_in(folder: Path, candidates: Iterable[tuple[str, str]]) -> tup
         if real.startswith(root + os.sep):
             inside.append((os.path.relpath(real, root).replace(os.sep, "/"), key))
     return tuple(inside)
+
+
+def private_identities(config: Config) -> dict[tuple[int, int], str]:
+    """(st_dev, st_ino) of each of cdn-push's own secret and state files that exists, with the key
+    naming it: a hard link or symlink to one is that file under any name."""
+    found = {}
+    for path, key in private_candidates(config):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            found[(st.st_dev, st.st_ino)] = key
+    return found
 
 
 def _listen_address(value: Any, key: str) -> tuple[str, int]:
@@ -828,16 +886,28 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
 
 def _monitor_config(raw: Mapping[str, Any]) -> MonitorConfig:
     allow_remote = _boolean(raw.get("allow_remote"), "monitor.allow_remote", False)
+    hosts = _host_names(raw.get("allowed_hosts"), "monitor.allowed_hosts")
     if "listen" not in raw:
-        return MonitorConfig(allow_remote=allow_remote)
+        return MonitorConfig(allow_remote=allow_remote, allowed_hosts=hosts)
     if raw["listen"] is None:
-        return MonitorConfig(listen_host=None, allow_remote=allow_remote, chosen=True)
+        return MonitorConfig(listen_host=None, allow_remote=allow_remote, chosen=True, allowed_hosts=hosts)
     host, port = _listen_address(raw["listen"], "monitor.listen")
     if not allow_remote and not is_loopback(host):
         raise ConfigError(f"'monitor.listen' is {host}:{port}, which other machines can reach; the page "
                           "and metrics have no login. Keep it on 127.0.0.1 and use an SSH tunnel or a reverse "
                           "proxy with authentication, or set 'monitor.allow_remote: true' if a firewall guards it")
-    return MonitorConfig(host, port, allow_remote, chosen=True)
+    return MonitorConfig(host, port, allow_remote, chosen=True, allowed_hosts=hosts)
+
+
+def _host_names(value: Any, key: str) -> tuple[str, ...]:
+    """Names the page may be reached by (a reverse proxy's, an SSH tunnel's), lower case."""
+    value = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(value, list) or not all(isinstance(v, str) and HOST_NAME.match(v) for v in value):
+        raise ConfigError(f"'{key}' must be a list of host names such as [status.example.com]")
+    return tuple(v.lower() for v in value)
+
+
+HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
 def is_loopback(host: str) -> bool:
@@ -944,6 +1014,13 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     with contextlib.suppress(OSError):
         if _holds_password(raw):
             warnings += password_file_advice(path, path.stat())
+        if config.api.password_file and os.stat(config.api.password_file).st_mode & 0o077:
+            warnings.append(f"{config.api.password_file} (api.password_file) can be read by other users: "
+                            f"run chmod 600 {config.api.password_file}")
+    for key, secret in (("api.password", config.api.password), ("origin.password", config.origin.password)):
+        if secret and len(secret.reveal()) < SHORT_SECRET:
+            warnings.append(f"'{key}' is shorter than {SHORT_SECRET} characters: messages mask it only where it "
+                            "stands alone; a longer one is safer")
     return config, warnings
 
 
@@ -1012,10 +1089,21 @@ def yaml_error_message(path: Path, text: str, exc: Any) -> str:
     slip = None if "'\\t'" in problem else yaml_slip(lines, min(line, len(lines) - 1))
     if slip is not None:
         line, column, words = slip     # PyYAML points where it gave up, often many lines later
-    shown = lines[line] if line < len(lines) else ""
+    shown = masked_yaml_line(lines[line]) if line < len(lines) else ""
     gutter = f"{line + 1:>5} | "
     return (f"{path}: line {line + 1}, column {column + 1}: {words}\n{gutter}"
             f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * column}^")
+
+
+SECRET_YAML_LINE = re.compile(r"""^(\s*(?:- )?["']?[\w.-]*(?:password|secret|passwd|token)[\w.-]*["']?\s*:).*$""",
+                              re.IGNORECASE)
+URL_USERINFO = re.compile(r"(\w[\w+.-]*://[^/\s:@]*:)[^/\s@]*@")
+
+
+def masked_yaml_line(line: str) -> str:
+    """A config line fit to show in an error: a secret key's value and a URL's password masked."""
+    line = SECRET_YAML_LINE.sub(lambda found: f"{found.group(1)} {MASK}", line)
+    return URL_USERINFO.sub(lambda found: f"{found.group(1)}{MASK}@", line)
 
 
 def key_line(text: str, message: str) -> int | None:
@@ -1186,10 +1274,20 @@ def build_request(config: Config, relpath: str, size: int, sha256: str,
 # Redaction and logging
 # ----------------------------------------------------------------------------
 
-class Redactor:
-    """Replaces every known secret, raw or percent-encoded, by ***.
+def encoded_forms(secret: str) -> set[str]:
+    """Every form an HTTP stack or a CDN could echo a secret in: raw, percent-encoded (all of it, or
+    all but '/'), twice encoded, and form-encoded ('+' for a space). Hex case is left to the caller's
+    case-blind match. Pure."""
+    once = quote(secret, safe="")
+    return {secret, once, quote(secret), quote(once, safe=""), quote_plus(secret), quote_plus(once)}
 
-    Only where it stands on its own (not inside a longer word or number): masking "add" inside
+
+
+class Redactor:
+    """Replaces every known secret, in any of its encoded forms and any hex case, by ***.
+
+    A secret of SHORT_SECRET characters or more is masked wherever it appears; a shorter one only
+    where it stands on its own (not inside a longer word or number): masking "add" inside
     "address" would garble the message and tell the reader the password.
     """
 
@@ -1201,12 +1299,18 @@ class Redactor:
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
             if secret and len(secret) >= 3:
-                self._secrets.update({secret, quote(secret, safe=""), quote(secret)})
-        alternatives = "|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
-        self._pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])") if alternatives else None
+                self._secrets.update(form.lower() for form in encoded_forms(secret))
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        anywhere = [re.escape(s) for s in ordered if len(s) >= SHORT_SECRET]
+        alone = [rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])" for s in ordered if len(s) < SHORT_SECRET]
+        alternatives = "|".join(anywhere + alone)
+        self._pattern = re.compile(alternatives, re.IGNORECASE) if alternatives else None
 
     def __call__(self, text: str) -> str:
-        if self._pattern is None or not any(secret in text for secret in self._secrets):
+        if self._pattern is None:
+            return text
+        lowered = text.lower()
+        if not any(secret in lowered for secret in self._secrets):
             return text
         return self._pattern.sub(MASK, text)
 
@@ -1338,11 +1442,17 @@ def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str 
 
 def walk_folder(root: Path, scan: ScanConfig,
                 on_problem: Callable[[str, str], None] = lambda path, why: None,
-                start: str = "") -> Iterator[tuple[str, list[FileEntry]]]:
+                start: str = "", private: Mapping[tuple[int, int], str] | None = None,
+                own_names: Container[str] = (),
+                ) -> Iterator[tuple[str, list[FileEntry]]]:
     """Yield (relative folder, its files) one folder at a time, so memory stays flat.
 
-    `start` walks only that subfolder (relative to root).
+    `start` walks only that subfolder (relative to root). `private`: (st_dev, st_ino) of
+    cdn-push's own secret and state files, never listed under any other name or link;
+    `own_names`: their paths inside the folder, listed for the caller to skip by name.
     """
+    private = private or {}
+    private_inodes = {inode for _, inode in private}
     root_real = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
     stack = [start]
@@ -1390,6 +1500,11 @@ def walk_folder(root: Path, scan: ScanConfig,
                         continue
                     if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
                         continue
+                    if st.st_ino in private_inodes or st.st_size >= SPARSE_MIN_SIZE:
+                        why = listing_problem(st, scan, private)
+                        if why and relpath not in own_names:    # under its own name: the caller warns once
+                            on_problem(relpath, why)
+                            continue
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
@@ -1401,6 +1516,27 @@ def walk_folder(root: Path, scan: ScanConfig,
 
 
 S_ISDIR, S_ISREG = stat.S_ISDIR, stat.S_ISREG   # bound once: called for every entry of every walk
+SPARSE_MIN_SIZE = 1 << 20       # below this, neither holes nor scan.max_size matter enough to look
+
+
+def listing_problem(st: os.stat_result, scan: ScanConfig, private: Mapping[tuple[int, int], str]) -> str | None:
+    """Why a listed regular file is not taken, or None: one of cdn-push's own files under another
+    name or link, or an unusual size. Pure."""
+    if (st.st_dev, st.st_ino) in private:
+        return (f"the same file as {private[st.st_dev, st.st_ino]}, which holds cdn-push's own secrets or "
+                "state; never imported")
+    return unusual_size(st, scan) if st.st_size >= SPARSE_MIN_SIZE else None
+
+
+def unusual_size(st: os.stat_result, scan: ScanConfig) -> str | None:
+    """Why a large file is not taken: over scan.max_size, or mostly holes (a 1 TB file of zero
+    blocks costs minutes to hash and the CDN a terabyte to fetch); None to take it. Pure."""
+    if scan.max_size and st.st_size > scan.max_size:
+        return f"{st.st_size:,} bytes is over scan.max_size ({scan.max_size:,} bytes); skipped"
+    if not scan.allow_sparse and st.st_blocks * 512 < st.st_size // 8:
+        return (f"a sparse file: {st.st_size:,} bytes long but only {st.st_blocks * 512:,} bytes on disk; "
+                "skipped (set scan.allow_sparse: true on a compressing filesystem)")
+    return None
 _buffers = threading.local()
 
 
@@ -1429,6 +1565,27 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise FileChangedError(f"{path} is not a regular file any more")
     return fd, found
+
+
+def open_beneath(root: str, relpath: str) -> tuple[int, os.stat_result]:
+    """open_regular for a path below `root`, one component at a time from the folder's own
+    descriptor, following no symlink: a folder swapped for a link mid-request leads nowhere."""
+    parts = relpath.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(parts[-1], SAFE_OPEN | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+    found = os.fstat(file_fd)
+    if not stat.S_ISREG(found.st_mode):
+        os.close(file_fd)
+        raise FileChangedError(f"{relpath} is not a regular file any more")
+    return file_fd, found
 
 
 def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
@@ -2282,8 +2439,23 @@ class RateLimiter:
             self._sleep(slot - now)
 
 
+OTP_LIFETIME = 300       # seconds an OTP stays valid: enough for a slow answer, too short to be worth keeping
+
+
+def one_time_password(login: str, password: str, now: float, salt: bytes) -> str:
+    """The vendor's one-time password, `LOGIN:EXPIRE:SALT:AUTH` with AUTH = md5("EXPIRE:SALT:PASSWORD")
+    in hex and SALT the base64 of random bytes with '/' written ','; pure."""
+    import base64
+
+    expire = int(now) + OTP_LIFETIME
+    salt_text = base64.b64encode(salt).decode("ascii").replace("/", ",")
+    auth = hashlib.md5(f"{expire}:{salt_text}:{password}".encode(), usedforsecurity=False).hexdigest()
+    return f"{login}:{expire}:{salt_text}:{auth}"
+
+
 class CdnClient:
-    """file/add over a keep-alive session per thread, with bounded retries."""
+    """file/add over a keep-alive session per thread, with bounded retries; basic auth, or a
+    one-time password per request (api.auth: otp)."""
 
     def __init__(self, api: ApiConfig, *, pool_size: int = 4,
                  sleep: Callable[[float], None] = time.sleep,
@@ -2313,7 +2485,8 @@ class CdnClient:
             import requests
 
             session = requests.Session()
-            session.auth = (self.api.login, self.api.password.reveal())
+            if self.api.auth == "basic":
+                session.auth = (self.api.login, self.api.password.reveal())
             session.headers["User-Agent"] = f"cdn-push/{__version__}"
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size)
             session.mount("http://", adapter)
@@ -2345,6 +2518,9 @@ class CdnClient:
         import requests
 
         self._limiter.acquire()
+        if self.api.auth == "otp":       # a fresh one for every request, retries included: each works once
+            params = {**params, "otp": one_time_password(self.api.login, self.api.password.reveal(), time.time(),
+                                                         os.urandom(6))}
         try:
             # verify per request: a session's setting loses to REQUESTS_CA_BUNDLE in the environment
             response = self._session().post(f"{self.api.url}/{method}", data=params, timeout=self.api.timeout,
@@ -2527,7 +2703,7 @@ def safe_relpath(encoded: str) -> str | None:
     if not encoded or encoded.startswith("/"):
         return None
     segments = [unquote(segment) for segment in encoded.split("/")]
-    if any(seg in ("", ".", "..") or "/" in seg or "\0" in seg or "\\" in seg for seg in segments):
+    if any(seg in ("", ".", "..") or "/" in seg or "\0" in seg for seg in segments):
         return None
     return "/".join(segments)
 
@@ -2890,6 +3066,7 @@ class OriginServer:
         self.clock = clock
         self.folder_real = os.path.realpath(config.folder)
         self.private = dict(config.private_files)
+        self.private_ids = private_identities(config)
         self.serve = config.origin.serve or ServeConfig("", 0, "", max_connections=64)
         host = config.origin.serve.listen_host if config.origin.serve else config.callback.listen_host
         port = config.origin.serve.listen_port if config.origin.serve else config.callback.listen_port
@@ -3012,15 +3189,20 @@ class OriginServer:
     def open_recorded(self, relpath: str) -> tuple[Any, "ServedRow"] | None:
         """The file at `relpath`, opened, if the ledger knows it and it lies inside the folder."""
         row = self.recorded(relpath)
-        real = os.path.realpath(os.path.join(self.folder_real, relpath))
-        if row is None or os.path.commonpath([self.folder_real, real]) != self.folder_real:
+        if row is None:
             return None
         try:
-            fd, found = open_regular(real)
+            if self.config.scan.follow_symlinks:     # links the walk followed: the inode check below decides
+                real = os.path.realpath(os.path.join(self.folder_real, relpath))
+                if os.path.commonpath([self.folder_real, real]) != self.folder_real:
+                    return None
+                fd, found = open_regular(real)
+            else:
+                fd, found = open_beneath(self.folder_real, relpath)
         except (OSError, FileChangedError):
             return None
-        if found.st_ino != row.inode:        # another file swapped in under the name: not what was hashed
-            os.close(fd)
+        if found.st_ino != row.inode or (found.st_dev, found.st_ino) in self.private_ids:
+            os.close(fd)             # another file swapped in under the name: not what was hashed
             return None
         return os.fdopen(fd, "rb"), row
 
@@ -3639,7 +3821,8 @@ class Scanner:
     def start(self, config: Config) -> None:
         check_folder(config)
         self._walked, self._unlisted, self.listed = set(), [], 0
-        self._walk = walk_folder(config.folder, config.scan, self._problem)
+        self._walk = walk_folder(config.folder, config.scan, self._problem, private=private_identities(config),
+                                 own_names=dict(config.private_files))
 
     def _problem(self, relpath: str, why: str) -> None:
         if why.startswith("cannot list folder"):
@@ -4606,6 +4789,19 @@ class Intake:
             else:
                 self.hasher.add(HashJob(entry, known.get(entry.relpath), fresh), stage)
 
+    def fit(self, entries: Sequence[FileEntry]) -> list[FileEntry]:
+        """Those of `entries` (files that settled, not listed by a walk) that listing_problem does
+        not name; the others are reported."""
+        private, kept = private_identities(self.ctx.config), []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                why = listing_problem(os.stat(entry.path), self.ctx.config.scan, private)
+                if why and entry.relpath not in self.private:
+                    self.problem(entry.relpath, why)
+                else:
+                    kept.append(entry)
+        return kept
+
     def _skip_private(self, relpath: str) -> None:
         if relpath not in self._private_warned:
             self._private_warned.add(relpath)
@@ -4910,7 +5106,9 @@ class Pipeline:
         return True
 
     def add_fresh(self, entries: Sequence[FileEntry]) -> None:
-        """Files that just settled (watch events): hashed and sent ahead of the pass's backlog."""
+        """Files that just settled (watch events): hashed and sent ahead of the pass's backlog; a
+        pass's walk leaves out what listing_problem names, and so does this."""
+        entries = self.intake.fit(entries)
         known = {entry.relpath: self.ledger.quick_row(entry.relpath) for entry in entries}
         self.intake.look_at(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
 
@@ -5640,14 +5838,48 @@ def reraise_in_thread(request: Any, client_address: Any) -> None:
     raise exc if exc is not None else RuntimeError("handle_error outside an exception")
 
 
-class MonitorServer:
-    """A read-only HTTP listener apart from the origin: `/` (the page), `/status.json`, `/metrics`."""
+def host_allowed(header: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a request's Host names this monitor: an IP address, localhost, or a name in
+    monitor.allowed_hosts. Any other name is a page of some web site whose DNS now points here
+    (DNS rebinding), reading the status through the visitor's browser. Pure."""
+    if header is None:
+        return True                 # an HTTP/1.0 client; browsers always send Host
+    host = header.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost") or name in allowed:
+        return True
+    import ipaddress
 
-    def __init__(self, config: Config, activity: Activity) -> None:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+MONITOR_MAX_CONNECTIONS = 16
+STATUS_MAX_AGE = 1.0        # seconds one status document serves every page, scrape and poll
+
+
+class MonitorServer:
+    """A read-only HTTP listener apart from the origin: `/` (the page), `/status.json`, `/metrics`.
+
+    At most MONITOR_MAX_CONNECTIONS at once (the rest get a quick 503), each on its own thread;
+    one status document, made at most once a second under `_lock`, serves them all."""
+
+    def __init__(self, config: Config, activity: Activity, clock: Callable[[], float] = time.monotonic) -> None:
         from http.server import ThreadingHTTPServer
 
         self.config = config
         self.activity = activity
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._held: set[Any] = set()
+        self._shared: tuple[float, dict[str, Any], dict[str, Any]] | None = None
         host, port = config.monitor.listen_host or "127.0.0.1", config.monitor.listen_port
         try:
             self.httpd = ThreadingHTTPServer((host, port), monitor_handler_class())
@@ -5657,7 +5889,39 @@ class MonitorServer:
         self.httpd.daemon_threads = True
         self.httpd.handle_error = reraise_in_thread          # type: ignore[method-assign]
         self.httpd.monitor = self                            # type: ignore[attr-defined]
+        self.httpd.verify_request = self._admit              # type: ignore[method-assign]
+        self._shutdown_request = self.httpd.shutdown_request
+        self.httpd.shutdown_request = self._release          # type: ignore[method-assign]
         self._thread: threading.Thread | None = None
+
+    def _admit(self, request: Any, client_address: Any) -> bool:
+        with self._lock:
+            if len(self._held) < MONITOR_MAX_CONNECTIONS:
+                self._held.add(request)
+                return True
+        request.setblocking(False)
+        with contextlib.suppress(OSError):
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        return False
+
+    def _release(self, request: Any) -> None:
+        with self._lock:
+            self._held.discard(request)
+        self._shutdown_request(request)
+
+    def shared(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(activity, status document), made anew at most once every STATUS_MAX_AGE seconds: thirty
+        scrapers cost what one does."""
+        with self._lock:
+            shared = self._shared
+        if shared is not None and self.clock() - shared[0] < STATUS_MAX_AGE:
+            return shared[1], shared[2]
+        activity = self.activity.snapshot()
+        status = self.status(activity)
+        with self._lock:
+            self._shared = (self.clock(), activity, status)
+        return activity, status
 
     @property
     def port(self) -> int:
@@ -5688,8 +5952,7 @@ class MonitorServer:
     def metrics(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
 
-        activity = self.activity.snapshot()
-        status = self.status(activity)
+        activity, status = self.shared()
 
         class Collector:
             def collect(self) -> Iterator[Any]:
@@ -5703,12 +5966,33 @@ class MonitorServer:
 PROBLEMS_SHOWN = 100
 
 
-MONITOR_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                   "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
+MONITOR_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                   "Content-Security-Policy": ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                               "frame-ancestors 'none'")}
 
 
 class MonitorRequests(PlainHTTP):
-    timeout = 30
+    """One connection to the monitor, mixed into http.server's handler by monitor_handler_class;
+    `self.server.monitor` is the MonitorServer."""
+
+    timeout = 10
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        monitor: MonitorServer = self.server.monitor     # type: ignore[attr-defined]
+        length = self.headers.get("Content-Length", "0").strip() or "0"
+        if self.headers.get("Transfer-Encoding") is not None or length != "0":
+            self.refuse(400, b"request bodies are not accepted here\n")
+            return False
+        if not host_allowed(self.headers.get("Host"), monitor.config.monitor.allowed_hosts):
+            self.refuse(421, b"this page answers only to its address, localhost, or monitor.allowed_hosts\n")
+            return False
+        return True
+
+    def refuse(self, status: int, text: bytes) -> None:
+        self.close_connection = True
+        self.answer(status, text, "text/plain; charset=utf-8", {"Connection": "close"})
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("monitor: %s %s", self.address_string(), printable(format % args))
@@ -5722,9 +6006,9 @@ class MonitorRequests(PlainHTTP):
         if path == "/metrics":
             self.answer(200, monitor.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/status.json":
-            self.answer(200, json.dumps(monitor.status(), indent=1).encode(), "application/json")
+            self.answer(200, json.dumps(monitor.shared()[1], indent=1).encode(), "application/json")
         elif path == "/":
-            self.answer(200, render_status_page(monitor.status()).encode(), "text/html; charset=utf-8")
+            self.answer(200, render_status_page(monitor.shared()[1]).encode(), "text/html; charset=utf-8")
         else:
             self.answer(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -6048,7 +6332,9 @@ class Settler:
         """A folder appeared (mkdir + copy, or mv of a whole tree): its files may have no events."""
         if any(skip_reason(part, self.config.scan, is_dir=True) for part in [*self._parents(reldir), reldir]):
             return
-        for _, entries in walk_folder(self.config.folder, self.config.scan, start=reldir):
+        for _, entries in walk_folder(self.config.folder, self.config.scan, start=reldir,
+                                      private=private_identities(self.config),
+                                      own_names=dict(self.config.private_files)):
             for entry in entries:
                 # last_event 0: no event seen, so the file's own mtime decides when it is settled
                 self.candidates.setdefault(entry.relpath, Candidate(last_event=0.0))
@@ -6558,7 +6844,8 @@ def local_differences(config: Config, ledger: Ledger) -> tuple[list[Difference],
     differences: list[Difference] = []
     to_ask: list[LedgerRow] = []
     walked: set[str] = set()
-    for reldir, entries in walk_folder(config.folder, config.scan):
+    for reldir, entries in walk_folder(config.folder, config.scan, private=private_identities(config),
+                                       own_names=dict(config.private_files)):
         walked.add(reldir)
         rows = {row.path: row for row in ledger.rows_in_dir(reldir)}
         for entry in entries:

@@ -177,6 +177,7 @@ def test_example_config_is_valid_and_complete():
     assert not key_differences(documented, cdn_push.CONFIG_KEYS), key_differences(documented, cdn_push.CONFIG_KEYS)
     # The commented-out settings are valid too, once switched on ("remove base_url above" for serve).
     del documented["origin"]["base_url"]
+    del documented["api"]["password_file"]      # names a file of the operator's machine
     serving = cdn_push.parse_config(documented, env={}, base_dir=example.parent)
     assert serving.origin.serve is not None and serving.monitor.listen_port == 8765
 
