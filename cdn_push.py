@@ -336,6 +336,7 @@ class ServeConfig:
     max_connections: int = 64
     header_timeout: float = 15.0    # TLS handshake plus request line and headers, in all
     idle_timeout: float = 15.0      # between requests on a kept connection; longest stall of a download
+    allow_from: tuple[str, ...] = ()    # CIDRs of the CDN's fetch agents; empty: any address
 
     @property
     def max_per_client(self) -> int:
@@ -474,7 +475,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "origin": {"base_url": None, "username": None, "password": None, "secret_file": None, "check": None,
                "serve": {"listen": None, "public_url": None, "cert": None, "key": None,
                          "link_ttl": None, "max_connections": None, "header_timeout": None,
-                         "idle_timeout": None}},
+                         "idle_timeout": None, "allow_from": None}},
     "confirm": {"poll": None, "poll_interval": None, "ready_states": None, "failed_states": None,
                 "wait_seconds": None},
     "delete": {"enabled": None, "grace_seconds": None, "max_per_pass": None},
@@ -881,7 +882,23 @@ def _serve_config(raw: Mapping[str, Any], base_dir: Path) -> ServeConfig | None:
         max_connections=_number(raw.get("max_connections"), "origin.serve.max_connections",
                                 ServeConfig.max_connections, minimum=4, integer=True),
         header_timeout=seconds("header_timeout", 0.1), idle_timeout=seconds("idle_timeout", 0.1),
+        allow_from=_networks(raw.get("allow_from"), "origin.serve.allow_from"),
     )
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    """CIDRs such as 192.0.2.0/24 or 2001:db8::/32, as written (checked here, parsed where used)."""
+    import ipaddress
+
+    value = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(value, list):
+        raise ConfigError(f"'{key}' must be a list of networks such as [192.0.2.0/24]")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ConfigError(f"'{key}': {printable(str(item))!r} is not a network such as 192.0.2.0/24") from None
+    return tuple(str(item) for item in value)
 
 
 def _monitor_config(raw: Mapping[str, Any]) -> MonitorConfig:
@@ -1817,17 +1834,64 @@ def owned_by_another(path: Path) -> str:
             f"(sudo -u {name(owner)} ...), as the service does")
 
 
+def check_state_folder(folder: Path, key: str) -> None:
+    """Refuse a folder where other users could plant or swap cdn-push's state files (a planted
+    signing key forges callbacks; a planted lock or ledger is read as ours), as OpenSSH's
+    StrictModes does: it must be ours or root's, and not writable by others unless sticky (then
+    each file is checked to be ours when it is opened)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return                  # missing: made 0700 by make_private_dirs; unreadable: the open says so
+    if st.st_uid not in (os.geteuid(), 0):
+        raise LedgerError(f"the {key}'s folder {folder} belongs to another user (uid {st.st_uid}), who could "
+                          f"plant files cdn-push would use: keep the {key} in a folder of this user's or root's")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise LedgerError(f"the {key}'s folder {folder} can be written by other users (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}), who could plant or replace cdn-push's files there: "
+                          f"run chmod go-w {folder}, or keep the {key} in a folder of its own")
+
+
+STATE_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_state_file(path: Path, flags: int, key: str) -> int:
+    """A descriptor on one of cdn-push's own files, never through a link, and only if it is a
+    regular file of this user's: nobody else's file is taken over."""
+    try:
+        fd = os.open(path, flags | STATE_OPEN, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LedgerError(f"the {key} {path} is a symbolic link; cdn-push never follows links to its own "
+                              "files: remove it (or point the setting at the real file)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise LedgerError(f"the {key} {path} "
+                          f"{owned_by_another(path) if stat.S_ISREG(st.st_mode) else 'is not a regular file'}")
+    return fd
+
+
 def prepare_private_file(path: Path, key: str) -> None:
-    """A state file of ours: created 0600 in 0700 folders; another user's is refused, not taken over."""
+    """A state file of ours: created 0600 in 0700 folders; another user's is refused, not taken over,
+    and so is a folder others could plant its companions (-wal, -shm) in."""
     try:
         make_private_dirs(path.parent)
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        foreign = owned_by_another(path)
-        if foreign:
-            raise LedgerError(f"the {key} {path} {foreign}")
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
+        check_state_folder(path.parent, key)
+        fd = open_state_file(path, os.O_RDONLY | os.O_CREAT, key)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm", "-journal"):     # SQLite opens these itself, links and all
+            companion = Path(str(path) + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                found = os.lstat(companion)
+                if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                    raise LedgerError(f"the {key}'s companion {companion} is not a file of this user's: "
+                                      "someone else may have planted it; remove it")
     except PermissionError as exc:
         raise LedgerError(f"cannot use the {key} {path}: {exc.strerror}; "
                           f"{owned_by_another(path) if path.exists() else 'check its folder'}") from None
@@ -2221,10 +2285,8 @@ class LedgerLock:
     def acquire(self) -> "LedgerLock":
         try:
             make_private_dirs(self.path.parent)
-            foreign = owned_by_another(self.path) if self.path.exists() else ""
-            if foreign:
-                raise LedgerError(f"the lock file {self.path} {foreign}")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            check_state_folder(self.path.parent, "ledger")
+            fd = open_state_file(self.path, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as exc:
             raise LedgerError(f"cannot create lock file {self.path}: {exc.strerror or exc}; the ledger's "
                               "folder must be writable by this user") from None
@@ -2655,15 +2717,16 @@ def load_origin_secret(path: Path, env: Mapping[str, str]) -> tuple[bytes, list[
     warnings: list[str] = []
     try:
         make_private_dirs(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        check_state_folder(path.parent, "origin secret")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | STATE_OPEN, 0o600)
     except FileExistsError:
         try:
-            foreign = owned_by_another(path)
-            if foreign:
-                raise ConfigError(f"the origin secret {path} {foreign}: a key someone else can change "
-                                  "could sign links for them; delete it (a new one is made) or chown it")
-            data = path.read_bytes().strip()
-            mode = path.stat().st_mode
+            with os.fdopen(open_state_file(path, os.O_RDONLY, "origin secret"), "rb") as handle:
+                data = handle.read(4096).strip()
+                mode = os.fstat(handle.fileno()).st_mode
+        except LedgerError as exc:
+            raise ConfigError(f"{exc}: a key someone else can change could sign links for them; delete it "
+                              "(a new one is made) or chown it") from None
         except OSError as exc:
             raise ConfigError(f"cannot read the origin secret {path}: {exc.strerror or exc}") from None
         if len(data) < 16:
@@ -2863,8 +2926,10 @@ class OriginRequests(PlainHTTP):
 
     server: "OriginServer"
 
-    def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float) -> None:
+    def __init__(self, request: Any, client_address: Any, server: "OriginServer", deadline: float,
+                 slot: "OriginSlot") -> None:
         self.first_deadline = deadline
+        self.slot = slot
         super().__init__(request, client_address, server)
 
     def setup(self) -> None:
@@ -2878,12 +2943,14 @@ class OriginRequests(PlainHTTP):
         serve = self.server.serve
         self.handle_one_request()
         while not self.close_connection:
+            self.slot.idle_since = time.monotonic()     # from now on, a full server may close it
             self.reader.expect_request(serve.idle_timeout, serve.header_timeout)
             self.handle_one_request()
 
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
+        self.slot.idle_since = None
         self.connection.settimeout(self.server.serve.idle_timeout)   # a stalled reader of a download
         length = self.headers.get("Content-Length", "0").strip() or "0"
         if self.headers.get("Transfer-Encoding") is not None or not ascii_number(length, 18):
@@ -2922,7 +2989,7 @@ class OriginRequests(PlainHTTP):
         elif path.startswith("/probe/") and self.server.take_probe(path[7:]):
             self.plain(200, PROBE_ANSWER)
         else:
-            self.plain(404, "not found")
+            self.refuse(404, "not found")
 
     def do_POST(self) -> None:
         self.plain(405, "method not allowed", {"Allow": "GET, HEAD"})
@@ -2933,25 +3000,25 @@ class OriginRequests(PlainHTTP):
         expires, _, rest = rest.partition("/")
         signature, _, encoded = rest.partition("/")
         relpath = safe_relpath(encoded)
-        if relpath is None:
-            self.plain(404, "not found")
+        if relpath is None:     # refused requests close their connection: its slot is free at once
+            self.refuse(404, "not found")
             return
         if not ascii_number(expires, 12) or not self.server.signer.verify(signature, "o", expires, relpath):
-            self.plain(403, "bad signature")
+            self.refuse(403, "bad signature")
             return
         if int(expires) < self.server.clock():
-            self.plain(403, "link expired")
+            self.refuse(403, "link expired")
             return
         found = self.server.open_recorded(relpath)
         if found is None:
-            self.plain(404, "not found")
+            self.refuse(404, "not found")
             return
         handle, row = found
         with handle:
             if (row.size, row.mtime_ns) != (os.fstat(handle.fileno()).st_size,
                                             os.fstat(handle.fileno()).st_mtime_ns):
                 # Serving it would hand the CDN bytes that fail the chksum it was given.
-                self.plain(409, "file changed since it was hashed; it will be submitted again")
+                self.refuse(409, "file changed since it was hashed; it will be submitted again")
                 return
             self.send_content(handle, relpath, row)
 
@@ -2991,12 +3058,12 @@ class OriginRequests(PlainHTTP):
         if row is None or not self.server.signer.verify(token, "cb", relpath, row.sha256, attempt) or not (
                 (row.state == STATE_SUBMITTED and 1 <= int(attempt) <= row.attempts)
                 or (row.state == STATE_PENDING and row.attempts + 1 == int(attempt))):
-            self.plain(404, "no such import")
+            self.refuse(404, "no such import")
             return
         fields = dict(parse_qsl(query, keep_blank_values=True))
         status, size = fields.get("status", ""), fields.get("size", "")
         if status not in ("success", "fail") or (size and not ascii_number(size, 18)):
-            self.plain(400, "status must be success or fail, and size a number")
+            self.refuse(400, "status must be success or fail, and size a number")
             return
         accepted = self.server.inbox.put(CallbackReport(
             relpath=relpath, attempt=int(attempt), success=status == "success",
@@ -3049,13 +3116,46 @@ def content_type(relpath: str) -> str:
     return mimetypes.guess_type(relpath, strict=False)[0] or "application/octet-stream"
 
 
+class OriginSlot:
+    """One admitted connection: its address, and since when it waits for a request (None while one
+    is read or answered). Its connection thread sets `idle_since`; the accept thread reads it
+    under the server's lock to choose a connection to close when all slots are taken."""
+
+    __slots__ = ("address", "idle_since")
+
+    def __init__(self, address: str, idle_since: float | None) -> None:
+        self.address = address
+        self.idle_since = idle_since
+
+
+IDLE_EVICT_AFTER = 0.5      # seconds a kept connection must have waited before a newcomer may take its slot
+
+
+def address_allowed(address: str, networks: Sequence[str]) -> bool:
+    """Whether a client address lies in one of `networks` (any, when there are none); pure."""
+    if not networks:
+        return True
+    import ipaddress
+
+    try:
+        found = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        found = found.ipv4_mapped
+    return any(found in ipaddress.ip_network(network, strict=False) for network in networks)
+
+
 class OriginServer:
     """Serves the folder's recorded files at signed URLs and takes the CDN's callbacks.
 
     One thread accepts and never talks to a client; each connection gets a thread of its own,
     where the TLS handshake and the request head must finish within `header_timeout`. No more
-    than `max_connections` at once, and no address more than half of them; the rest get a
-    quick 503 (plain HTTP) or a close (TLS). Stopping never waits on a client.
+    than `max_connections` at once, and no address more than half of them: when full, the
+    connection idle longest between requests is closed for a newcomer (as nginx does), and
+    without one idle the newcomer gets a quick 503 (plain HTTP) or a close (TLS). A refused
+    request (unsigned, expired, unknown) closes its connection. Addresses outside
+    `allow_from` are closed at once. Stopping never waits on a client.
     """
 
     def __init__(self, config: Config, signer: UrlSigner, inbox: CallbackInbox,
@@ -3077,7 +3177,7 @@ class OriginServer:
             raise ConfigError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
         self.tls = self._tls_context()
         self._lock = threading.Lock()
-        self._open: dict[socket.socket, str] = {}
+        self._open: dict[socket.socket, OriginSlot] = {}
         self._probes_taken: set[str] = set()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -3138,10 +3238,18 @@ class OriginServer:
                                  name="origin-connection").start()
 
     def _admit(self, conn: socket.socket, address: str) -> bool:
+        if not address_allowed(address, self.serve.allow_from):
+            with contextlib.suppress(OSError):
+                conn.close()
+            return False
         with self._lock:
-            mine = sum(1 for held in self._open.values() if held == address)
-            if len(self._open) < self.serve.max_connections and mine < self.serve.max_per_client:
-                self._open[conn] = address
+            mine = [held for held in self._open.items() if held[1].address == address]
+            full = len(self._open) >= self.serve.max_connections
+            if full or len(mine) >= self.serve.max_per_client:
+                self._evict_idle(mine if not full else list(self._open.items()))
+            if len(self._open) < self.serve.max_connections and len(
+                    [1 for slot in self._open.values() if slot.address == address]) < self.serve.max_per_client:
+                self._open[conn] = OriginSlot(address, time.monotonic())
                 return True
         if self.tls is None:       # a plain client hears why; a TLS one would need a handshake first
             conn.setblocking(False)
@@ -3152,11 +3260,24 @@ class OriginServer:
             conn.close()
         return False
 
+    def _evict_idle(self, among: list[tuple[socket.socket, OriginSlot]]) -> None:
+        """Close the connection of `among` idle longest (at least IDLE_EVICT_AFTER); under the lock."""
+        now = time.monotonic()
+        idle = [(slot.idle_since, index, conn) for index, (conn, slot) in enumerate(among)
+                if slot.idle_since is not None and now - slot.idle_since >= IDLE_EVICT_AFTER]
+        if idle:
+            conn = min(idle)[2]
+            del self._open[conn]
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)     # its thread sees the end and leaves
+
     def _connection(self, conn: socket.socket, address: tuple[str, int]) -> None:
         deadline = time.monotonic() + self.serve.header_timeout
+        with self._lock:
+            slot = self._open.get(conn) or OriginSlot(address[0], None)
         try:
             stream = tls_handshake(self.tls, conn, deadline) if self.tls is not None else conn
-            origin_handler_class()(stream, address, self, deadline)
+            origin_handler_class()(stream, address, self, deadline, slot)
         except (OSError, ValueError) as exc:    # hang-ups, time-outs, TLS errors: normal on the internet
             log.debug("origin: connection from %s ended: %s", address[0], printable(str(exc)))
         finally:
@@ -6146,23 +6267,32 @@ class ReloadRecord:
     def __init__(self, ledger: Path) -> None:
         self.path = Path(str(ledger) + ".reload")
 
-    def read(self) -> dict[str, Any]:
+    def read(self, owner: int | None = None) -> dict[str, Any]:
+        """The last outcome; `owner`: the uid the service runs as, whose record alone is believed."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            fd = os.open(self.path, os.O_RDONLY | STATE_OPEN)
+            with os.fdopen(fd, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != (os.geteuid() if owner is None else owner):
+                    return {"count": 0}
+                data = json.loads(handle.read(65536).decode("utf-8"))
         except (OSError, ValueError):
             return {"count": 0}
         return data if isinstance(data, dict) and isinstance(data.get("count"), int) else {"count": 0}
 
     def write(self, ok: bool, message: str) -> None:
+        """Written to a fresh temporary name (O_EXCL: nothing planted is reused), then renamed over."""
         record = {"count": self.read()["count"] + 1, "pid": os.getpid(), "ok": ok, "message": message}
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | STATE_OPEN, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
             os.replace(temporary, self.path)
         except OSError as exc:
             log.warning("cannot record the reload's outcome in %s: %s", self.path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
 
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -6678,6 +6808,45 @@ def lock_is_held(lock: Path) -> bool:
     return False
 
 
+def lock_holder(lock: Path) -> tuple[int | None, int]:
+    """(the pid written in the lock file if a process holds the lock, else None; the file's owner)."""
+    try:
+        with os.fdopen(os.open(lock, os.O_RDONLY | STATE_OPEN), "rb") as handle:
+            owner = os.fstat(handle.fileno()).st_uid
+            text = handle.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None, -1
+    holder = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+    if holder is not None and not lock_is_held(lock):
+        holder = None       # a pid left behind by a service that has ended: never signal it
+    return holder, owner
+
+
+def service_doubt(pid: int, lock: Path, owner: int, proc: str = "/proc") -> str:
+    """Why `pid` may not be the cdn-push service holding `lock` ('' if it is): anyone who can write
+    the lock file could name any process, and `reload` run as root would signal it."""
+    try:
+        status = Path(f"{proc}/{pid}/status").read_text(encoding="ascii", errors="replace")
+        command = Path(f"{proc}/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return "no such process"
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+    if uids is None or int(uids.group(2)) != owner:
+        return "it does not run as the owner of the lock file"
+    if os.geteuid() not in (0, owner):
+        return "it belongs to another user: run this as the service's user (sudo -u ...)"
+    if "cdn_push" not in command and "cdn-push" not in command:
+        return "it is not cdn-push"
+    want = os.stat(lock)
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"{proc}/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                found = os.stat(f"{proc}/{pid}/fd/{fd}")
+                if (found.st_dev, found.st_ino) == (want.st_dev, want.st_ino):
+                    return ""
+    return "it does not hold the lock file open"
+
+
 def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None] = print,
                    wait: float = RELOAD_WAIT) -> int:
     """`cdn_push.py reload`: SIGHUP to the running service, then wait for what it made of it.
@@ -6686,13 +6855,7 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
     before the service is disturbed; the service may still refuse a change (the ledger, listeners).
     """
     lock = Path(str(config.ledger) + ".lock")
-    try:
-        text = lock.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
-        text = ""
-    holder = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
-    if holder is not None and not lock_is_held(lock):
-        holder = None       # a pid left behind by a service that has ended: never signal it
+    holder, owner = lock_holder(lock)
     if pid is not None and holder != pid:
         raise CdnPushError(f"process {pid} does not hold the lock of ledger {config.ledger} ("
                            f"{'process ' + str(holder) + ' does' if holder else 'nothing running does'}); "
@@ -6701,8 +6864,11 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
         raise CdnPushError(f"no running cdn-push uses ledger {config.ledger}; if you changed 'ledger', "
                            "restart the service instead")
     pid = holder
+    refused = service_doubt(pid, lock, owner)
+    if refused:
+        raise CdnPushError(f"process {pid} named by {lock} was not signalled: {refused}")
     record = ReloadRecord(config.ledger)
-    before = record.read()["count"]
+    before = record.read(owner)["count"]
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -6712,9 +6878,9 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
                            "(sudo -u cdn-push ...) or use 'systemctl reload cdn-push'") from None
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        answer = record.read()
+        answer = record.read(owner)
         if answer["count"] > before:
-            out(str(answer.get("message", "")))
+            out(printable(str(answer.get("message", ""))))
             return EXIT_OK if answer.get("ok") else EXIT_INCOMPLETE
         time.sleep(0.05)
     raise CdnPushError(f"process {pid} did not report a reload within {wait:g}s; see its log")
