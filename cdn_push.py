@@ -103,6 +103,7 @@ EXIT_LOCKED = 3           # another cdn-push holds the ledger's lock
 EXIT_CDN_UNAVAILABLE = 4  # CDN unreachable, or credentials refused
 EXIT_LEDGER = 5           # the ledger cannot be opened or written
 EXIT_ORIGIN = 6           # the CDN could not fetch from the origin as configured (checked before sending)
+EXIT_NO_SERVICE = 7       # reload: no running service uses this ledger
 EXIT_BUG = 70             # a fault in cdn-push itself (EX_SOFTWARE): please report it
 
 ENV_CONFIG = "CDN_PUSH_CONFIG"
@@ -170,6 +171,10 @@ class LedgerError(CdnPushError):
     """The ledger cannot be opened, read or written."""
 
 
+class NoServiceError(CdnPushError):
+    """`reload` found no running service to signal."""
+
+
 class LockedError(LedgerError):
     """Another cdn-push process holds the ledger's lock."""
 
@@ -214,6 +219,7 @@ EXIT_FOR_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (LockedError, EXIT_LOCKED),
     (LedgerError, EXIT_LEDGER),
     (OriginError, EXIT_ORIGIN),
+    (NoServiceError, EXIT_NO_SERVICE),
     (CdnError, EXIT_CDN_UNAVAILABLE),
     (CdnPushError, EXIT_INCOMPLETE),
 )
@@ -244,7 +250,12 @@ def ascii_number(text: str, digits: int) -> bool:
 
 
 def files(count: int) -> str:
-    return f"{count} file" if count == 1 else f"{count} files"
+    return plural(count, "file")
+
+
+def plural(count: int, word: str) -> str:
+    """'1 conflict', '2 conflicts': English for counts in messages (every word used takes an s)."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def printable(text: str) -> str:
@@ -656,6 +667,10 @@ def parse_config(raw: Any, *, env: Mapping[str, str], base_dir: Path,
     ledger = _path(data.get("ledger"), "ledger", base_dir) or (
         default_ledger or base_dir / "cdn-push.ledger.sqlite3").resolve()
     if ledger == folder or folder in ledger.parents:
+        if data.get("ledger") is None:
+            raise ConfigError(f"the ledger's default place, beside the configuration file ({ledger}), is inside "
+                              f"'folder' ({folder}): keep the configuration file outside the folder, or set "
+                              "'ledger' to a path outside it")
         raise ConfigError(f"'ledger' ({ledger}) must not be inside 'folder' ({folder}): "
                           "it would be imported as a file")
     if origin.secret_file is None:
@@ -709,7 +724,9 @@ def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) 
 def _api_password(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> tuple[str, str, str | None]:
     """(password, where it came from, api.password_file): the environment wins over the file, the
     file over api.password. The file is read here, so a bad one is a config error that names it."""
-    path = _path(raw.get("password_file"), "api.password_file", base_dir)
+    text = _string(raw.get("password_file"), "api.password_file")
+    # Made absolute but not resolved: a symlink must meet the O_NOFOLLOW below, not its target.
+    path = Path(os.path.abspath(base_dir / Path(text).expanduser())) if text else None
     if raw.get("password") and path is not None:
         raise ConfigError("set either 'api.password' or 'api.password_file', not both")
     if env.get(ENV_API_PASSWORD):
@@ -1034,11 +1051,38 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
         if config.api.password_file and os.stat(config.api.password_file).st_mode & 0o077:
             warnings.append(f"{config.api.password_file} (api.password_file) can be read by other users: "
                             f"run chmod 600 {config.api.password_file}")
+    warnings += unreachable_public_urls(config)
     for key, secret in (("api.password", config.api.password), ("origin.password", config.origin.password)):
         if secret and len(secret.reveal()) < SHORT_SECRET:
             warnings.append(f"'{key}' is shorter than {SHORT_SECRET} characters: messages mask it only where it "
                             "stands alone; a longer one is safer")
     return config, warnings
+
+
+def local_only(host: str) -> bool:
+    """A loopback or private address (or localhost): no CDN out on the internet reaches it."""
+    import ipaddress
+
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def unreachable_public_urls(config: Config) -> list[str]:
+    """Warnings for addresses the CDN is told to fetch from or call back, that a CDN elsewhere
+    (api.url not local itself) cannot reach; pure."""
+    if local_only(urlsplit(config.api.url).hostname or ""):
+        return []           # a CDN on this machine or network (the emulator, a test rig)
+    urls = [("origin.serve.public_url", config.origin.serve.public_url if config.origin.serve else ""),
+            ("callback.public_url", config.callback.public_url if not config.origin.serve else ""),
+            ("origin.base_url", config.origin.base_url)]
+    return [f"'{key}' ({shown_url(url)}) is a local address, which the CDN at {config.api.url} cannot reach: "
+            "set the address at which it reaches this machine" for key, url in urls
+            if url and local_only(urlsplit(url).hostname or "")]
 
 
 def password_file_advice(path: Path, st: os.stat_result) -> list[str]:
@@ -1112,14 +1156,15 @@ def yaml_error_message(path: Path, text: str, exc: Any) -> str:
             f"{printable(shown)}\n{' ' * (len(gutter) - 2)}| {' ' * column}^")
 
 
-SECRET_YAML_LINE = re.compile(r"""^(\s*(?:- )?["']?[\w.-]*(?:password|secret|passwd|token)[\w.-]*["']?\s*:).*$""",
-                              re.IGNORECASE)
+# A secret key and its value, in block style (to the line's end) or in a flow mapping (to ',' or '}').
+SECRET_YAML_VALUE = re.compile(r"""(["']?[\w.-]*(?:password|secret|passwd|token)[\w.-]*["']?\s*:)"""
+                               r"""(?:\s*(?:"(?:[^"\\]|\\.)*"?|'[^']*'?|[^,}\n]*))""", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(\w[\w+.-]*://[^/\s:@]*:)[^/\s@]*@")
 
 
 def masked_yaml_line(line: str) -> str:
     """A config line fit to show in an error: a secret key's value and a URL's password masked."""
-    line = SECRET_YAML_LINE.sub(lambda found: f"{found.group(1)} {MASK}", line)
+    line = SECRET_YAML_VALUE.sub(lambda found: f"{found.group(1)} {MASK}", line)
     return URL_USERINFO.sub(lambda found: f"{found.group(1)}{MASK}@", line)
 
 
@@ -1440,7 +1485,8 @@ TEMPORARY_NAME = re.compile("|".join([compile_glob(p).pattern for p in TEMPORARY
 
 def check_folder(config: Config) -> None:
     if not config.folder.is_dir():
-        raise ConfigError(f"'folder' {config.folder} is not a folder (from {config.source})")
+        what = "is not a folder" if config.folder.exists() else "does not exist"
+        raise ConfigError(f"'folder' {config.folder} {what} (from {config.source})")
 
 
 def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str | None:
@@ -1831,7 +1877,8 @@ def owned_by_another(path: Path) -> str:
     name = lambda uid: next((p.pw_name for p in [pwd.getpwuid(uid)]), str(uid)) if uid in {  # noqa: E731
         p.pw_uid for p in pwd.getpwall()} else str(uid)
     return (f"is owned by user {name(owner)}, but cdn-push runs as {name(me)}: run it as {name(owner)} "
-            f"(sudo -u {name(owner)} ...), as the service does")
+            f"(sudo -u {name(owner)} ...), or hand the state over to {name(me)} with "
+            f"chown -R {name(me)} {path.parent}")
 
 
 def check_state_folder(folder: Path, key: str) -> None:
@@ -2532,6 +2579,12 @@ class CdnClient:
         self._sessions_lock = threading.Lock()
         self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
         self._cancelled = threading.Event()
+        # Until one answer shows the credentials work, requests go one at a time: a wrong password
+        # then costs the account one failed login per run, not one per worker.
+        self._credentials_work = threading.Event()
+        self._credentials_gate = threading.Lock()
+        self._refused: CdnAuthError | None = None
+        self._retry_said: set[str] = set()
         if not api.verify_tls:       # cdn-push warns once per run; urllib3 would per request
             import urllib3
             import warnings
@@ -2576,6 +2629,21 @@ class CdnClient:
         return self._request_once(method, params, classify_response)
 
     def _request_once(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
+        """One request, alone while the credentials are unproven; a refusal is final for every thread."""
+        if self._credentials_work.is_set():
+            return self._send(method, params, classify)
+        with self._credentials_gate:
+            if self._refused is not None:
+                raise self._refused
+            try:
+                outcome = self._send(method, params, classify)
+            except CdnAuthError as exc:
+                self._refused = exc
+                raise
+            self._credentials_work.set()
+            return outcome
+
+    def _send(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
         """One request through the rate limit; `classify` turns the answer into an outcome or an error."""
         import requests
 
@@ -2592,8 +2660,7 @@ class CdnClient:
         except requests.Timeout:
             raise _TransientError(f"no answer within {self.api.timeout:g} s", connection=True) from None
         except requests.exceptions.SSLError as exc:
-            raise CdnUnavailableError(f"TLS error talking to {self.api.url}: {_short(exc)}; set "
-                                      "api.ca_bundle for a private CA") from None
+            raise CdnUnavailableError(tls_advice(self.api.url, str(exc))) from None
         except requests.RequestException as exc:
             raise _TransientError(f"cannot reach {self.api.url}: {_short(exc)}", connection=True) from None
         outcome = classify(response.status_code, body)
@@ -2624,8 +2691,13 @@ class CdnClient:
         """Waits between retries end at once on a stop, with the real clock or an injected one."""
         exc, attempt, wait = getattr(self._local, "next_try", (None, 0, seconds))
         self.on_retry(exc, wait)
-        log.info("the CDN did not answer well for %s (%s); try %d of %d in %.0fs",
-                 printable(getattr(self._local, "name", "?")), exc, attempt, self.api.retry.attempts, wait)
+        said = str(exc)
+        with self._sessions_lock:           # each kind of trouble is said once; its retries only with -v
+            first, _ = said not in self._retry_said, self._retry_said.add(said)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "the CDN did not answer well for %s (%s); try %d of %d in %.0fs%s",
+                printable(getattr(self._local, "name", "?")), exc, attempt, self.api.retry.attempts, wait,
+                "; further retries are logged with -v" if first else "")
         if self._stop.is_set() or self._cancelled.is_set():
             raise StopRequested()
         if self._sleep is time.sleep:
@@ -2689,6 +2761,18 @@ class SubmitClient(Protocol):
     def cancel(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def tls_advice(url: str, error: str) -> str:
+    """What a TLS failure talking to the API means, in words that say what to change."""
+    if "WRONG_VERSION_NUMBER" in error.upper() or "wrong version number" in error:
+        return (f"TLS error talking to {url}: the server does not speak TLS there; if it is plain HTTP, "
+                "write api.url with http://")
+    if "CERTIFICATE_VERIFY_FAILED" in error.upper():
+        return (f"TLS error talking to {url}: its certificate could not be verified; for a private CA, "
+                "set api.ca_bundle to its PEM file")
+    reason = re.search(r"\[SSL: ([A-Z_]+)\]", error)
+    return f"TLS error talking to {url}: {reason.group(1).lower().replace('_', ' ') if reason else 'handshake failed'}"
 
 
 def _short(exc: BaseException) -> str:
@@ -3408,14 +3492,15 @@ class RunSummary:
         if self.unconfirmed:
             parts.append(f"{self.unconfirmed} unconfirmed")
         if self.conflicts:
-            parts.append(f"{self.conflicts} conflicts")
+            parts.append(plural(self.conflicts, "conflict"))
         if self.unreadable:
             parts.append(f"{self.unreadable} unreadable")
         if self.gone:
             parts.append(f"{self.gone} gone from the folder")
         if self.deleted:
             parts.append(f"{self.deleted} deleted from the CDN")
-        tail = " (interrupted)" if self.interrupted else ""
+        tail = " (aborted: see the error above)" if self.fatal is not None else (
+            " (interrupted)" if self.interrupted else "")
         return f"summary: {', '.join(parts)} in {time.monotonic() - self.started:.1f}s{tail}"
 
     def since(self, before: "RunSummary") -> "RunSummary":
@@ -4365,15 +4450,16 @@ class Recorder:
             log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
                         files(ctx.summary.unconfirmed))
         elif ctx.callbacks_on:
-            log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); they stay "
+            log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); %s "
                         "'submitted' and a later run asks again. If no callback ever arrives, check that "
                         "'%s' reaches this machine and that 'api.callback_param' is the parameter name the "
                         "CDN expects", files(ctx.summary.unconfirmed), ctx.config.confirm.wait_seconds,
+                        "it stays" if ctx.summary.unconfirmed == 1 else "they stay",
                         "origin.serve.public_url" if ctx.config.origin.serve else "callback.public_url")
         else:
-            log.warning("%s not confirmed by the CDN yet (confirm.wait_seconds is %gs); they stay "
+            log.warning("%s not confirmed by the CDN yet (confirm.wait_seconds is %gs); %s "
                         "'submitted' and the next run asks the CDN again", files(ctx.summary.unconfirmed),
-                        ctx.config.confirm.wait_seconds)
+                        ctx.config.confirm.wait_seconds, "it stays" if ctx.summary.unconfirmed == 1 else "they stay")
 
     def listed(self, row: LedgerRow, listing: Listing) -> bool:
         """What file/list said of a submitted file; whether it is still awaited."""
@@ -6857,11 +6943,11 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
     lock = Path(str(config.ledger) + ".lock")
     holder, owner = lock_holder(lock)
     if pid is not None and holder != pid:
-        raise CdnPushError(f"process {pid} does not hold the lock of ledger {config.ledger} ("
+        raise NoServiceError(f"process {pid} does not hold the lock of ledger {config.ledger} ("
                            f"{'process ' + str(holder) + ' does' if holder else 'nothing running does'}); "
                            "if you changed 'ledger', restart the service instead")
     if holder is None:
-        raise CdnPushError(f"no running cdn-push uses ledger {config.ledger}; if you changed 'ledger', "
+        raise NoServiceError(f"no running cdn-push uses ledger {config.ledger}; if you changed 'ledger', "
                            "restart the service instead")
     pid = holder
     refused = service_doubt(pid, lock, owner)
@@ -6872,7 +6958,7 @@ def request_reload(config: Config, pid: int | None, *, out: Callable[[str], None
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        raise CdnPushError(f"no process {pid}: is the watch service running?") from None
+        raise NoServiceError(f"no process {pid}: is the watch service running?") from None
     except PermissionError:
         raise CdnPushError(f"not allowed to signal process {pid}: run this as the service's user "
                            "(sudo -u cdn-push ...) or use 'systemctl reload cdn-push'") from None
@@ -7222,7 +7308,31 @@ RELOAD_EXIT_HELP = f"""\
 exit codes:
   {EXIT_OK} the service applied the new configuration   {EXIT_INCOMPLETE} it refused it (the message says why)
   {EXIT_USAGE} the configuration file itself is invalid (the service was not disturbed)
+  {EXIT_NO_SERVICE} no running service uses this configuration's ledger
 """
+
+# What each command's exit status means: `run` and `check` report on files, the others on themselves.
+COMMAND_EXIT_HELP = {
+    "run": EXIT_CODES_HELP, "watch": f"""\
+exit codes:
+  {EXIT_OK} stopped on request   {EXIT_USAGE} usage or config error   {EXIT_LOCKED} another instance running
+  {EXIT_CDN_UNAVAILABLE} credentials refused   {EXIT_LEDGER} ledger unusable   {EXIT_BUG} a bug in cdn-push
+""", "status": f"""\
+exit codes:
+  {EXIT_OK} shown   {EXIT_USAGE} usage or config error   {EXIT_LEDGER} ledger unreadable
+""", "reload": RELOAD_EXIT_HELP, "check": f"""\
+exit codes:
+  {EXIT_OK} folder, ledger and CDN agree   {EXIT_INCOMPLETE} differences found (listed)   {EXIT_USAGE} usage or config error
+  {EXIT_CDN_UNAVAILABLE} CDN unreachable or credentials refused   {EXIT_LEDGER} ledger unusable
+""", "resend": f"""\
+exit codes:
+  {EXIT_OK} marked   {EXIT_INCOMPLETE} a pattern matched nothing   {EXIT_USAGE} usage or config error
+  {EXIT_LOCKED} another instance running   {EXIT_LEDGER} ledger unusable
+""", "demo": f"""\
+exit codes:
+  {EXIT_OK} the round trip worked   {EXIT_INCOMPLETE} it did not (the output says where)
+"""}
+COMMAND_EXIT_HELP["forget"] = COMMAND_EXIT_HELP["resend"].replace("marked", "forgotten")
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("one pass: hash the folder, submit new and changed files (the default)", """\
@@ -7268,14 +7378,19 @@ examples:
   .venv/bin/python cdn_push.py demo
   .venv/bin/python cdn_push.py demo --keep             # keep the work folder, its config and ledger
 """),
+    "help": ("show the help of cdn-push or of one command", """\
+examples:
+  .venv/bin/python cdn_push.py help run
+"""),
 }
 
 
-def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+def _common_options(parser: argparse.ArgumentParser, *, top: bool, config: bool = True) -> None:
     # On both levels, so they work before or after the command; SUPPRESS keeps one from erasing the other.
     default = None if top else argparse.SUPPRESS
-    parser.add_argument("-c", "--config", metavar="PATH", default=default,
-                        help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
+    if config:
+        parser.add_argument("-c", "--config", metavar="PATH", default=default,
+                            help=f"configuration file (default: ${ENV_CONFIG} or ./{DEFAULT_CONFIG_NAME})")
     parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
                         help="more logging")
     parser.add_argument("-q", "--quiet", action="count", default=0 if top else argparse.SUPPRESS,
@@ -7293,11 +7408,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cdn-push {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub = {name: commands.add_parser(name, help=text, description=text,
-                                     epilog=examples + "\n" + (RELOAD_EXIT_HELP if name == "reload" else EXIT_CODES_HELP),
+                                     epilog=examples + "\n" + COMMAND_EXIT_HELP.get(name, ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
            for name, (text, examples) in COMMANDS.items()}
-    for command in sub.values():
-        _common_options(command, top=False)
+    for name, command in sub.items():
+        if name != "help":
+            _common_options(command, top=False, config=name != "demo")     # the demo makes its own
+    sub["help"].add_argument("topic", nargs="?", choices=[name for name in COMMANDS if name != "help"],
+                             metavar="COMMAND", help="a command, such as run")
     sub["run"].add_argument("-n", "--dry-run", action="store_true",
                             help="hash and show what would be submitted; change nothing")
     sub["run"].add_argument("--retry-rejected", action="store_true",
@@ -7315,7 +7433,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub[name].add_argument("patterns", nargs="+", metavar="PATH|GLOB",
                                help="a path relative to 'folder', a CDN name, or a glob such as 'series/**'")
     sub["demo"].add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.set_defaults(commands=sub)
+    parser.set_defaults(commands=sub, parser=parser)
     return parser
 
 
@@ -7363,11 +7481,28 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
             signal.signal(sig, old)
 
 
+def venv_python(argv: Sequence[str]) -> None:
+    """Run this script again with the .venv/bin/python install.sh made beside it, if that is not
+    the Python running it: `python3 cdn_push.py` then works as `.venv/bin/python cdn_push.py`."""
+    here = Path(__file__).resolve().parent
+    python = here / ".venv" / "bin" / "python"
+    if python.exists() and Path(sys.prefix).resolve() != (here / ".venv").resolve() and not os.environ.get(
+            "CDN_PUSH_NO_REEXEC"):
+        os.environ["CDN_PUSH_NO_REEXEC"] = "1"      # once: a broken venv must not loop
+        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv[1:]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if sys.version_info < (3, 11):      # what CI tests; older Pythons are not claimed
         print(f"cdn-push needs Python 3.11 or newer; this is {sys.version.split()[0]}", file=sys.stderr)
         return EXIT_USAGE
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments == ["--version"]:          # answered before anything else is needed
+        print(f"cdn-push {__version__}")
+        return EXIT_OK
     missing = missing_packages()
+    if missing and argv is None:
+        venv_python(sys.argv)               # a plain `python3 cdn_push.py` beside ./.venv: run with that
     if missing:
         print(f"cdn-push needs the Python packages {', '.join(missing)}, which this Python "
               f"({sys.executable}) lacks: run ./install.sh, then use .venv/bin/python cdn_push.py",
@@ -7375,13 +7510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     parser = build_parser()
     try:
-        args = parse_args(parser, sys.argv[1:] if argv is None else argv)
+        args = parse_args(parser, arguments)
     except SystemExit as exc:
         return int(exc.code or 0)
     redactor = Redactor([os.environ.get(ENV_API_PASSWORD, ""), os.environ.get(ENV_ORIGIN_PASSWORD, "")])
     with logging_configured(args.verbose - args.quiet, redactor):
         try:
             return run_command(args, redactor)
+        except LockedError as exc:      # cron's overlap with itself: harmless, said quietly
+            log.info("%s", exc)
+            return exit_code_for(exc)
         except CdnPushError as exc:
             log.error("%s", exc)
             return exit_code_for(exc)
@@ -7396,7 +7534,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
     stop = StopEvent()
+    if args.command == "help":
+        target = args.commands[args.topic] if args.topic else args.parser
+        target.print_help()
+        return EXIT_OK
     if args.command == "demo":
+        if args.config is not None:
+            raise ConfigError("demo makes its own configuration in a temporary folder: leave out --config")
         with stop_on_signals(stop):
             return run_demo(keep=args.keep)
     config_path = config_path_from(args.config, os.environ)
@@ -7430,8 +7574,11 @@ def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
                                show_progress=sys.stderr.isatty() and args.quiet == 0)
     if summary.fatal is not None:
         log.error("%s", summary.fatal)
-    print(summary.line(), flush=True)
-    return summary.exit_code()
+    code = summary.exit_code()
+    if not (args.quiet and code == EXIT_OK):       # -q: silent on success, as rsync -q is
+        stamp = "" if sys.stdout.isatty() else time.strftime("%Y-%m-%d %H:%M:%S ")   # a log file's lines
+        print(stamp + summary.line(), flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def test_full_run_then_nothing_then_status(capsys, drop, emulator, write_config)
     config = write_config()
     code, out, err = run_main(capsys, "--config", str(config))
     assert code == cdn_push.EXIT_OK, err
-    assert out.strip().startswith(f"summary: {len(AWKWARD_FILES)} new, 0 changed, 0 unchanged, 0 waiting, "
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d summary: ", out)     # a log file's line: stamped
+    assert out.strip().split(" ", 2)[2].startswith(f"summary: {len(AWKWARD_FILES)} new, 0 changed, 0 unchanged, 0 waiting, "
                                   f"{len(AWKWARD_FILES)} submitted, 0 rejected, 0 failed")
     assert err.count(" INFO submitted ") == len(AWKWARD_FILES)
     code, out, _ = run_main(capsys, "--config", str(config))
@@ -283,11 +285,35 @@ def test_placeholder_hosts_are_config_errors(capsys, drop, write_config, raw_con
     (["status", "--help"], ["--json", "--state", "examples:"]),
     (["run", "--help"], ["--dry-run", "--retry-rejected", "examples:"]),
     (["--help"], ["watch", "status", "reload", "demo", "COMMAND --help"]),
+    (["help"], ["watch", "status", "reload", "demo", "COMMAND --help"]),
+    (["help", "reload"], ["--pid", "7 no running service"]),
+    (["help", "status"], ["0 shown"]),
 ])
 def test_every_command_has_its_own_help(capsys, args, shown):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert all(word in out for word in shown), out
+
+
+@pytest.mark.parametrize("command, not_shown", [("status", "rejected/failed"), ("demo", "--config"),
+                                                ("reload", "rejected/failed")])
+def test_a_command_lists_only_what_applies_to_it(capsys, command, not_shown):
+    assert main([command, "--help"]) == 0
+    assert not_shown not in capsys.readouterr().out
+
+
+def test_demo_refuses_a_config_it_would_ignore(capsys):
+    assert main(["--config", "x.yaml", "demo"]) == cdn_push.EXIT_USAGE
+    assert "leave out --config" in capsys.readouterr().err
+
+
+def test_version_needs_no_third_party_package():
+    """`--version` answers before the packages are looked for: a bare Python without them."""
+    found = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.argv = ['cdn_push.py', '--version']; "
+                            f"sys.path.insert(0, {str(ROOT)!r}); import cdn_push; sys.exit(cdn_push.main())"],
+                           capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"],
+                                                                             "CDN_PUSH_NO_REEXEC": "1"})
+    assert found.returncode == 0 and found.stdout.strip() == f"cdn-push {cdn_push.__version__}", found
 
 
 @pytest.mark.parametrize("args", [["watch", "--dry-run"], ["run", "--json"], ["status", "--poll"],
@@ -338,7 +364,11 @@ def test_retry_waits_are_said_while_the_api_is_down(capsys, drop, write_config, 
                                                                                  "username": "fetcher",
                                                                                  "password": ORIGIN_PASSWORD})))
     assert code == cdn_push.EXIT_CDN_UNAVAILABLE
-    assert "try 2 of 3" in err and "try 3 of 3" in err and "Connection refused" in err
+    # Said once (with what happens next), then quiet; every retry with -v.
+    assert "try 2 of 3" in err and "try 3 of 3" not in err and "Connection refused" in err, err
+    assert err.count("did not answer well") == 1 and "further retries are logged with -v" in err, err
+    code, _, err = run_main(capsys, "-v", "--config", str(write_config(api=api)))
+    assert code == cdn_push.EXIT_CDN_UNAVAILABLE and "try 2 of 3" in err and "try 3 of 3" in err, err
 
 
 def test_waiting_files_are_named_with_the_reason(capsys, drop, emulator, write_config):
@@ -355,7 +385,7 @@ def test_yaml_mistakes_name_the_real_line_and_say_what_is_wrong(capsys, tmp_path
     assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"{config}: line 4, column 13: a quote opened here is not closed on its line" in err
-    assert '    4 |   password: "abc\n      |             ^' in err
+    assert '    4 |   password: ***\n      |             ^' in err and "abc" not in err     # the value masked
     config.write_text("folder: /tmp\napi:\n\tlogin: x\n")
     assert main(["status", "--config", str(config)]) == cdn_push.EXIT_USAGE
     assert "line 3, column 1: a tab character" in capsys.readouterr().err
@@ -369,7 +399,7 @@ def test_the_config_path_is_shown_whole_from_anywhere(capsys, tmp_path, monkeypa
 
 def test_an_unknown_command_is_named(capsys):
     assert main(["frobnicate"]) == cdn_push.EXIT_USAGE
-    assert "unknown command 'frobnicate' (commands: run, watch, status, reload, check, resend, forget, demo)" in capsys.readouterr().err
+    assert "unknown command 'frobnicate' (commands: run, watch, status, reload, check, resend, forget, demo, help)" in capsys.readouterr().err
 
 
 def test_a_dry_run_warns_of_what_a_real_run_would_refuse(capsys, drop, write_config):

@@ -271,7 +271,7 @@ def test_file_larger_than_4_gib(drop, emulator, make_config):
     old = time.time() - 3600
     os.utime(drop / "huge.bin", (old, old))
     emulator.hold()
-    config = make_config()
+    config = make_config(scan={"settle_seconds": 5, "allow_sparse": True})      # the hole-filled file is the point here
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, cdn_push.CdnClient(config.api))
         pipeline.run_once()

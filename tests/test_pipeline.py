@@ -373,7 +373,7 @@ def test_stop_while_a_large_file_is_hashed_cuts_the_hash_short(drop, make_config
     old = time.time() - 3600
     import os
     os.utime(big, (old, old))
-    config = make_config(workers={"hash": 1, "submit": 1})
+    config = make_config(workers={"hash": 1, "submit": 1}, scan={"settle_seconds": 5, "allow_sparse": True})
     started = threading.Event()
 
     def hash_and_tell(entry, progress, cancel):
