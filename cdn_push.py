@@ -1034,7 +1034,10 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     import yaml
 
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=strict_yaml_loader())     # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: line {exc.line}: '{exc.key}' is set twice (also on line {exc.first}); "
+                          "YAML would keep only the last one silently: keep one") from None
     except yaml.YAMLError as exc:
         raise ConfigError(yaml_error_message(path, text, exc)) from None
     base_dir = path.resolve().parent
@@ -1057,6 +1060,37 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
             warnings.append(f"'{key}' is shorter than {SHORT_SECRET} characters: messages mask it only where it "
                             "stands alone; a longer one is safer")
     return config, warnings
+
+
+class DuplicateKey(ValueError):
+    """A key given twice in one YAML mapping, with both lines (1-based)."""
+
+    def __init__(self, key: str, first: int, line: int) -> None:
+        super().__init__(f"{key!r} on lines {first} and {line}")
+        self.key, self.first, self.line = key, first, line
+
+
+@functools.cache
+def strict_yaml_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in a mapping (PyYAML keeps the last silently:
+    a pasted `origin:` block would replace the one above it without a word)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise DuplicateKey(printable(str(key)), seen[key], line)
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def local_only(host: str) -> bool:
@@ -3780,6 +3814,17 @@ class ProgressBars:
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._unshown = 0
+        self._totals: collections.Counter[str] = collections.Counter()
+
+    def expect(self, name: str, count: int) -> None:
+        """More work found for a bar (bytes to hash, files to send): its total, for a rate and an ETA."""
+        if not self.show:
+            return
+        self._totals[name] += count
+        bar = self._bars.get(name)
+        if bar is not None:
+            bar.total = self._totals[name]
+            bar.refresh()
 
     def hashed(self, count: int) -> None:
         """Bytes read, from any thread."""
@@ -3792,6 +3837,7 @@ class ProgressBars:
         if name not in self._bars:
             from tqdm import tqdm
 
+            kwargs.setdefault("total", self._totals.get(name) or None)
             self._bars[name] = tqdm(file=sys.stderr, dynamic_ncols=True, leave=False,
                                     position=len(self._bars), **kwargs)
         self._bars[name].update(count)
@@ -4578,6 +4624,7 @@ class Feeder:
         self.submitter.start(self.ctx.config.submit_workers)
         self.ctx.table.move(row.path, source, Stage.SUBMITTING)
         self.submitter.queue.put(SubmitJob(row, params, fresh))
+        self.ctx.bars.expect("submit", 1)
         return 1
 
     def _params_if_unchanged(self, row: LedgerRow, source: Stage | None) -> dict[str, str] | None:
@@ -4995,6 +5042,7 @@ class Intake:
                 self._decided_row(self.decider.decide(entry, None, moved[entry.relpath]), fresh, stage)
             else:
                 self.hasher.add(HashJob(entry, known.get(entry.relpath), fresh), stage)
+                self.ctx.bars.expect("hash", entry.size)
 
     def fit(self, entries: Sequence[FileEntry]) -> list[FileEntry]:
         """Those of `entries` (files that settled, not listed by a walk) that listing_problem does
@@ -5737,7 +5785,8 @@ def _now_section(status: Mapping[str, Any], now: float) -> str:
     per_minute = _page_number(rates.get("imports_per_minute"))
     facts = (
         f'<span>Hashing speed <b>{esc(human_rate(rates.get("hashed_bytes_per_second")))}</b></span>'
-        f'<span>Imports <b>{esc(f"{per_minute:.1f}" if per_minute is not None else chr(0x2014))}</b> per minute</span>'
+        f'<span>Imports sent <b>{esc(f"{per_minute:.1f}" if per_minute is not None else chr(0x2014))}</b> per '
+        'minute (average of the last 5 minutes)</span>'
         f'<span>Queued to hash <b>{human_count(queues.get("hash") or 0)}</b></span>'
         f'<span>Queued to send <b>{human_count(queues.get("submit") or 0)}</b></span>'
         f'<span>Awaiting CDN confirmation <b>{human_count(queues.get("confirm") or 0)}</b></span>'
@@ -6339,6 +6388,7 @@ def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, 
 def run_watch(config: Config, *, stop: threading.Event, reload: threading.Event,
               load: Callable[[], Config]) -> int:
     check_can_submit(config)
+    check_folder(config)        # before anything starts: a typo is said at once, alone
     with LedgerLock(config.ledger), Ledger.open(config.ledger) as ledger:
         return WatchService(config, ledger, stop=stop, reload=reload, load=load,
                             notifier=SystemdNotifier()).run()

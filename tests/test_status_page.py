@@ -293,7 +293,7 @@ def test_big_numbers_on_tiles_keep_the_exact_value_in_a_tooltip():
 
 def test_rates_and_queues():
     shown = visible_text(page.render_status_page(sample_status.busy()))
-    assert "Hashing speed 412 MB/s" in shown and "Imports 7.4 per minute" in shown
+    assert "Hashing speed 412 MB/s" in shown and "Imports sent 7.4 per minute (average of the last 5 minutes)" in shown
     assert "Queued to hash 1,420" in shown and "Awaiting CDN confirmation 87" in shown
     assert "archive/2019/full concert (4K).mov 48.3 GB" in shown
 
