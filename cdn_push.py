@@ -2246,9 +2246,11 @@ class Ledger(LedgerFile):
                   f"ON CONFLICT(path) DO UPDATE SET {updates}", values, many=True)
         self._changed(len(values), commit_every)
 
-    def put(self, row: LedgerRow) -> None:
-        """Write one transition and commit it at once, so a kill loses nothing recorded."""
-        self.put_many([row], commit_every=1)
+    def put(self, row: LedgerRow, *, commit: bool = True) -> None:
+        """Write one transition and commit it at once, so a kill loses nothing recorded; without
+        `commit`, the caller commits the batch it belongs to (a kill loses at most that batch, and
+        the answers it held are asked for again: the CDN answers "exists")."""
+        self.put_many([row], commit_every=1 if commit else SCAN_COMMIT_EVERY)
 
     def forget(self, path: str) -> None:
         self._run("DELETE FROM files WHERE path=?", (path,))
@@ -2634,6 +2636,12 @@ class CdnClient:
             import requests
 
             session = requests.Session()
+            # The environment (proxies, CA bundle) is read once here, not walked on every request:
+            # that walk was a third of a request's CPU.
+            session.trust_env = False
+            session.proxies = requests.utils.get_environ_proxies(self.api.url)
+            session.verify = self.api.ca_bundle or (self.api.verify_tls and (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True))
             if self.api.auth == "basic":
                 session.auth = (self.api.login, self.api.password.reveal())
             session.headers["User-Agent"] = f"cdn-push/{__version__}"
@@ -2686,9 +2694,7 @@ class CdnClient:
             params = {**params, "otp": one_time_password(self.api.login, self.api.password.reveal(), time.time(),
                                                          os.urandom(6))}
         try:
-            # verify per request: a session's setting loses to REQUESTS_CA_BUNDLE in the environment
             response = self._session().post(f"{self.api.url}/{method}", data=params, timeout=self.api.timeout,
-                                            verify=self.api.ca_bundle or self.api.verify_tls,
                                             allow_redirects=False)
             body = response.text
         except requests.Timeout:
@@ -4376,17 +4382,13 @@ class Recorder:
         held = answer.outcome == OUTCOME_EXISTS and ctx.callbacks_on
         ctx.activity.answered(answer.outcome, row, params["name"], STATE_CONFIRMED if held else STATE_SUBMITTED
                               if accepted else STATE_REJECTED)
-        current = ctx.ledger.get(row.path) or row
-        if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):
-            if accepted:    # decided anew while the request was out: keep that, note what was sent
-                ctx.ledger.put(current._replace(accepted_name=params["name"], accepted_size=int(params["size"]),
-                                                accepted_sha256=params["chksum"]))
-            return False
+        # The row is as it was sent: a file that changed meanwhile is marked `recheck`, not decided
+        # anew, while its path is SUBMITTING. Answers are committed once per batch (Feeder.collect_answers).
         if not accepted:
             ctx.summary.rejected += 1
             message = ctx.clean(answer.message)
             ctx.ledger.put(row._replace(state=STATE_REJECTED, attempts=row.attempts + 1, last_error=message,
-                                        response=ctx.clean(answer.body)))
+                                        response=ctx.clean(answer.body)), commit=False)
             log.warning("rejected %s: %s", printable(params["name"]), message)
             return False
         ctx.summary.submitted += 1
@@ -4397,7 +4399,8 @@ class Recorder:
         ctx.ledger.put(row._replace(
             state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=row.attempts + 1, last_error=None,
             response=ctx.clean(answer.body), accepted_name=params["name"],
-            accepted_size=row.size, accepted_sha256=row.sha256, retry_at=0.0 if held else ctx.clock() + first_check))
+            accepted_size=row.size, accepted_sha256=row.sha256, retry_at=0.0 if held else ctx.clock() + first_check),
+            commit=False)
         log.info("%s %s (%s bytes)", "submitted" if answer.outcome == OUTCOME_ACCEPTED
                  else "already in the CDN:", printable(params["name"]), params["size"])
         return not held and ctx.confirming
@@ -4652,6 +4655,18 @@ class Feeder:
             params[ctx.config.api.callback_param] = ctx.signer.callback(
                 ctx.config.callback.public_url, row.path, row.sha256, row.attempts + 1)
         return params
+
+    def collect_answers(self) -> int:
+        """The workers' answers so far, recorded with one commit for the batch, not one per file."""
+        answers = self.submitter.answers()
+        try:
+            for job, outcome in answers:
+                self.ctx.bars.update("submit", 1, unit="file", desc="submitting")
+                self.take_answer(job, outcome)
+        finally:
+            if answers and not self.ctx.dry_run:
+                self.ctx.ledger.commit()
+        return len(answers)
 
     def take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
         """One answer (or what stopped it): recorded, then the path released."""
@@ -5239,7 +5254,7 @@ class Pipeline:
         """
         self.wake.clear()
         self.submitter.check_workers()
-        worked = (self.intake.collect_hashes() + self._collect_answers() + self.recorder.apply_callbacks()
+        worked = (self.intake.collect_hashes() + self.feeder.collect_answers() + self.recorder.apply_callbacks()
                   + self.confirmer.take_answers())
         scanned = 0
         if not self.stop.is_set() and self.summary.fatal is None:
@@ -5296,7 +5311,7 @@ class Pipeline:
     def _halt_requests(self, deadline: float, hurry: threading.Event) -> None:
         self.feeder.hand_back(self.submitter.halt(deadline, hurry))
         self.checker.halt(0 if hurry.is_set() else max(0.0, deadline - time.monotonic()))
-        self._collect_answers()
+        self.feeder.collect_answers()
         self.confirmer.take_answers()
         for path in self.table.paths(Stage.CHECKING):      # a question that never came back: asked again later
             self.table.move(path, Stage.CHECKING, None)
@@ -5355,9 +5370,7 @@ class Pipeline:
             return False
         self.intake.scanner.start(self.config)
         self.pass_started = dataclasses.replace(self.summary, started=time.monotonic())
-        self.activity.pass_started()
-        if self.feeder.feeding and self.submitter.client is not None and not self.ctx.dry_run:
-            self.submitter.start(self.config.submit_workers)
+        self.activity.pass_started()      # submit workers start with the first request to send
         return True
 
     def add_fresh(self, entries: Sequence[FileEntry]) -> None:
@@ -5379,13 +5392,6 @@ class Pipeline:
             decider.origin_to_record = None
         self.activity.pass_ended()
         self.on_pass_done(started)
-
-    def _collect_answers(self) -> int:
-        answers = self.submitter.answers()
-        for job, outcome in answers:
-            self.ctx.bars.update("submit", 1, unit="file", desc="submitting")
-            self.feeder.take_answer(job, outcome)
-        return len(answers)
 
     def _release(self, path: str, source: Stage, awaits: bool) -> None:
         """A path's request is answered (or was never sent): it awaits its confirmation, is hashed

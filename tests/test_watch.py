@@ -606,7 +606,7 @@ def test_reload_command_waits_for_the_outcome(tmp_path, drop, emulator, write_co
         assert "configuration reloaded" in done.stdout and "name_prefix changed" in done.stdout, done.stdout
         config.write_text(yaml.safe_dump({**raw_config, "ledger": str(tmp_path / "other.sqlite3")}))
         done = reload()
-        assert done.returncode == 1 and "restart the service instead" in done.stderr
+        assert done.returncode == cdn_push.EXIT_NO_SERVICE and "restart the service instead" in done.stderr
         config.write_text("folder: [broken\n")
         done = reload()
         assert done.returncode == cdn_push.EXIT_USAGE and "line 2" in done.stderr
