@@ -12,7 +12,8 @@ It behaves as docs/cdn-api.md describes the real API. It is a real HTTP server o
 * ``file/list`` and ``file/delete`` in a minimal form; ``GET /_emulator/state`` returns every
   file as JSON for tests that run cdn-push in another process.
 * Faults can be injected: ``inject("500", "429:2", "hang:3", "drop", "garbage", "error200")``
-  are consumed one per request; ``fault_rate`` adds random ones.
+  are consumed one per request; ``fault_rate`` adds random ones; ``go_down()`` until
+  ``come_up()`` is an outage of the API (connections refused, kept-alive ones dropped).
 
 ``StaticOrigin`` is a small Range-capable web server for a folder, with optional basic auth:
 the "customer's web server" in tests and in the demo.
@@ -244,12 +245,14 @@ class CdnEmulator:
         self._seq = 0
         self._stopping = threading.Event()
         self._server = _Server((host, port), self._handler_class())
+        self._down = False
+        self._tls_context: Any = None
         self.scheme = "http"
         if tls:                      # (certificate, key) in PEM: the API over HTTPS
             import ssl
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(*tls)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self._tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls_context.load_cert_chain(*tls)
+            self._server.socket = self._tls_context.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
         self._threads = [threading.Thread(target=self._fetch_loop, daemon=True, name=f"fetch-{i}")
                          for i in range(fetch_workers)]
@@ -271,13 +274,37 @@ class CdnEmulator:
             thread.start()
         return self
 
+    def go_down(self) -> None:
+        """An outage of the API until come_up(): new connections are refused and a request on a
+        kept-alive one is dropped unanswered. Downloads and callbacks go on (the CDN's back end)."""
+        with self._lock:
+            if self._down:
+                return
+            self._down = True
+        self._server.shutdown()
+        self._server.server_close()
+
+    def come_up(self) -> None:
+        """The API answers again, at the same address."""
+        with self._lock:
+            if not self._down:
+                return
+        server = _Server(self._server.server_address[:2], self._server.RequestHandlerClass)
+        if self._tls_context is not None:
+            server.socket = self._tls_context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True, name="cdn-api").start()
+        with self._lock:
+            self._down = False
+
     def stop(self) -> None:
         self._stopping.set()
         self._running.set()
         for _ in self._threads:
             self._queue.put((10**9, 10**9, "", -1))
-        self._server.shutdown()
-        self._server.server_close()
+        if not self._down:
+            self._server.shutdown()
+            self._server.server_close()
 
     # -- test helpers ------------------------------------------------------------
 
@@ -423,6 +450,10 @@ class CdnEmulator:
                 self._dispatch()
 
             def _dispatch(self) -> None:
+                if emulator._down:          # an outage: what arrives on a kept-alive connection is lost
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 parts = urlsplit(self.path)
                 params = dict(parse_qsl(parts.query, keep_blank_values=True))
                 length = int(self.headers.get("Content-Length") or 0)
