@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 # Third-party packages are imported where they are used: a cron run over an unchanged folder is
 # dominated by interpreter start-up, and they are a third of it. `main` says which are missing.
@@ -142,6 +142,7 @@ RSYNC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.S)
 HASH_BUFFER_SIZE = 128 * 1024   # measured: larger buffers are no faster
 HASH_INLINE_SIZE = 1024 * 1024  # smaller files are hashed on the scanning thread (see Pipeline._hash_slice)
 SCAN_COMMIT_EVERY = 1000        # ledger rows per transaction during the scan
+PROGRESS_LOG_SECONDS = 10.0     # while files are sent, an INFO line this often
 PENDING_PAGE = 500              # pending rows read from the ledger at a time
 MAX_RECORDED_BODY = 2000        # characters of a CDN answer kept in the ledger
 MASK = "***"
@@ -2611,8 +2612,12 @@ class CdnClient:
         self._stop = stop or threading.Event()
         self._local = threading.local()
         self._limiter = RateLimiter(api.rate_limit)
-        self._sessions: list[Any] = []
+        self._pool_manager: Any = None
         self._sessions_lock = threading.Lock()
+        self._headers = {"User-Agent": f"cdn-push/{__version__}",
+                         "Content-Type": "application/x-www-form-urlencoded"}
+        if api.auth == "basic":
+            self._headers["Authorization"] = "Basic " + basic_credentials(api.login, api.password.reveal())
         self.on_retry: Callable[[BaseException | None, float], None] = lambda exc, wait: None
         self._cancelled = threading.Event()
         # Until one answer shows the credentials work, requests go one at a time: a wrong password
@@ -2630,32 +2635,36 @@ class CdnClient:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
                                     message=f".*'{re.escape(urlsplit(api.url).hostname or '')}'")
 
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
+    def _pool(self) -> Any:
+        """The keep-alive connections the workers share: urllib3's pool (requests' own transport),
+        driven directly, as requests' per-call work (environment, cookies, hooks) cost three times
+        the request. The environment's proxy and CA settings are read once, here."""
+        with self._sessions_lock:
+            if self._pool_manager is None:
+                self._pool_manager = self._make_pool()
+            return self._pool_manager
 
-            session = requests.Session()
-            # The environment (proxies, CA bundle) is read once here, not walked on every request:
-            # that walk was a third of a request's CPU.
-            session.trust_env = False
-            session.proxies = requests.utils.get_environ_proxies(self.api.url)
-            session.verify = self.api.ca_bundle or (self.api.verify_tls and (
-                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True))
-            if self.api.auth == "basic":
-                session.auth = (self.api.login, self.api.password.reveal())
-            session.headers["User-Agent"] = f"cdn-push/{__version__}"
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-            with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+    def _make_pool(self) -> Any:
+        import urllib3
+        from requests.utils import get_environ_proxies
+
+        verify = self.api.ca_bundle or (self.api.verify_tls and (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True))
+        if verify is True:
+            import certifi          # what requests verifies with: the same trust as before
+
+            verify = certifi.where()
+        tls: dict[str, Any] = ({"cert_reqs": "CERT_REQUIRED", "ca_certs": verify} if verify
+                               else {"cert_reqs": "CERT_NONE"})
+        options = {"maxsize": self._pool_size, "retries": False, **tls}
+        proxy = get_environ_proxies(self.api.url).get(urlsplit(self.api.url).scheme)
+        if proxy:
+            return urllib3.ProxyManager(proxy, **options)
+        return urllib3.PoolManager(**options)
 
     def prepare(self) -> None:
-        """Make this thread's session ahead of its first request."""
-        self._session()
+        """Make the connection pool ahead of the first request (imports included)."""
+        self._pool()
 
     def cancel(self) -> None:
         """Retry waits end at once (the pipeline halts): the file stays pending for the next run."""
@@ -2663,9 +2672,9 @@ class CdnClient:
 
     def close(self) -> None:
         with self._sessions_lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+            pool, self._pool_manager = self._pool_manager, None
+        if pool is not None:
+            pool.clear()
 
     def _post_once(self, method: str, params: Mapping[str, str]) -> CdnAnswer:
         return self._request_once(method, params, classify_response)
@@ -2687,23 +2696,29 @@ class CdnClient:
 
     def _send(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
         """One request through the rate limit; `classify` turns the answer into an outcome or an error."""
-        import requests
+        from urllib3.exceptions import HTTPError, NewConnectionError, ProxyError, SSLError
+        from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+        pool = self._pool()
         self._limiter.acquire()
         if self.api.auth == "otp":       # a fresh one for every request, retries included: each works once
             params = {**params, "otp": one_time_password(self.api.login, self.api.password.reveal(), time.time(),
                                                          os.urandom(6))}
         try:
-            response = self._session().post(f"{self.api.url}/{method}", data=params, timeout=self.api.timeout,
-                                            allow_redirects=False)
-            body = response.text
-        except requests.Timeout:
+            response = pool.request("POST", f"{self.api.url}/{method}", body=urlencode(params),
+                                    headers=self._headers, timeout=self.api.timeout, redirect=False)
+            body = response.data.decode(answer_charset(response.headers.get("Content-Type", "")), "replace")
+        except Urllib3Timeout as exc:     # NewConnectionError is one, for old urllib3's sake
+            if isinstance(exc, NewConnectionError):
+                raise _TransientError(f"cannot reach {self.api.url}: {_short(exc)}", connection=True) from None
             raise _TransientError(f"no answer within {self.api.timeout:g} s", connection=True) from None
-        except requests.exceptions.SSLError as exc:
+        except SSLError as exc:
             raise CdnUnavailableError(tls_advice(self.api.url, str(exc))) from None
-        except requests.RequestException as exc:
-            raise _TransientError(f"cannot reach {self.api.url}: {_short(exc)}", connection=True) from None
-        outcome = classify(response.status_code, body)
+        except (HTTPError, OSError) as exc:
+            where = "the proxy for" if isinstance(exc, ProxyError) else ""
+            raise _TransientError(f"cannot reach {where + ' ' if where else ''}{self.api.url}: {_short(exc)}",
+                                  connection=True) from None
+        outcome = classify(response.status, body)
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
@@ -2763,6 +2778,19 @@ class CdnClient:
         return self._with_retries("file/delete", {"name": name}, classify_response)
 
     def _with_retries(self, method: str, params: Mapping[str, str], classify: Callable[[int, str], Any]) -> Any:
+        self._local.name = params.get("name", params.get("filter_full_name", "?"))
+        attempt: Callable[[], Any] = ((lambda: self._post_once(method, params)) if method == "file/add"  # tests reach it
+                                      else (lambda: self._request_once(method, params, classify)))
+        try:
+            return attempt()        # most requests: one try, and no retry machinery built for it
+        except _TransientError as exc:
+            first_failure: list[BaseException] = [exc]
+
+        def again() -> Any:         # tenacity sees the first try fail as it did, then tries anew
+            if first_failure:
+                raise first_failure.pop()
+            return attempt()
+
         import tenacity
 
         policy = self.api.retry
@@ -2773,11 +2801,8 @@ class CdnClient:
             sleep=self._sleep_unless_stopped,
             reraise=True,
         )
-        self._local.name = params.get("name", params.get("filter_full_name", "?"))
         try:
-            if method == "file/add":
-                return retrying(self._post_once, method, params)     # tests reach this one request
-            return retrying(self._request_once, method, params, classify)
+            return retrying(again)
         except _TransientError as exc:
             attempts = retrying.statistics.get("attempt_number", policy.attempts)
             if exc.connection:
@@ -2801,6 +2826,17 @@ class SubmitClient(Protocol):
     def cancel(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def answer_charset(content_type: str) -> str:
+    """The charset a Content-Type names, if Python knows it; else UTF-8 (JSON's, and most CDNs')."""
+    import codecs
+
+    found = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.IGNORECASE)
+    if found:
+        with contextlib.suppress(LookupError):
+            return codecs.lookup(found.group(1)).name
+    return "utf-8"
 
 
 def tls_advice(url: str, error: str) -> str:
@@ -4401,8 +4437,10 @@ class Recorder:
             response=ctx.clean(answer.body), accepted_name=params["name"],
             accepted_size=row.size, accepted_sha256=row.sha256, retry_at=0.0 if held else ctx.clock() + first_check),
             commit=False)
-        log.info("%s %s (%s bytes)", "submitted" if answer.outcome == OUTCOME_ACCEPTED
-                 else "already in the CDN:", printable(params["name"]), params["size"])
+        # One line per file only with -v: a million files would be a million lines; the progress line,
+        # the page and the metrics count them.
+        log.debug("%s %s (%s bytes)", "submitted" if answer.outcome == OUTCOME_ACCEPTED
+                  else "already in the CDN:", printable(params["name"]), params["size"])
         return not held and ctx.confirming
 
     def failed(self, row: LedgerRow, message: str) -> None:
@@ -4556,6 +4594,7 @@ class Feeder:
         self._cdn_was_down = False
         self._origin_checked = False
         self._room, self._room_checked = True, -math.inf
+        self._answered_unsaid, self._progress_said = 0, ctx.monotonic()
 
     @property
     def paused(self) -> bool:
@@ -4666,7 +4705,19 @@ class Feeder:
         finally:
             if answers and not self.ctx.dry_run:
                 self.ctx.ledger.commit()
+        self._say_progress(len(answers))
         return len(answers)
+
+    def _say_progress(self, answered: int) -> None:
+        """An INFO line every PROGRESS_LOG_SECONDS while files are sent (one per file is DEBUG)."""
+        self._answered_unsaid += answered
+        now = self.ctx.monotonic()
+        if self._answered_unsaid and now - self._progress_said >= PROGRESS_LOG_SECONDS:
+            summary = self.ctx.summary
+            log.info("sent %s in the last %.0fs: %d submitted, %d rejected, %d failed so far",
+                     files(self._answered_unsaid), now - self._progress_said, summary.submitted,
+                     summary.rejected, summary.failed)
+            self._answered_unsaid, self._progress_said = 0, now
 
     def take_answer(self, job: SubmitJob, outcome: CdnAnswer | Exception) -> None:
         """One answer (or what stopped it): recorded, then the path released."""

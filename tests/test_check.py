@@ -212,7 +212,7 @@ def test_a_no_replace_conflict_is_shown_by_status_as_its_own_state(drop, emulato
     assert main(capsys, config)[0] == 0
     write_files(drop, {"keep.mp4": b"second version"})
     code, out, err = main(capsys, config)
-    assert code == cdn_push.EXIT_INCOMPLETE and "1 conflicts" in out, err
+    assert code == cdn_push.EXIT_INCOMPLETE and "1 conflict in" in out, err
     code, out, _ = main(capsys, config, "status")
     assert "1 of them in conflict" in out
     code, out, _ = main(capsys, config, "status", "--state", "conflict")

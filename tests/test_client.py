@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from email.utils import formatdate
 
 import pytest
+import requests
+import yaml
 
 import cdn_push
 from cdn_push import ApiConfig, CdnAuthError, CdnClient, CdnRetriesExhausted, CdnUnavailableError, RetryPolicy, Secret
-from conftest import API_LOGIN, API_PASSWORD, free_port
+from conftest import API_LOGIN, API_PASSWORD, assert_cdn_holds, free_port, write_files
 
 
 @pytest.mark.parametrize("status, body, expected", [
@@ -169,6 +173,99 @@ def test_requests_carry_basic_auth_form_fields_and_reuse_the_connection(emulator
     for i in range(5):
         client.add_file({**PARAMS, "name": f"f{i}.mp4"})
     assert [r["name"] for r in emulator.requests] == [f"f{i}.mp4" for i in range(5)]
-    pool = client._session().get_adapter(emulator.api_url).poolmanager
-    assert len(pool.pools) == 1
+    assert len(client._pool().pools) == 1        # one host, one pool of kept connections
     client.close()
+
+
+# -- one-time passwords (api.auth: otp, issue 20) --------------------------------------------------------
+
+@pytest.mark.parametrize("login, password, now, salt", [
+    ("tester", API_PASSWORD, 1_700_000_000.9, b"\x00\x01\x02\x03\x04\x05"),
+    ("sub-login", "s3cr3t/P@ss word+x", 1_800_000_000, b"\xff\xff\xff\xff\xff\xff"),    # base64: '////////'
+    ("a", "p", 0, b"\xfb\xef\xbe\x01\x02\x03"),                                        # base64: '++++AQID'
+])
+def test_one_time_password_has_the_vendors_form(login, password, now, salt):
+    otp = cdn_push.one_time_password(login, password, now, salt)
+    got_login, expire, salt_text, auth = otp.split(":")
+    assert got_login == login and expire == str(int(now) + cdn_push.OTP_LIFETIME)
+    assert salt_text == base64.b64encode(salt).decode().replace("/", ",") and "/" not in salt_text
+    assert auth == hashlib.md5(f"{expire}:{salt_text}:{password}".encode()).hexdigest()
+    assert password not in otp
+    assert cdn_push.one_time_password(login, password, now, salt) == otp          # pure: same input, same OTP
+    assert cdn_push.one_time_password(login, password, now, salt[::-1] + b"!") != otp
+
+
+def test_a_salt_whose_base64_holds_a_slash_is_written_with_commas():
+    otp = cdn_push.one_time_password("tester", "pw", 0, b"\xff\xff\xff\xff\xff\xff")
+    assert otp.split(":")[2] == ",,,,,,,,"
+
+
+def otp_client(emulator, *, attempts=4, password=API_PASSWORD):
+    api = ApiConfig(url=emulator.api_url, login=API_LOGIN, password=Secret(password), timeout=5, auth="otp",
+                    retry=RetryPolicy(attempts=attempts, max_seconds=30, backoff_base=0.01, backoff_max=0.02))
+    return CdnClient(api, sleep=lambda seconds: time.sleep(min(seconds, 0.01)))
+
+
+def record_credentials(emulator):
+    """Every credential the emulator is shown, in order: (Authorization header, otp parameter)."""
+    seen = []
+    original = emulator._authenticated
+
+    def authenticated(headers, params):
+        seen.append((headers.get("Authorization"), params.get("otp")))
+        return original(headers, params)
+
+    emulator._authenticated = authenticated
+    return seen
+
+
+def test_otp_client_sends_a_fresh_otp_per_request_retries_included_and_no_password(emulator):
+    emulator.hold()
+    seen = record_credentials(emulator)
+    emulator.inject("503", "500")                     # two retries: each needs an OTP of its own
+    client = otp_client(emulator)
+    assert client.add_file(PARAMS).outcome == "accepted"
+    assert client.add_file({**PARAMS, "name": "b.mp4"}).outcome == "accepted"
+    assert client.list_file("a.mp4").found
+    client.close()
+    # the faults answer before authentication: only the requests that reached it are recorded
+    assert len(seen) == 3 and [r["name"] for r in emulator.requests] == ["a.mp4", "b.mp4"]
+    otps = [otp for _, otp in seen]
+    assert all(header is None for header, _ in seen), seen               # no basic auth: the password stays home
+    assert all(otp and otp.startswith(f"{API_LOGIN}:") for otp in otps) and len(set(otps)) == len(otps)
+    assert emulator.answers == [503, 500, 200, 200]
+
+
+def test_otp_with_a_wrong_password_is_refused_at_once(emulator):
+    client = otp_client(emulator, password="not-the-password")
+    with pytest.raises(CdnAuthError):
+        client.add_file(PARAMS)
+    assert emulator.requests == []
+    client.close()
+
+
+def test_the_emulator_accepts_an_otp_once_and_refuses_a_replay(emulator):
+    emulator.hold()
+    otp = cdn_push.one_time_password(API_LOGIN, API_PASSWORD, time.time(), b"\xff\xfe\xfd\xfc\xfb\xfa")
+    first = requests.post(f"{emulator.api_url}/file/add", data={**PARAMS, "otp": otp}, timeout=5)
+    again = requests.post(f"{emulator.api_url}/file/add", data={**PARAMS, "name": "b.mp4", "otp": otp}, timeout=5)
+    assert first.status_code == 200 and again.status_code == 401, (first.text, again.text)
+    stale = cdn_push.one_time_password(API_LOGIN, API_PASSWORD, time.time() - cdn_push.OTP_LIFETIME - 5, b"123456")
+    assert requests.post(f"{emulator.api_url}/file/add", data={**PARAMS, "otp": stale}, timeout=5).status_code == 401
+    assert [r["name"] for r in emulator.requests] == ["a.mp4"]
+
+
+def test_a_run_with_otp_auth_imports_every_file(drop, emulator, write_config, capsys):
+    files = {f"otp{i}.mp4": b"%d" % i * 100 for i in range(5)}
+    write_files(drop, files)
+    seen = record_credentials(emulator)
+    emulator.inject("503")                              # one retry, with a new OTP
+    raw_api = yaml.safe_load(write_config().read_text())["api"]
+    config = write_config(api={**raw_api, "auth": "otp"})
+    code = cdn_push.main(["--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == cdn_push.EXIT_OK, out + err
+    assert sorted(r["name"] for r in emulator.requests) == sorted(files)
+    assert len(seen) == len(files) and all(header is None and otp for header, otp in seen), seen
+    assert len({otp for _, otp in seen}) == len(files)
+    assert_cdn_holds(emulator, files)

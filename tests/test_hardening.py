@@ -36,6 +36,7 @@ import yaml
 import cdn_push
 from cdn_push import CallbackInbox, Ledger, OriginServer, Pipeline, UrlSigner, main
 from conftest import API_LOGIN, API_PASSWORD, free_port, wait_for, write_files
+from test_watch import watch  # noqa: F401 - a fixture: the service in a thread
 
 SECRET = b"hardening-test-secret-0123456789"
 ATTACKER = "127.0.0.2"
@@ -615,7 +616,7 @@ def test_a_file_name_cannot_forge_a_log_line(capsys, drop, emulator, write_confi
     name = "evil\n2026-11-29 00:00:00 INFO confirmed forged.mp4"
     write_files(drop, {name: b"evil", "fine.mp4": b"fine"})
     config = write_config()
-    code, out, err = run_main(capsys, "--config", str(config))
+    code, out, err = run_main(capsys, "-v", "--config", str(config))     # -v: the per-file lines
     assert code in (cdn_push.EXIT_OK, cdn_push.EXIT_INCOMPLETE) and "Traceback" not in err, err
     assert not _forged_lines(err, "2026-11-29 00:00:00 INFO confirmed forged"), err
     assert "evil\\n2026-11-29 00:00:00 INFO confirmed forged.mp4" in err          # shown, escaped
@@ -989,32 +990,19 @@ def test_every_answer_starts_with_a_status_line_never_a_bare_body(start_origin, 
 # == fuzz: thousands of mutated and random requests ==================================================
 
 FUZZ_SECONDS = 22.0
+MONITOR_FUZZ_SECONDS = 12.0
+FUZZ_TOKENS = [b"GET", b"HEAD", b"POST", b"OPTIONS", b"PRI", b" ", b"\t", b"\r\n", b"\n", b"\r", b"HTTP/1.1",
+               b"HTTP/1.0", b"HTTP/2.0", b"HTTP/", b"/o/", b"/cb/", b"/", b"%", b"%00", b"%2e%2e", b"..", b"?",
+               b"&", b"=", b"Content-Length: ", b"Transfer-Encoding: chunked", b"Range: bytes=", b"-", b",",
+               b"Connection: keep-alive", b"Connection: close", b"Expect: 100-continue", b"Host: ", b":",
+               b"\x00", b"\xff", b"\xb2", b"\xe2\x80\xae", b"\x1b[2J", b"9" * 25, b"0", b"-1",
+               b"a.mp4", b"big.bin", b"status=success", b"size=", b"\r\n\r\n"]
 
 
-def test_fuzz_the_origin_answers_or_closes_and_still_serves(start_origin):
-    pytest.importorskip("hypothesis")
-    from hypothesis import HealthCheck, given, settings
+def fuzzed_requests(seeds: list[bytes], tokens: list[bytes]) -> Any:
+    """A hypothesis strategy: the seeds mutated by a few edits, strings of tokens, and random bytes."""
     from hypothesis import strategies as st
 
-    origin = start_origin(header_timeout=1, idle_timeout=1, max_connections=64)
-    with Ledger.open(origin.config.ledger) as ledger:
-        sha = ledger.get("a.mp4").sha256
-    mark_submitted(origin.config, "a.mp4")
-    path = origin.path("a.mp4")
-    callback = callback_url(origin, "a.mp4", 1, "status=success&size=100&sha-256=" + sha)[len(origin.base):]
-    seeds = [
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-9\r\nConnection: keep-alive\r\n\r\n".encode(),
-        f"HEAD {path} HTTP/1.0\r\n\r\n".encode(),
-        f"GET {callback} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
-        b"POST /o/1/2/a.mp4 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ]
-    tokens = [b"GET", b"HEAD", b"POST", b"OPTIONS", b"PRI", b" ", b"\t", b"\r\n", b"\n", b"\r", b"HTTP/1.1",
-              b"HTTP/1.0", b"HTTP/2.0", b"HTTP/", b"/o/", b"/cb/", b"/", b"%", b"%00", b"%2e%2e", b"..", b"?",
-              b"&", b"=", b"Content-Length: ", b"Transfer-Encoding: chunked", b"Range: bytes=", b"-", b",",
-              b"Connection: keep-alive", b"Connection: close", b"Expect: 100-continue", b"Host: ", b":",
-              b"\x00", b"\xff", b"\xb2", b"\xe2\x80\xae", b"\x1b[2J", b"9" * 25, b"0", b"-1",
-              b"a.mp4", b"big.bin", b"status=success", b"size=", b"\r\n\r\n"]
     token = st.sampled_from(tokens)
     edit = st.tuples(st.sampled_from(["insert", "delete", "replace", "truncate", "repeat"]),
                      st.integers(0, 400), st.one_of(token, st.binary(max_size=6)))
@@ -1035,12 +1023,19 @@ def test_fuzz_the_origin_answers_or_closes_and_still_serves(start_origin):
                 data = data[:at] + data[at:at + 40] * 3 + data[at:]
         return data
 
-    raw_request = st.one_of(
+    return st.one_of(
         st.builds(mutate, st.sampled_from(seeds), st.lists(edit, min_size=1, max_size=6)),
         st.lists(token, max_size=40).map(b"".join),
         st.binary(max_size=600),
     )
-    budget_end = time.monotonic() + FUZZ_SECONDS
+
+
+def run_fuzz(raw_request: Any, check: Any, seconds: float) -> int:
+    """Call `check` on generated requests for about `seconds` (a failure is replayed and shrunk even
+    after that); returns how many were tried."""
+    from hypothesis import HealthCheck, given, settings
+
+    budget_end = time.monotonic() + seconds
     tried = []
     failed: set[bytes] = set()                      # replayed (and shrunk) even after the time budget
 
@@ -1057,30 +1052,110 @@ def test_fuzz_the_origin_answers_or_closes_and_still_serves(start_origin):
             failed.add(request)
             raise
 
-    def check(request: bytes) -> None:
-        sock = socket.create_connection(("127.0.0.1", origin.port), timeout=3)
+    one()
+    return len(tried)
+
+
+def fuzz_exchange(port: int, request: bytes) -> tuple[list[RawResponse], str, bytes]:
+    """One generated request on a connection of its own, half-closed after it: the answers, how the
+    connection ended (never 'open': it must answer or close within 3 s) and what is left."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+    try:
         try:
-            try:
-                sock.sendall(request)
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass                                # the server may close first: that is a clean close
-            answers, ended, rest = read_responses(sock, 3.0)
-        finally:
-            sock.close()
-        assert ended != "open", f"neither answered nor closed within 3 s: {request[:200]!r}"
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass                                # the server may close first: that is a clean close
+        answers, ended, rest = read_responses(sock, 3.0)
+    finally:
+        sock.close()
+    assert ended != "open", f"neither answered nor closed within 3 s: {request[:200]!r}"
+    return answers, ended, rest
+
+
+def test_fuzz_the_origin_answers_or_closes_and_still_serves(start_origin):
+    pytest.importorskip("hypothesis")
+
+    origin = start_origin(header_timeout=1, idle_timeout=1, max_connections=64)
+    with Ledger.open(origin.config.ledger) as ledger:
+        sha = ledger.get("a.mp4").sha256
+    mark_submitted(origin.config, "a.mp4")
+    path = origin.path("a.mp4")
+    callback = callback_url(origin, "a.mp4", 1, "status=success&size=100&sha-256=" + sha)[len(origin.base):]
+    seeds = [
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-9\r\nConnection: keep-alive\r\n\r\n".encode(),
+        f"HEAD {path} HTTP/1.0\r\n\r\n".encode(),
+        f"GET {callback} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        b"POST /o/1/2/a.mp4 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ]
+
+    def check(request: bytes) -> None:
+        answers, ended, rest = fuzz_exchange(origin.port, request)
         if rest:
             assert STATUS_LINE.match(rest), f"not an HTTP answer: {rest[:100]!r} for {request[:200]!r}"
             assert int(STATUS_LINE.match(rest).group(1)) != 500, f"500 for {request[:200]!r}"
         for answer in answers:
             assert answer.status != 500, f"500 for {request[:200]!r}"
 
-    one()
-    assert len(tried) >= 500, f"only {len(tried)} requests in {FUZZ_SECONDS}s"
+    tried = run_fuzz(fuzzed_requests(seeds, FUZZ_TOKENS), check, FUZZ_SECONDS)
+    assert tried >= 500, f"only {tried} requests in {FUZZ_SECONDS}s"
     answer = requests.get(origin.url("big.bin"), headers={"Range": "bytes=100-199"}, timeout=5)
     assert answer.status_code == 206 and len(answer.content) == 100
     whole = requests.get(origin.url("a.mp4"), timeout=5)
     assert whole.status_code == 200 and whole.content == ORIGIN_FILES["a.mp4"]
+
+
+# 503: over the connection cap. 501 (a method it does not know) and 505 (HTTP/2 and later on this
+# HTTP/1.1 server) are http.server's answers to requests no browser sends: the protocol's own
+# refusals, not server faults.
+MONITOR_5XX = {501, 503, 505}
+
+
+def test_fuzz_the_monitor_never_fails_never_hangs_and_still_serves(drop, make_config, monkeypatch):
+    pytest.importorskip("hypothesis")
+    write_files(drop, {"a.mp4": b"a" * 10})
+    port = free_port()
+    config = make_config(monitor={"listen": f"127.0.0.1:{port}"})
+    with Ledger.open(config.ledger) as ledger:
+        Pipeline(config, ledger, None).scan_and_hash()
+    activity = cdn_push.Activity()
+    activity.mode = "watch"
+    faults: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: faults.append(f"{args.exc_type.__name__}: "
+                                                                            f"{args.exc_value}"))
+    server = cdn_push.MonitorServer(config, activity).start()
+    seeds = [
+        f"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n\r\n".encode(),
+        b"HEAD / HTTP/1.0\r\n\r\n",
+        f"GET /metrics HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n".encode(),
+        b"GET / HTTP/1.1\r\nHost: [::1]:8765\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /status.json HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /?x=1 HTTP/1.1\r\nHost: localhost.\r\nExpect: 100-continue\r\n\r\n",
+    ]
+    tokens = FUZZ_TOKENS + [b"/status.json", b"/metrics", b"Host: 127.0.0.1", b"Host: evil.example", b"[::1]",
+                            b"localhost", b".", b"Content-Length: 0"]
+    statuses: set[int] = set()
+
+    def check(request: bytes) -> None:
+        answers, ended, rest = fuzz_exchange(port, request)
+        codes = [a.status for a in answers]
+        if rest and STATUS_LINE.match(rest):
+            codes.append(int(STATUS_LINE.match(rest).group(1)))
+        statuses.update(codes)
+        wrong = [code for code in codes if code >= 500 and code not in MONITOR_5XX]
+        assert not wrong, f"{wrong} for {request[:200]!r}"
+        assert not faults, f"a handler thread failed ({faults[0]}) on {request[:200]!r}"
+
+    try:
+        tried = run_fuzz(fuzzed_requests(seeds, tokens), check, MONITOR_FUZZ_SECONDS)
+        assert tried >= 200, f"only {tried} requests in {MONITOR_FUZZ_SECONDS}s"
+        assert {200, 400, 421} <= statuses, statuses                   # the seeds reached every kind of answer
+        with requests.get(f"http://127.0.0.1:{port}/status.json", timeout=5) as answer:
+            assert answer.status_code == 200 and answer.json()["folder"] == str(drop)
+    finally:
+        server.stop()
+    assert not faults, faults
 
 
 def test_a_fifo_or_another_file_swapped_in_after_hashing_is_never_served(start_origin, drop):
@@ -1097,3 +1172,179 @@ def test_a_fifo_or_another_file_swapped_in_after_hashing_is_never_served(start_o
     # The file left alone is still served (once the slots the refused requests held are free again).
     wait_for(lambda: requests.get(origin.url("raw.bin"), timeout=5, verify=origin.verify).content
              == ORIGIN_FILES["raw.bin"], 10, message="raw.bin served")
+
+
+# == cdn-push's own files under another name or link (issue 20) ============================================
+
+def _aged(*paths: Path) -> None:
+    old = time.time() - 3600
+    for path in paths:
+        os.utime(path, (old, old), follow_symlinks=False)
+
+
+def _skipped(err: str, name: str) -> list[str]:
+    return [line for line in err.splitlines() if " WARNING " in line and f"skipped {name}:" in line]
+
+
+def test_hard_links_to_the_config_and_the_signing_key_are_never_imported(tmp_path, drop, emulator, write_config,
+                                                                            capsys):
+    videos = {"video.mp4": os.urandom(3000), "sub/clip.mp4": os.urandom(2000)}
+    write_files(drop, videos)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    signing = keys / "signing.secret"
+    signing.write_text(os.urandom(32).hex() + "\n")
+    signing.chmod(0o600)
+    config_path = write_config(origin={**serve_section(), "secret_file": str(signing)},
+                               callback={"wait_seconds": 30})
+    assert API_PASSWORD in config_path.read_text()
+    os.link(config_path, drop / "notes.mp4")                    # the config, holding api.password
+    os.link(signing, drop / "sub" / "holiday.mp4")              # the signing key
+    _aged(config_path, signing)                                 # settled long ago, as an old upload would be
+
+    code, out, err = run_main(capsys, "--config", str(config_path))
+
+    sent = {r["name"] for r in emulator.requests}
+    assert not sent & {"notes.mp4", "sub/holiday.mp4"}, f"sent to the CDN: {sent}\n{err}"
+    assert sent == set(videos), out + err
+    assert code == cdn_push.EXIT_INCOMPLETE and "2 unreadable" in out, out + err     # shown, so the run is not clean
+    [config_line] = _skipped(err, "notes.mp4")
+    [key_line] = _skipped(err, "sub/holiday.mp4")
+    assert "the configuration file" in config_line and "never imported" in config_line
+    assert "origin.secret_file" in key_line and "never imported" in key_line
+    assert API_PASSWORD not in err + out
+    assert emulator.wait_idle(30) and {f["name"] for f in emulator.snapshot()} == set(videos)
+    config, _ = cdn_push.load_config(config_path, {})
+    with Ledger.open(config.ledger) as ledger:
+        assert {r.path: r.state for r in ledger.all_rows()} == dict.fromkeys(videos, "confirmed")
+
+
+def test_links_to_secrets_inside_the_folder_are_never_imported_and_their_own_names_only_warned(
+        tmp_path, emulator, capsys):
+    """`folder: .` beside the config and the signing key, following symlinks: under their own names
+    they are skipped with one warning each and the run is clean; a symlink or hard link to either
+    under another name is never imported and is a problem that names the key."""
+    site = tmp_path / "site"
+    videos = {"video.mp4": os.urandom(3000), "sub/clip.mp4": os.urandom(2000)}
+    write_files(site, videos)
+    (site / "origin-signing.secret").write_text(os.urandom(32).hex() + "\n")
+    config_path = site / "site.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "folder": ".",
+        "ledger": str(tmp_path / "state" / "ledger.sqlite3"),
+        "api": {"url": emulator.api_url, "login": API_LOGIN, "password": API_PASSWORD, "timeout": 5,
+                "retry": {"attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05, "max_seconds": 5}},
+        "origin": {"secret_file": "origin-signing.secret", **serve_section()},
+        "callback": {"wait_seconds": 30},
+        "scan": {"settle_seconds": 1, "follow_symlinks": True},
+    }))
+    for relpath in ("site.yaml", "origin-signing.secret"):
+        (site / relpath).chmod(0o600)
+    _aged(config_path, site / "origin-signing.secret")
+
+    code, out, err = run_main(capsys, "--config", str(config_path))
+    assert code == cdn_push.EXIT_OK and {r["name"] for r in emulator.requests} == set(videos), out + err
+    for name, key in (("site.yaml", "configuration file"), ("origin-signing.secret", "origin.secret_file")):
+        [line] = _skipped(err, name)
+        assert key in line and "keep it outside 'folder'" in line, line
+
+    links = {"config-link.mp4": "site.yaml", "sub/key-link.mp4": "origin-signing.secret"}
+    for relpath, target in links.items():
+        os.symlink(site / target, site / relpath)
+    os.link(config_path, site / "sub" / "config-copy.mp4")
+    _aged(*(site / relpath for relpath in links))
+    emulator.requests.clear()
+
+    code, out, err = run_main(capsys, "--config", str(config_path))
+    sent = {r["name"] for r in emulator.requests}
+    assert not sent & {*links, "sub/config-copy.mp4", "site.yaml", "origin-signing.secret"}, f"sent: {sent}\n{err}"
+    assert code == cdn_push.EXIT_INCOMPLETE and "3 unreadable" in out, out + err
+    for name, key in (("config-link.mp4", "the configuration file"), ("sub/config-copy.mp4", "the configuration file"),
+                      ("sub/key-link.mp4", "origin.secret_file")):
+        [line] = _skipped(err, name)
+        assert key in line and "never imported" in line, line
+    for name in ("site.yaml", "origin-signing.secret"):        # still one plain warning under the own name
+        assert len(_skipped(err, name)) == 1
+    assert API_PASSWORD not in err + out
+
+
+def test_a_hard_link_to_the_password_file_dropped_while_watching_is_never_imported(tmp_path, drop, emulator,
+                                                                                    raw_config, watch, caplog):
+    password_file = tmp_path / "api-password"
+    password_file.write_text(API_PASSWORD + "\n")
+    password_file.chmod(0o600)
+    _aged(password_file)
+    api = {key: value for key, value in raw_config["api"].items() if key != "password"}
+    running = watch(api={**api, "password_file": str(password_file)})
+    caplog.set_level(logging.WARNING, logger="cdn_push")
+    os.link(password_file, drop / "passwords.mp4")               # an uploader's hard link: one inode, two names
+    (drop / "after.mp4").write_bytes(b"a video dropped after it")
+
+    def reported() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "passwords.mp4" in r.getMessage()]
+
+    wait_for(lambda: "after.mp4" in {r["name"] for r in emulator.requests}, 20, message="after.mp4 sent")
+    [message] = wait_for(reported, 20, message="the hard link reported")
+    assert "api.password_file" in message and "never imported" in message
+    running.wait_idle()
+    assert "passwords.mp4" not in {r["name"] for r in emulator.requests}
+    assert running.close() == cdn_push.EXIT_OK
+
+
+# == HTTP/0.9 request lines ==================================================================================
+
+@pytest.mark.xfail(strict=True, reason="an explicit 'HTTP/0.9' version makes http.server answer HTTP/0.9 style: "
+                                       "a bare body with no status line or headers (the monitor's CSP and "
+                                       "X-Frame-Options included), on the origin and on the monitor")
+@pytest.mark.parametrize("server", ["origin", "monitor"])
+def test_an_http09_request_line_gets_a_status_line_or_a_close(start_origin, make_config, server):
+    if server == "origin":
+        port = start_origin().port
+        request = b"GET /nothing-here HTTP/0.9\r\n\r\n"
+    else:
+        port = free_port()
+        monitor = cdn_push.MonitorServer(make_config(monitor={"listen": f"127.0.0.1:{port}"}), cdn_push.Activity())
+        monitor.start()
+        request = b"GET /status.json HTTP/0.9\r\n\r\n"
+    try:
+        answers, ended, rest = fuzz_exchange(port, request)
+    finally:
+        if server == "monitor":
+            monitor.stop()
+    assert rest == b"", f"not an HTTP answer: {rest[:80]!r}"
+    assert all(400 <= a.status < 500 for a in answers), [a.status for a in answers]
+
+
+@pytest.mark.parametrize("follow_symlinks", [False, True])
+def test_the_origin_never_serves_a_secret_the_ledger_knows_under_another_name(tmp_path, drop, make_config,
+                                                                              follow_symlinks):
+    """A row for a hard link (or, following symlinks, a link) to the signing key or the config, as a
+    ledger written before links were excluded would hold: its signed link gets a 404, not the key."""
+    write_files(drop, {"video.mp4": b"v" * 100})
+    config = make_config(origin=serve_section(), scan={"settle_seconds": 1, "follow_symlinks": follow_symlinks})
+    secret = Path(str(config.origin.secret_file))
+    secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret.write_text(os.urandom(32).hex() + "\n")
+    secret.chmod(0o600)
+    os.link(secret, drop / "notes.mp4")
+    inside_key = drop / "keys" / "copy.secret"                  # a private file inside the folder, linked
+    inside_key.parent.mkdir()
+    os.link(secret, inside_key)
+    if follow_symlinks:
+        os.symlink(inside_key, drop / "key-link.mp4")
+    with Ledger.open(config.ledger) as ledger:
+        Pipeline(config, ledger, None).scan_and_hash()
+        assert {r.path for r in ledger.all_rows()} == {"video.mp4"}       # the walk lists none of them
+        for relpath in ("notes.mp4", "keys/copy.secret") + (("key-link.mp4",) if follow_symlinks else ()):
+            st = os.stat(drop / relpath)
+            digest = hashlib.sha256((drop / relpath).read_bytes()).hexdigest()
+            ledger.put(cdn_push.LedgerRow(relpath, st.st_size, st.st_mtime_ns, st.st_ino, digest, relpath,
+                                          "submitted"))
+    signer = UrlSigner(SECRET)
+    with OriginServer(config, signer, CallbackInbox()):
+        base = config.origin.serve.public_url
+        url = lambda relpath: signer.location(base, relpath, int(time.time()) + 60)     # noqa: E731
+        assert requests.get(url("video.mp4"), timeout=5).content == b"v" * 100
+        for relpath in ("notes.mp4", "keys/copy.secret") + (("key-link.mp4",) if follow_symlinks else ()):
+            answer = requests.get(url(relpath), timeout=5)
+            assert answer.status_code == 404 and secret.read_bytes() not in answer.content, (relpath, answer)

@@ -639,7 +639,7 @@ def test_every_config_key_says_what_a_reload_does_with_it():
 
 
 @pytest.mark.parametrize("change, refused", [
-    ({"folder": "missing"}, "is not a folder"),
+    ({"folder": "missing"}, "does not exist"),
     ({"workers": {"hash": 1, "submit": 1}}, "'workers.hash' cannot change while running"),
     ({"monitor": {"listen": "127.0.0.1:9"}}, "'monitor' cannot change while running"),
 ])
