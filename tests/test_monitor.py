@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -30,6 +31,8 @@ import cdn_push
 from cdn_emulator import CdnEmulator
 from cdn_push import Ledger
 from conftest import API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, free_port, start_cdn_push, write_files
+from fakes import Clock
+from test_hardening import read_responses
 from test_watch import names, wait_for, watch  # noqa: F401 - `watch` is a fixture used below
 
 HOSTILE = "<img src=x onerror=alert(1)>.mp4"
@@ -633,3 +636,168 @@ def test_chromium_renders_the_page(tmp_path, drop, emulator, monitored):
     assert target.exists() and target.stat().st_size > 20_000, target
     width, height, variety = png_facts(target)
     assert (width, height) == (1280, 1600) and variety > 50
+
+
+# -- Host, bodies, frames, connections, one shared status (issue 20) ----------------------------------------
+
+@pytest.mark.parametrize("header, allowed, expected", [
+    (None, (), True),                                   # HTTP/1.0 without Host: no browser sends that
+    ("127.0.0.1", (), True),
+    ("127.0.0.1:8765", (), True),
+    ("127.0.0.2:80", (), True),
+    ("10.1.2.3:8765", (), True),
+    ("[::1]", (), True),
+    ("[::1]:8765", (), True),
+    ("::1", (), True),
+    ("[::ffff:127.0.0.1]:8765", (), True),
+    ("localhost", (), True),
+    ("localhost:8765", (), True),
+    ("LocalHost.:8765", (), True),                      # case and a trailing dot
+    ("foo.localhost:8765", (), True),
+    ("status.example.com", ("status.example.com",), True),
+    ("Status.Example.com.:443", ("status.example.com",), True),
+    ("status.example.com", (), False),
+    ("evil.example", (), False),
+    ("evil.example:8765", (), False),
+    ("evil.example.:8765", (), False),
+    ("localhost.evil.example", (), False),
+    ("127.0.0.1.evil.example:8765", (), False),
+    ("evil-localhost:8765", (), False),
+    ("[evil.example]:8765", (), False),
+    ("2130706433:8765", (), False),                     # 127.0.0.1 as a number: a name to a browser's DNS
+    ("", (), False),
+    (":8765", (), False),
+    ("evil.example:8765:1", (), False),
+])
+def test_host_allowed(header, allowed, expected):
+    assert cdn_push.host_allowed(header, allowed) is expected
+
+
+@pytest.fixture
+def monitor_server(make_config):
+    """A MonitorServer on a free port of 127.0.0.1 over an empty ledger, with `monitor` keys of the test's."""
+    started = []
+
+    def start(clock=None, **monitor: Any) -> cdn_push.MonitorServer:
+        config = make_config(monitor={"listen": f"127.0.0.1:{free_port()}", **monitor})
+        activity = cdn_push.Activity()
+        activity.mode = "watch"
+        kwargs = {"clock": clock} if clock is not None else {}
+        server = cdn_push.MonitorServer(config, activity, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0, **kwargs: Any) -> tuple[list, str, bytes]:
+    """Send raw bytes to the monitor; (answers, how the connection ended, bytes left over)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_responses(sock, timeout, **kwargs)
+
+
+def get_with_host(port: int, path: str, host: str) -> Any:
+    answers, _, rest = exchange(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), stop_after=1)
+    assert len(answers) == 1, (answers, rest)
+    return answers[0]
+
+
+def test_a_foreign_host_gets_421_and_no_status(drop, monitor_server):
+    server = monitor_server()
+    port = server.port
+    for path in ("/status.json", "/", "/metrics"):
+        for host in (f"evil.example:{port}", "evil.example", f"status.example.com:{port}"):
+            answer = get_with_host(port, path, host)
+            assert answer.status == 421, (path, host, answer)
+            assert str(drop).encode() not in answer.body and b"cdn_push_" not in answer.body, answer.body
+            assert answer.headers.get("connection", "").lower() == "close"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1"):
+            answer = get_with_host(port, path, host)
+            assert answer.status == 200, (path, host, answer.status)
+    assert json.loads(get_with_host(port, "/status.json", f"127.0.0.1:{port}").body)["folder"] == str(drop)
+
+
+def test_allowed_hosts_let_a_proxys_name_in(drop, monitor_server):
+    server = monitor_server(allowed_hosts=["status.example.com"])
+    answer = get_with_host(server.port, "/status.json", "status.example.com")
+    assert answer.status == 200 and json.loads(answer.body)["folder"] == str(drop)
+    assert get_with_host(server.port, "/status.json", "STATUS.example.com:443").status == 200
+    assert get_with_host(server.port, "/status.json", "other.example.com").status == 421
+
+
+@pytest.mark.parametrize("kind", ["Content-Length: 5", "Content-Length of the smuggled request", "chunked",
+                                  "Transfer-Encoding: identity", "HEAD with a body"])
+def test_a_request_with_a_body_gets_400_and_a_closed_connection(monitor_server, kind):
+    server = monitor_server()
+    smuggled = b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head = b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    request = {
+        "Content-Length: 5": head + b"Content-Length: 5\r\n\r\nhello" + smuggled,
+        "Content-Length of the smuggled request": head + b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled,
+        "chunked": head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"
+                   + smuggled,
+        "Transfer-Encoding: identity": head + b"Transfer-Encoding: identity\r\n\r\n" + smuggled,
+        "HEAD with a body": b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello" + smuggled,
+    }[kind]
+    answers, ended, rest = exchange(server.port, request, timeout=3.0, head=kind.startswith("HEAD"))
+    assert [a.status for a in answers] == [400] and rest == b"", (kind, answers, rest[:80])
+    assert ended in ("closed", "reset"), f"{kind}: the connection stays open after the 400"
+    assert b'"folder"' not in answers[0].body
+    assert get_with_host(server.port, "/status.json", "127.0.0.1").status == 200
+
+
+def test_every_answer_forbids_framing(monitor_server):
+    server = monitor_server()
+    for path in ("/", "/status.json", "/metrics", "/nope"):
+        for method in ("GET", "HEAD"):
+            code, headers, _ = request(server.port, path, method)
+            assert code == (404 if path == "/nope" else 200), (path, code)
+            directives = [d.strip() for d in headers["content-security-policy"].split(";")]
+            assert "frame-ancestors 'none'" in directives and "default-src 'none'" in directives, headers
+            assert headers["x-frame-options"] == "DENY", (path, headers)
+    answer = get_with_host(server.port, "/", "evil.example")       # the refusals too
+    assert answer.status == 421 and answer.headers["x-frame-options"] == "DENY"
+
+
+def test_connections_over_the_cap_get_503_until_some_close(monitor_server):
+    server = monitor_server()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            for _ in range(cdn_push.MONITOR_MAX_CONNECTIONS)]
+    try:
+        answers, ended, _ = exchange(server.port, b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                                     timeout=3.0)
+        assert [a.status for a in answers] == [503] and "retry-after" in answers[0].headers, answers
+        assert ended in ("closed", "reset")
+        for sock in idle:                              # the held ones were kept, not answered or closed
+            assert not select.select([sock], [], [], 0)[0]
+    finally:
+        for sock in idle:
+            sock.close()
+
+    def served() -> bool:
+        answers, _, _ = exchange(server.port, b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                                 timeout=3.0, stop_after=1)
+        return bool(answers) and answers[0].status == 200
+
+    wait_for(served, timeout=8, what="a request served once the idle connections closed")
+
+
+def test_one_status_document_serves_every_request_for_status_max_age(drop, monitor_server):
+    clock = Clock(1000.0)
+    server = monitor_server(clock=clock)
+    activity, first = server.shared()
+    assert server.shared()[1] is first
+    server.activity.problem("late.mp4", "appeared after the document was made")
+    clock.advance(cdn_push.STATUS_MAX_AGE - 0.01)
+    assert server.shared()[1] is first
+    assert [p["path"] for p in status_json(server.port)["problems"]] == []         # the page shares it too
+    assert b"late.mp4" not in request(server.port, "/")[2]
+    clock.advance(0.02)
+    second = server.shared()[1]
+    assert second is not first and [p["path"] for p in second["problems"]] == ["late.mp4"]
+    assert [p["path"] for p in status_json(server.port)["problems"]] == ["late.mp4"]
+    assert b"late.mp4" in request(server.port, "/")[2]
+    assert server.shared()[1] is second

@@ -449,3 +449,131 @@ def test_a_file_left_unconfirmed_is_submitted_again_by_a_later_run(drop, emulato
     assert "1 resent unconfirmed" in second.line()
     with Ledger.open(config.ledger) as ledger:
         assert ledger.get("late.mp4").state == "confirmed"
+
+
+# -- opening below the folder, following no link (issue 20) -----------------------------------------------
+
+@pytest.fixture
+def beneath(tmp_path):
+    """A folder with a file, a subfolder, and links and a FIFO where an uploader could plant them."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_files(root, {"top.mp4": b"top", "sub/inner.mp4": b"inner"})
+    write_files(outside, {"inner.mp4": b"OUTSIDE", "top.mp4": b"OUTSIDE"})
+    os.symlink(outside, root / "linked-dir")                       # a folder component that is a link
+    os.symlink(root / "sub", root / "linked-sub")                  # ... even one that stays inside
+    os.symlink(outside / "top.mp4", root / "link-out.mp4")         # a final name that is a link
+    os.symlink(root / "top.mp4", root / "link-in.mp4")
+    os.mkfifo(root / "fifo.mp4")                                    # no writer: a blocking open would hang
+    return root
+
+
+@pytest.mark.parametrize("relpath, content", [("top.mp4", b"top"), ("sub/inner.mp4", b"inner")])
+def test_open_beneath_opens_a_regular_file(beneath, relpath, content):
+    fd, found = cdn_push.open_beneath(str(beneath), relpath)
+    with os.fdopen(fd, "rb") as handle:
+        assert handle.read() == content
+    assert (found.st_ino, found.st_size) == (os.stat(beneath / relpath).st_ino, len(content))
+
+
+@pytest.mark.parametrize("relpath", ["linked-dir/inner.mp4", "linked-sub/inner.mp4", "link-out.mp4", "link-in.mp4",
+                                     "sub", "missing.mp4", "top.mp4/x"])
+def test_open_beneath_follows_no_link_and_opens_only_files(beneath, relpath):
+    with pytest.raises((OSError, cdn_push.FileChangedError)):
+        fd, _ = cdn_push.open_beneath(str(beneath), relpath)
+        os.close(fd)
+
+
+def test_open_beneath_refuses_a_fifo_at_once(beneath):
+    outcome = []
+
+    def attempt():
+        try:
+            outcome.append(cdn_push.open_beneath(str(beneath), "fifo.mp4"))
+        except (OSError, cdn_push.FileChangedError) as exc:
+            outcome.append(exc)
+
+    opener = threading.Thread(target=attempt, daemon=True)
+    opener.start()
+    opener.join(5)
+    assert not opener.is_alive(), "open_beneath blocked on a FIFO with no writer"
+    assert isinstance(outcome[0], cdn_push.FileChangedError) and "not a regular file" in str(outcome[0])
+
+
+def test_open_beneath_leaves_no_descriptor_open(beneath):
+    before = len(os.listdir("/proc/self/fd"))
+    for relpath in ("sub/inner.mp4", "linked-dir/inner.mp4", "link-out.mp4", "fifo.mp4", "sub"):
+        try:
+            fd, _ = cdn_push.open_beneath(str(beneath), relpath)
+            os.close(fd)
+        except (OSError, cdn_push.FileChangedError):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_folder_swapped_for_a_link_mid_request_never_serves_what_lies_outside(origin_setup, drop, tmp_path):
+    """One thread swaps `dir` for a symlink to a folder outside that holds a file of the same name,
+    size and mtime but other content, and back, while GETs of the signed link loop."""
+    config, signer, _, _ = origin_setup
+    assert not config.scan.follow_symlinks
+    inside = drop / "dir" / "b c#.mp4"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "b c#.mp4").write_bytes(b"OUT")                     # same size as b"bee"
+    stamp = inside.stat()
+    os.utime(outside / "b c#.mp4", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    parked = drop.parent / "parked-dir"
+    stop, swaps = threading.Event(), []
+
+    def swap():
+        while not stop.is_set():
+            os.rename(drop / "dir", parked)
+            os.symlink(outside, drop / "dir")
+            os.unlink(drop / "dir")
+            os.rename(parked, drop / "dir")
+            swaps.append(1)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    url = url_for(config, signer, "dir/b c#.mp4")
+    seen: dict[object, int] = {}
+    swapper.start()
+    try:
+        with requests.Session() as session:
+            def enough():
+                answer = session.get(url, timeout=5)
+                key = answer.content if answer.status_code == 200 else answer.status_code
+                seen[key] = seen.get(key, 0) + 1
+                return b"OUT" in seen or (seen.get(b"bee", 0) >= 50 and sum(seen.values()) >= 400)
+
+            wait_for(enough, timeout=60, interval=0, message=f"400 GETs during the swaps: {seen}")
+    finally:
+        stop.set()
+        swapper.join(10)
+    assert b"OUT" not in seen, f"served the file outside the folder: {seen}"
+    assert seen.get(404, 0) > 0 and seen.get(b"bee", 0) > 0, f"the swaps never met a request: {seen}"
+    assert len(swaps) > 10 and set(seen) <= {b"bee", 404}, seen
+
+
+# -- a backslash is a character like any other (issue 20) ---------------------------------------------------
+
+def test_a_name_with_a_backslash_is_served_called_back_and_confirmed(drop, emulator, write_config, capsys):
+    files = {"a\\b.mp4": os.urandom(3000), "dir\\x/c\\\\d.mp4": b"c" * 10, "plain.mp4": b"plain"}
+    write_files(drop, files)
+    port = free_port()
+    serve = {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}
+    config_path = write_config(origin={"serve": serve}, callback={"wait_seconds": 30, "retry_delay": 0.2})
+    code = cdn_push.main(["--config", str(config_path)])
+    out, err = capsys.readouterr()
+    assert code == cdn_push.EXIT_OK and "3 confirmed" in out, out + err
+    assert emulator.wait_idle(30)
+    for relpath, content in files.items():
+        assert emulator.files[relpath].state == "ready", relpath
+        assert emulator.files[relpath].sha256 == hashlib.sha256(content).hexdigest()
+    config, _ = cdn_push.load_config(config_path, {})
+    with Ledger.open(config.ledger) as ledger:
+        assert {row.path: row.state for row in ledger.all_rows()} == dict.fromkeys(files, "confirmed")
+
+
+@pytest.mark.parametrize("encoded, expected", [("a%5Cb.mp4", "a\\b.mp4"), ("a\\b.mp4", "a\\b.mp4"),
+                                               ("d%5C/x.mp4", "d\\/x.mp4"), ("%5C%5C", "\\\\")])
+def test_safe_relpath_keeps_backslashes(encoded, expected):
+    assert cdn_push.safe_relpath(encoded) == expected
