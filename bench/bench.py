@@ -502,6 +502,68 @@ def row_overlap(work: Path, size_mib: int) -> Row:
                note=f"hash only {hash_only:.2f}s, submit only {submit_only:.2f}s, sum {hash_only + submit_only:.2f}s")
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def plain_posts(url: str, forms: list[dict[str, str]], connections: int) -> None:
+    """The floor: a minimal keep-alive http.client loop per connection, posting the same forms."""
+    import base64
+    import http.client
+    from urllib.parse import urlencode, urlsplit
+
+    parts = urlsplit(url)
+    headers = {"Authorization": "Basic " + base64.b64encode(b"bench:bench-secret").decode(),
+               "Content-Type": "application/x-www-form-urlencoded"}
+
+    def post_all(share: list[dict[str, str]]) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port)
+        for form in share:
+            conn.request("POST", parts.path + "/file/add", urlencode(form), headers)
+            conn.getresponse().read()
+        conn.close()
+
+    threads = [threading.Thread(target=post_all, args=(forms[i::connections],)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def row_submit_cpu(work: Path, count: int) -> Row:
+    """A real first pass into the emulator (its own process; nothing fetched back): cdn-push's CPU
+    per import against the floor of the same requests sent by plain http.client."""
+    folder = work / f"submit{count}"
+    if not folder.exists():
+        small_tree(folder, count, per_dir=1000)
+    workers = 4
+    emulator, url = start_emulator(0.0)
+    try:
+        config = make_config(folder, fresh_ledger(work, "submit.sqlite3"), api={"url": url},
+                             workers={"submit": workers})
+        forms = []
+        for path in sorted(folder.rglob("*.mp4")):
+            relpath = path.relative_to(folder).as_posix()
+            forms.append(cdn_push.build_request(config, "floor/" + relpath, path.stat().st_size, "0" * 64, {}))
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        plain_posts(url, forms, workers)
+        floor_cpu, floor_wall = cpu_seconds() - cpu, time.perf_counter() - wall
+        with Ledger.open(config.ledger) as db:
+            client = cdn_push.CdnClient(config.api, pool_size=workers)
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            summary = Pipeline(config, db, client).run_once()
+            ours_cpu, ours_wall = cpu_seconds() - cpu, time.perf_counter() - wall
+            client.close()
+    finally:
+        emulator.terminate()
+    ratio = ours_cpu / floor_cpu
+    return Row(12, f"real first pass, {count} small files into the emulator: CPU", "http.client loop, same forms",
+               floor_cpu, ours_cpu, ratio, "CPU <= 2.00, wall <= 1.50",
+               ratio <= 2.0 and ours_wall / floor_wall <= 1.5 and summary.submitted == count,
+               note=f"{ours_cpu / count * 1e6:.0f} vs {floor_cpu / count * 1e6:.0f} us CPU per import; wall "
+                    f"{ours_wall:.1f}s vs {floor_wall:.1f}s ({ours_wall / floor_wall:.2f}x); the hashing included")
+
 
 def print_table(rows: list[Row]) -> None:
     def fmt(value, digits=3):
@@ -522,7 +584,7 @@ def main() -> int:
         child_scan(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11", help="which targets to run")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11,12", help="which targets to run")
     parser.add_argument("--big-mib", type=int, default=2048, help="size of each large file")
     parser.add_argument("--files", type=int, default=100_000, help="small files for rows 3-5")
     parser.add_argument("--million", action="store_true", help="row 5 over 1,000,000 files too")
@@ -563,6 +625,9 @@ def main() -> int:
         if 11 in wanted:
             print("row 11: hashing and submitting overlap", flush=True)
             rows.append(row_overlap(work, 8 if args.quick else 128))
+        if 12 in wanted:
+            print("row 12: the submit path's CPU", flush=True)
+            rows.append(row_submit_cpu(work, 2000 if args.quick else 20_000))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
