@@ -116,3 +116,14 @@ def test_the_schema_has_exactly_the_row_types_columns(tmp_path):
     columns = [name for _, name, *_ in db.execute("PRAGMA table_info(files)")]
     db.close()
     assert [c for c in columns if c != "dir"] == list(cdn_push.LedgerRow._fields) == list(cdn_push.LEDGER_COLUMNS)
+
+
+def test_the_send_queue_is_read_in_index_order_without_a_sort(tmp_path):
+    """A first pass asks for the next pending rows thousands of times: a plan that sorts every pending
+    row per call (SQLite's own pick, files_by_check) made it quadratic."""
+    with Ledger.open(tmp_path / "l.sqlite3"):
+        pass
+    db = sqlite3.connect(tmp_path / "l.sqlite3")
+    plan = " ".join(str(step) for step in db.execute("EXPLAIN QUERY PLAN " + cdn_push.NEXT_PENDING_SQL,
+                                                      ("pending", 0.0)))
+    assert "files_by_queue" in plan and "TEMP B-TREE" not in plan, plan
