@@ -2833,11 +2833,11 @@ class SubmitClient(Protocol):
     def close(self) -> None: ...
 
 
-def answer_charset(content_type: str) -> str:
-    """The charset a Content-Type names, if Python knows it; else UTF-8 (JSON's, and most CDNs')."""
+def answer_charset(header: str) -> str:
+    """The charset a Content-Type header names, if Python knows it; else UTF-8 (JSON's, and most CDNs')."""
     import codecs
 
-    found = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.IGNORECASE)
+    found = re.search(r"charset=[\"']?([\w.:-]+)", header, re.IGNORECASE)
     if found:
         with contextlib.suppress(LookupError):
             return codecs.lookup(found.group(1)).name
@@ -5319,7 +5319,7 @@ class Pipeline:
         self.intake.flush(force=not scanned)
         worked += scanned + self.feeder.feed() + self.confirmer.ask()
         self._observe()
-        self._finish_pass_if_done()
+        worked += self._finish_pass_if_done()
         if not worked:
             self.wake.wait(timeout)
 
@@ -5436,9 +5436,10 @@ class Pipeline:
         known = {entry.relpath: self.ledger.quick_row(entry.relpath) for entry in entries}
         self.intake.look_at(entries, {path: row for path, row in known.items() if row is not None}, fresh=True)
 
-    def _finish_pass_if_done(self) -> None:
+    def _finish_pass_if_done(self) -> int:
+        """1 if the pass ended now (a turn's work: the loop looks again at once, not after a wait)."""
         if self.pass_started is None or self.scanning or self.hasher.pass_tail():
-            return
+            return 0
         started, self.pass_started = self.pass_started, None
         for path in self.table.paths(Stage.SET_ASIDE):     # looked at again by the feeder: gone, changed or ready
             self.table.move(path, Stage.SET_ASIDE, None)
@@ -5448,6 +5449,7 @@ class Pipeline:
             decider.origin_to_record = None
         self.activity.pass_ended()
         self.on_pass_done(started)
+        return 1
 
     def _release(self, path: str, source: Stage, awaits: bool) -> None:
         """A path's request is answered (or was never sent): it awaits its confirmation, is hashed
