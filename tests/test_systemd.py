@@ -2,8 +2,10 @@
 
 A minimal Debian bookworm tree (debootstrap, cached in /var/cache/cdn-push-tests) boots with
 systemd as PID 1 under systemd-nspawn, with a private network. This clone and a wheelhouse of
-requirements.txt go in; ``install.sh --systemd`` installs the service from the wheelhouse; the
-CDN emulator runs inside on 127.0.0.1; everything is checked through systemctl and journalctl.
+requirements.txt (and setuptools) go in; ``install.sh --systemd`` installs the service from the
+wheelhouse; the CDN emulator runs inside on 127.0.0.1; everything is checked through systemctl
+and journalctl. The last tests run two instances of the template unit beside the plain one
+(issue 21), upgrade the installed copy and uninstall it all.
 
 The tests share one container and run in file order, each leaving the service usable for the
 next. Skipped, with the reason, when not root or when systemd-nspawn/debootstrap are missing or
@@ -19,6 +21,7 @@ import os
 import re
 import sys
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -81,30 +84,34 @@ class Box:
     def systemctl(self, *args: str, timeout: float = 150.0):
         return self.c.run(["systemctl", *args], timeout=timeout)
 
-    def show(self, *props: str) -> dict[str, str]:
-        out = self.c.run(["systemctl", "show", UNIT, *[f"--property={p}" for p in props]]).stdout
+    def show(self, *props: str, unit: str = UNIT) -> dict[str, str]:
+        out = self.c.run(["systemctl", "show", unit, *[f"--property={p}" for p in props]]).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def journal(self, since: float) -> str:
-        return self.c.run(["journalctl", "--no-pager", "-u", UNIT, "--since", f"@{since:.0f}",
+    def journal(self, since: float, unit: str = UNIT) -> str:
+        return self.c.run(["journalctl", "--no-pager", "-u", unit, "--since", f"@{since:.0f}",
                            "-o", "short-precise"]).stdout
 
-    def explain(self, since: float) -> str:
-        props = self.show("ActiveState", "SubState", "Result", "MainPID", "NRestarts", "ExecMainStatus")
-        return f"\nunit: {props}\njournal:\n" + "\n".join(self.journal(since).splitlines()[-25:])
+    def explain(self, since: float, units: tuple[str, ...] = (UNIT,)) -> str:
+        text = ""
+        for unit in units:
+            props = self.show("ActiveState", "SubState", "Result", "MainPID", "NRestarts", "ExecMainStatus",
+                              unit=unit)
+            text += f"\n{unit}: {props}\njournal:\n" + "\n".join(self.journal(since, unit).splitlines()[-25:])
+        return text
 
     def wait_for(self, what: str, probe: Callable[[], T], timeout: float, since: float,
-                 interval: float = 0.2) -> T:
-        """conftest's wait_for, with the unit's state and journal since `since` when it times out."""
+                 interval: float = 0.2, units: tuple[str, ...] = (UNIT,)) -> T:
+        """conftest's wait_for, with the units' state and journal since `since` when it times out."""
         try:
             return wait_for(probe, timeout=timeout, interval=interval, message=what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}{self.explain(since)}") from None
+            raise AssertionError(f"{exc}{self.explain(since, units)}") from None
 
-    def ledger(self) -> dict[str, str]:
+    def ledger(self, config: str = CONFIG) -> dict[str, str]:
         """CDN name -> state, as `status --json` run by the service user shows it."""
         result = self.c.run(["runuser", "-u", "cdn-push", "--", PY, f"{APP}/cdn_push.py", "status", "--json",
-                             "--config", CONFIG])
+                             "--config", config])
         assert result.returncode == 0, f"status --json exited {result.returncode}: {result.stderr}"
         return {f["name"]: f["state"] for f in json.loads(result.stdout)["files"]}
 
@@ -141,8 +148,8 @@ class Box:
     def set_password(self, password: str) -> None:
         self.c.write(ENV_FILE, f"CDN_PUSH_API_PASSWORD={password}\n", mode="0600")
 
-    def active(self) -> dict[str, str] | None:
-        props = self.show("ActiveState", "SubState", "MainPID", "NRestarts")
+    def active(self, unit: str = UNIT) -> dict[str, str] | None:
+        props = self.show("ActiveState", "SubState", "MainPID", "NRestarts", unit=unit)
         return props if props.get("ActiveState") == "active" and props.get("MainPID", "0") != "0" else None
 
     def ensure_running(self) -> dict[str, str]:
@@ -172,8 +179,9 @@ def box() -> Iterator[Box]:
     stack = contextlib.ExitStack()
     try:
         rootfs = sc.build_rootfs(log=lambda m: print(m, file=sys.stderr))
+        build_backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
         wheels = sc.build_wheelhouse(ROOT / "requirements.txt", sc.container_python(rootfs),
-                                     log=lambda m: print(m, file=sys.stderr))
+                                     log=lambda m: print(m, file=sys.stderr), extra=build_backend)
         container = stack.enter_context(sc.booted(rootfs, [(ROOT, APP), (wheels, WHEELS)]))
     except sc.Unavailable as exc:
         stack.close()
@@ -221,6 +229,16 @@ def test_install_sh_rebuilds_a_venv_the_service_user_cannot_run(box: Box) -> Non
     assert "rebuilding .venv from /usr/bin/python3" in output, output
     assert box.run(["runuser", "-u", "cdn-push", "--", PY, "-c", "import yaml, requests, watchdog"]).returncode == 0
     assert box.run(["readlink", "-f", PY]).stdout.startswith("/usr/bin/"), output
+
+
+def test_cdn_push_is_a_command_on_path(box: Box) -> None:
+    """(issue 21) install.sh links /usr/local/bin/cdn-push: it runs from any folder, for any user."""
+    import cdn_push
+    expected = f"cdn-push {cdn_push.__version__}"
+    assert box.run(["readlink", "/usr/local/bin/cdn-push"]).stdout.strip() == f"{APP}/.venv/bin/cdn-push"
+    for command in ("cd / && cdn-push --version", "cd /tmp && runuser -u nobody -- cdn-push --version"):
+        result = box.run(command)
+        assert (result.returncode, result.stdout.strip()) == (0, expected), (command, result.stdout, result.stderr)
 
 
 def test_sandbox_exposure_is_at_most_2(box: Box) -> None:
@@ -406,3 +424,161 @@ def _permanent_error(box: Box, break_it: Callable[[], None], expect_status: str)
         box.set_password(PASSWORD)
         box.set_config(config())
         box.systemctl("reset-failed", UNIT)
+
+
+# -- several drop folders, upgrade, uninstall (issue 21) ---------------------------------------------
+# Two instances of cdn-push@.service run beside the plain unit, each with its folder, config,
+# password file, ledger and status page, against the one emulator (names apart by name_prefix).
+
+INSTANCES = ("site-a", "site-b")
+INSTANCE_ORIGIN_PORTS = {"site-a": 8801, "site-b": 8802}
+
+
+def _instance_units() -> tuple[str, ...]:
+    return tuple(f"cdn-push@{name}.service" for name in INSTANCES)
+
+
+def _instance_config(box: Box, name: str) -> dict[str, Any]:
+    return yaml.safe_load(box.run(["cat", f"/etc/cdn-push/{name}.yaml"], check=True).stdout)
+
+
+def _instance_ledger(box: Box, name: str) -> dict[str, str]:
+    return box.ledger(f"/etc/cdn-push/{name}.yaml")
+
+
+def _all_confirmed(box: Box, name: str, count: int) -> dict[str, str] | None:
+    states = _instance_ledger(box, name)
+    return states if len(states) >= count and set(states.values()) == {"confirmed"} else None
+
+
+def test_two_template_instances_run_side_by_side(box: Box) -> None:
+    """install.sh --systemd NAME twice: two folders, configs, ledgers and status pages, both import."""
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS}
+    for name in INSTANCES:
+        result = box.run([f"{APP}/install.sh", "--systemd", name], timeout=300, env=env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert not re.search(r"warn|error|deprecat|notice|traceback", output, re.I), output
+        assert f"wrote /etc/cdn-push/{name}.yaml" in result.stdout, result.stdout
+        assert f"systemctl enable --now cdn-push@{name}" in result.stdout, result.stdout
+    starters = {name: _instance_config(box, name) for name in INSTANCES}
+    ports = {name: starters[name]["monitor"]["listen"] for name in INSTANCES}
+    for name, starter in starters.items():
+        assert starter["ledger"] == f"/var/lib/cdn-push/{name}/ledger.sqlite3", starter["ledger"]
+    assert len(set(ports.values()) | {"127.0.0.1:8765"}) == 3, f"status pages not apart: {ports}"
+    modes = box.run(["stat", "-c", "%a %U:%G %n", "/etc/systemd/system/cdn-push@.service",
+                     *[f"/etc/cdn-push/{n}.{ext}" for n in INSTANCES for ext in ("yaml", "env")]]).stdout.split("\n")
+    assert modes[0].startswith("644 root:root"), modes
+    assert [m.split()[0:2] for m in modes[1:5]] == [["640", "root:cdn-push"], ["600", "root:root"]] * 2, modes
+
+    # The starter configs with the test's folder, CDN and origin: ledger and monitor as written.
+    box.ensure_running()                                   # the plain unit runs alongside
+    if not box.emulator_unit:
+        box.emulator()
+    for name in INSTANCES:
+        data = yaml.safe_load(config(name_prefix=f"{name}/", folder=f"/srv/drop-{name}",
+                                     origin={"serve": {"listen": f"127.0.0.1:{INSTANCE_ORIGIN_PORTS[name]}",
+                                                       "public_url": f"http://127.0.0.1:{INSTANCE_ORIGIN_PORTS[name]}"}}))
+        data.update(ledger=starters[name]["ledger"], monitor=starters[name]["monitor"])
+        box.run(["mkdir", "-p", f"/srv/drop-{name}"], check=True)
+        box.c.write(f"/etc/cdn-push/{name}.yaml", yaml.safe_dump(data, sort_keys=False), mode="0640",
+                    owner="root:cdn-push")
+        box.c.write(f"/etc/cdn-push/{name}.env", f"CDN_PUSH_API_PASSWORD={PASSWORD}\n", mode="0600")
+        box.files(f"/srv/drop-{name}", 3, 4096, age=3600, prefix=f"{name}-")
+    since = time.time()
+    units = _instance_units()
+    started = box.systemctl("enable", "--now", *units)
+    assert started.returncode == 0, started.stderr + box.explain(since, units)
+    for name in INSTANCES:
+        box.wait_for(f"{name}: its 3 files confirmed in its own ledger", lambda: _all_confirmed(box, name, 3),
+                     90, since, interval=0.5, units=units)
+    held = sorted(f["name"] for f in box.emulator_state() if f["name"].startswith(INSTANCES))
+    assert held == sorted(f"{n}/{n}-{i:04d}.mp4" for n in INSTANCES for i in range(3)), held
+    for name in INSTANCES:
+        assert box.run(["test", "-s", f"/var/lib/cdn-push/{name}/ledger.sqlite3"]).returncode == 0
+        def page(name: str = name) -> dict[str, Any] | None:         # refreshed once a second
+            answer = box.run(f"{INSIDE} get http://{ports[name]}/status.json")
+            assert answer.returncode == 0, f"{name}'s status page on {ports[name]}: {answer.stderr}"
+            document = json.loads(answer.stdout)
+            return document if document["counts"]["confirmed"] == 3 else None
+        document = box.wait_for(f"{name}'s status page shows its 3 files", page, 10, since, units=units)
+        assert document["folder"] == f"/srv/drop-{name}", document["folder"]
+    assert box.active(), f"the plain unit stopped: {box.explain(since)}"
+    security = box.run(["systemd-analyze", "security", "--no-pager", units[0]]).stdout
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security)
+    assert match and float(match[1]) <= 2.0, "\n".join(security.splitlines()[-40:])
+
+
+def test_upgrade_by_running_install_sh_again_keeps_the_ledgers(box: Box) -> None:
+    """git pull && ./install.sh, then systemctl restart: the new version runs, nothing is sent again."""
+    units = _instance_units()
+    if not all(box.active(unit) for unit in units):
+        pytest.skip("needs the instances of test_two_template_instances_run_side_by_side")
+    before = {name: _instance_ledger(box, name) for name in INSTANCES}
+    pids = {unit: box.active(unit)["MainPID"] for unit in (*units, UNIT)}
+    # What a git pull brings: a new version, and a changed template unit.
+    source = box.run(["cat", f"{APP}/cdn_push.py"], check=True).stdout
+    upgraded, count = re.subn(r'^__version__ = "(.*)"$', r'__version__ = "\1+upgraded"', source, count=1, flags=re.M)
+    assert count == 1, "no __version__ line in cdn_push.py"
+    box.c.write(f"{APP}/cdn_push.py", upgraded)
+    box.run(f"echo '# changed by an upgrade' >> {APP}/cdn-push@.service", check=True)
+    result = box.run(f"cd {APP} && ./install.sh", timeout=300,
+                     env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "updated /etc/systemd/system/cdn-push@.service" in output, output
+    assert "updated /etc/systemd/system/cdn-push.service" not in output, output    # unchanged
+    hint = re.search(r"next: systemctl restart (.*) \(to run the new version\)", output)
+    assert hint and set(hint[1].split()) == {"cdn-push.service", *units}, output
+    assert not re.search(r"warn|error|deprecat|traceback", output, re.I), output
+    assert box.run("cd / && cdn-push --version").stdout.strip().endswith("+upgraded")
+    assert box.run(["tail", "-n", "1", "/etc/systemd/system/cdn-push@.service"]).stdout == "# changed by an upgrade\n"
+
+    since = time.time()
+    restarted = box.systemctl("restart", *units, UNIT)
+    assert restarted.returncode == 0, restarted.stderr + box.explain(since, units)
+    for unit in (*units, UNIT):
+        box.wait_for(f"{unit} runs again, in a new process",
+                     lambda: (box.active(unit) or {}).get("MainPID") not in (None, pids[unit]), 60, since,
+                     units=(unit,))
+    for name in INSTANCES:
+        port = _instance_config(box, name)["monitor"]["listen"]
+        page = box.run(f"{INSIDE} get http://{port}/status.json --wait 20")
+        assert json.loads(page.stdout)["version"].endswith("+upgraded"), page.stdout[:300]
+        assert _instance_ledger(box, name) == before[name], f"{name}: the ledger changed across the upgrade"
+    # The README's way to run a command on a service's ledger (its user, its environment): the
+    # service holds the ledger, so this run stops at once with exit 3.
+    by_hand = box.run("sh -c 'set -a; . /etc/cdn-push/site-a.env; exec runuser -u cdn-push -- cdn-push run "
+                      "-c /etc/cdn-push/site-a.yaml'")
+    assert by_hand.returncode == 3 and "another cdn-push" in by_hand.stderr, by_hand
+    # Still working after the restart, and nothing imported before was sent again.
+    box.files("/srv/drop-site-a", 1, 2048, prefix="after-upgrade-")
+    box.wait_for("a file dropped after the upgrade is confirmed",
+                 lambda: _instance_ledger(box, "site-a").get("site-a/after-upgrade-0000.mp4") == "confirmed",
+                 90, since, interval=0.5, units=units)
+    imports = {f["name"]: f["imports"] for f in box.emulator_state() if f["name"].startswith(INSTANCES)}
+    assert set(imports.values()) == {1}, f"sent again after the upgrade: {imports}"
+
+
+def test_uninstall_leaves_no_unit_user_or_command(box: Box) -> None:
+    """install.sh --uninstall: no unit, user or command left; configs and ledgers kept, and said so."""
+    result = box.run([f"{APP}/install.sh", "--uninstall"], timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "kept /etc/cdn-push" in output and "kept /var/lib/cdn-push" in output, output
+    left = {
+        "units": box.run("systemctl list-units --all --plain --no-legend 'cdn-push*'").stdout.strip(),
+        "unit files": box.run("systemctl list-unit-files --plain --no-legend 'cdn-push*'").stdout.strip(),
+        "files": box.run("ls -d /etc/systemd/system/cdn-push* /etc/systemd/system/*.wants/cdn-push* "
+                         "/usr/local/bin/cdn-push 2>/dev/null").stdout.strip(),
+        "user": box.run(["getent", "passwd", "cdn-push"]).stdout.strip(),
+        "group": box.run(["getent", "group", "cdn-push"]).stdout.strip(),
+        "command": box.run("command -v cdn-push").stdout.strip(),
+        "processes": box.run(["pgrep", "-af", "cdn_push.py watch"]).stdout.strip(),
+    }
+    assert not any(left.values()), f"left behind: { {k: v for k, v in left.items() if v} }\n{output}"
+    kept = box.run(["ls", "/etc/cdn-push", *[f"/var/lib/cdn-push/{n}" for n in INSTANCES]]).stdout.split()
+    for name in INSTANCES:
+        assert f"{name}.yaml" in kept and f"{name}.env" in kept, kept
+    assert kept.count("ledger.sqlite3") == 2, kept
+    assert box.run(["test", "-x", PY]).returncode == 0, ".venv removed without --purge"

@@ -2,9 +2,9 @@
 
 * ``build_rootfs()`` makes a minimal root file system with debootstrap (mirror taken from this
   machine's apt sources) and caches it under ``CACHE`` keyed by a hash of the package list.
-* ``build_wheelhouse()`` downloads wheels of ``requirements.txt`` for the container's Python
-  into the cache: the container runs with ``--private-network`` and installs with
-  ``PIP_NO_INDEX=1 PIP_FIND_LINKS=...``.
+* ``build_wheelhouse()`` downloads wheels of ``requirements.txt`` and of the build backend
+  pyproject.toml names, for the container's Python, into the cache: the container runs with
+  ``--private-network`` and installs with ``PIP_NO_INDEX=1 PIP_FIND_LINKS=...``.
 * ``Container`` boots the cached tree through an overlay (the cache stays clean) with
   ``systemd-nspawn -b --register=no --keep-unit --private-network`` and runs commands in it
   with ``nsenter -t <its PID 1> -a``: there is no host systemd here, so no machinectl or
@@ -148,10 +148,10 @@ def container_python(rootfs: Path) -> str:
     return versions[-1]
 
 
-def build_wheelhouse(requirements: Path, python_version: str, log=print) -> Path:
-    """Wheels of `requirements` (and what they need) for CPython `python_version` on this machine."""
+def build_wheelhouse(requirements: Path, python_version: str, log=print, extra: Sequence[str] = ()) -> Path:
+    """Wheels of `requirements` and `extra` (and what they need) for CPython `python_version` here."""
     machine = platform.machine()
-    content = requirements.read_text()
+    content = requirements.read_text() + "".join(f"{line}\n" for line in extra)
     key = _key(content, python_version, machine)
     target = CACHE / f"wheels-{key}"
     with _cache_lock("wheels"):
@@ -166,7 +166,7 @@ def build_wheelhouse(requirements: Path, python_version: str, log=print) -> Path
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                    "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
                    "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "--dest", str(work),
-                   "-r", str(requirements)]
+                   "-r", str(requirements), *extra]
         for tag in glibc + legacy + [f"linux_{machine}"]:
             command += ["--platform", tag]
         log(f"downloading wheels of {requirements.name} for Python {python_version} (once)")
