@@ -577,3 +577,10 @@ def test_a_name_with_a_backslash_is_served_called_back_and_confirmed(drop, emula
                                                ("d%5C/x.mp4", "d\\/x.mp4"), ("%5C%5C", "\\\\")])
 def test_safe_relpath_keeps_backslashes(encoded, expected):
     assert cdn_push.safe_relpath(encoded) == expected
+
+
+@pytest.mark.parametrize("stamp", [0, 951782400, 1_700_000_000.5, 4_102_444_799])
+def test_http_dates_match_the_standard_library(stamp):
+    import email.utils
+
+    assert cdn_push.http_date(stamp) == email.utils.formatdate(stamp, usegmt=True)
