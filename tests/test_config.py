@@ -342,6 +342,11 @@ def test_any_other_api_auth_is_a_config_error(auth):
     ("  base_url: https://host.example.com/x", "  base_url: https://host.example.com/x"),
     ("  login: me@example.com", "  login: me@example.com"),
     ("  timeout: 30", "  timeout: 30"),
+    # flow mappings: the value alone is masked, the rest of the line stays for the error's caret
+    ("api: {login: me, password: hunter22pass, timeout: [5}", "api: {login: me, password: ***, timeout: [5}"),
+    ('api: {password: "hun,ter}22", login: me}', "api: {password: ***, login: me}"),
+    ("origin: {username: u, password: 'a,b', base_url: https://u:pw@h/x}",
+     "origin: {username: u, password: ***, base_url: https://u:***@h/x}"),
 ])
 def test_masked_yaml_line(line, shown):
     assert cdn_push.masked_yaml_line(line) == shown

@@ -20,6 +20,7 @@ import select
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -1030,19 +1031,19 @@ def fuzzed_requests(seeds: list[bytes], tokens: list[bytes]) -> Any:
     )
 
 
-def run_fuzz(raw_request: Any, check: Any, seconds: float) -> int:
-    """Call `check` on generated requests for about `seconds` (a failure is replayed and shrunk even
-    after that); returns how many were tried."""
+def run_fuzz(raw_request: Any, check: Any, seconds: float, max_examples: int = 2500) -> int:
+    """Call `check` on generated requests (or whatever `raw_request` draws) for about `seconds` (a
+    failure is replayed and shrunk even after that); returns how many were tried."""
     from hypothesis import HealthCheck, given, settings
 
     budget_end = time.monotonic() + seconds
     tried = []
-    failed: set[bytes] = set()                      # replayed (and shrunk) even after the time budget
+    failed: set[Any] = set()                        # replayed (and shrunk) even after the time budget
 
-    @settings(max_examples=2500, deadline=5000, database=None, derandomize=True,
+    @settings(max_examples=max_examples, deadline=5000, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(request=raw_request)
-    def one(request: bytes) -> None:
+    def one(request: Any) -> None:
         if time.monotonic() > budget_end and request not in failed:   # bounded time, whatever the machine
             return
         tried.append(1)
@@ -1114,6 +1115,8 @@ MONITOR_5XX = {501, 503, 505}
 
 def test_fuzz_the_monitor_never_fails_never_hangs_and_still_serves(drop, make_config, monkeypatch):
     pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
     write_files(drop, {"a.mp4": b"a" * 10})
     port = free_port()
     config = make_config(monitor={"listen": f"127.0.0.1:{port}"})
@@ -1124,6 +1127,7 @@ def test_fuzz_the_monitor_never_fails_never_hangs_and_still_serves(drop, make_co
     faults: list[str] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: faults.append(f"{args.exc_type.__name__}: "
                                                                             f"{args.exc_value}"))
+    older = {thread.ident for thread in threading.enumerate()}
     server = cdn_push.MonitorServer(config, activity).start()
     seeds = [
         f"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n\r\n".encode(),
@@ -1137,18 +1141,37 @@ def test_fuzz_the_monitor_never_fails_never_hangs_and_still_serves(drop, make_co
                             b"localhost", b".", b"Content-Length: 0"]
     statuses: set[int] = set()
 
-    def check(request: bytes) -> None:
-        answers, ended, rest = fuzz_exchange(port, request)
-        codes = [a.status for a in answers]
-        if rest and STATUS_LINE.match(rest):
-            codes.append(int(STATUS_LINE.match(rest).group(1)))
+    def handler_threads() -> list[str]:
+        return [t.name for t in threading.enumerate()
+                if "process_request_thread" in t.name and t.ident not in older]
+
+    def check(drawn: tuple[bytes, bool]) -> None:
+        request, abort = drawn
+        if abort:                       # the client resets the connection at once: the server's hang-up
+            sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.sendall(request)
+            sock.close()
+            codes = []
+        else:
+            answers, ended, rest = fuzz_exchange(port, request)
+            codes = [a.status for a in answers]
+            if rest and STATUS_LINE.match(rest):
+                codes.append(int(STATUS_LINE.match(rest).group(1)))
         statuses.update(codes)
         wrong = [code for code in codes if code >= 500 and code not in MONITOR_5XX]
         assert not wrong, f"{wrong} for {request[:200]!r}"
-        assert not faults, f"a handler thread failed ({faults[0]}) on {request[:200]!r}"
+        # the connection's thread ends with it: none lingers, and what failed in it is seen now
+        wait_for(lambda: not handler_threads(), 3, 0.002, message=f"the handler of {request[:200]!r} ended")
+        if faults:
+            fault = faults.pop()
+            faults.clear()
+            raise AssertionError(f"a handler thread failed ({fault}) on {request[:200]!r} (reset: {abort})")
 
     try:
-        tried = run_fuzz(fuzzed_requests(seeds, tokens), check, MONITOR_FUZZ_SECONDS)
+        drawn = st.tuples(fuzzed_requests(seeds, tokens), st.sampled_from([False] * 7 + [True]))
+        tried = run_fuzz(drawn, check, MONITOR_FUZZ_SECONDS, max_examples=1500)
         assert tried >= 200, f"only {tried} requests in {MONITOR_FUZZ_SECONDS}s"
         assert {200, 400, 421} <= statuses, statuses                   # the seeds reached every kind of answer
         with requests.get(f"http://127.0.0.1:{port}/status.json", timeout=5) as answer:

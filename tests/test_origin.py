@@ -584,3 +584,17 @@ def test_http_dates_match_the_standard_library(stamp):
     import email.utils
 
     assert cdn_push.http_date(stamp) == email.utils.formatdate(stamp, usegmt=True)
+
+
+def test_without_follow_symlinks_the_origin_follows_no_link_even_to_the_hashed_file(origin_setup, drop):
+    """The hashed file itself, reached through a link planted after hashing (a folder moved aside and
+    a link in its place, or a link in place of the name): same inode, same bytes, and still a 404."""
+    config, signer, _, _ = origin_setup
+    assert not config.scan.follow_symlinks
+    assert requests.get(url_for(config, signer, "dir/b c#.mp4"), timeout=5).content == b"bee"
+    os.rename(drop / "dir", drop / "moved")
+    os.symlink(drop / "moved", drop / "dir")
+    os.rename(drop / "a.mp4", drop / "moved" / "a.mp4")
+    os.symlink(drop / "moved" / "a.mp4", drop / "a.mp4")
+    for relpath in ("dir/b c#.mp4", "a.mp4"):
+        assert requests.get(url_for(config, signer, relpath), timeout=5).status_code == 404, relpath

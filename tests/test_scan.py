@@ -277,3 +277,17 @@ def test_max_size_below_one_mebibyte_skips_a_larger_file(drop, emulator, write_c
     code, out, err = run_main(capsys, "--config", str(write_config(scan={"settle_seconds": 5, "max_size": 1000})))
     assert [r["name"] for r in emulator.requests] == ["under.mp4"], err
     assert skipped_lines(err, "over.mp4")
+
+
+def test_listing_problem_names_the_private_file_first_then_the_size():
+    private = {(7, 42): "the signing key ('origin.secret_file')"}
+
+    def st(dev, ino, size, blocks):
+        return SimpleNamespace(st_dev=dev, st_ino=ino, st_size=size, st_blocks=blocks)
+
+    assert "origin.secret_file" in cdn_push.listing_problem(st(7, 42, 64, 8), ScanConfig(), private)
+    assert "origin.secret_file" in cdn_push.listing_problem(st(7, 42, 2 * MIB, 0), ScanConfig(), private)
+    assert cdn_push.listing_problem(st(8, 42, 64, 8), ScanConfig(), private) is None        # another device
+    assert cdn_push.listing_problem(st(7, 43, 64, 8), ScanConfig(), private) is None
+    assert "sparse" in cdn_push.listing_problem(st(7, 43, 2 * MIB, 0), ScanConfig(), private)
+    assert cdn_push.listing_problem(st(7, 43, 2 * MIB, 0), ScanConfig(allow_sparse=True), private) is None
