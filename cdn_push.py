@@ -7033,7 +7033,15 @@ def lock_holder(lock: Path) -> tuple[int | None, int]:
 
 def service_doubt(pid: int, lock: Path, owner: int, proc: str = "/proc") -> str:
     """Why `pid` may not be the cdn-push service holding `lock` ('' if it is): anyone who can write
-    the lock file could name any process, and `reload` run as root would signal it."""
+    the lock file could name any process, and `reload` run as root would signal it. A lock file of
+    our own, in a folder no one else can plant files in, names a process ours: believed as is (the
+    service's own sandbox may hide its /proc entry from its ExecReload)."""
+    if owner == os.geteuid():
+        try:
+            check_state_folder(lock.parent, "ledger")
+            return ""
+        except LedgerError as exc:
+            return str(exc)
     try:
         status = Path(f"{proc}/{pid}/status").read_text(encoding="ascii", errors="replace")
         command = Path(f"{proc}/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")

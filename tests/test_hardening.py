@@ -23,6 +23,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import sys
 import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -1371,3 +1372,68 @@ def test_the_origin_never_serves_a_secret_the_ledger_knows_under_another_name(tm
         for relpath in ("notes.mp4", "keys/copy.secret") + (("key-link.mp4",) if follow_symlinks else ()):
             answer = requests.get(url(relpath), timeout=5)
             assert answer.status_code == 404 and secret.read_bytes() not in answer.content, (relpath, answer)
+
+
+# -- reload signals only a cdn-push it can verify (issue 20, finding 6) ---------------------------------
+
+def fake_process(proc: Path, pid: int, *, uid: int, command: str, holds: Path | None) -> None:
+    """/proc/PID as service_doubt reads it: status (Uid), cmdline, and fd/ (links to open files)."""
+    (proc / str(pid) / "fd").mkdir(parents=True)
+    (proc / str(pid) / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    (proc / str(pid) / "cmdline").write_bytes(command.replace(" ", "\0").encode() + b"\0")
+    if holds is not None:
+        (proc / str(pid) / "fd" / "3").symlink_to(holds)
+
+
+OTHER_UID = 65534      # nobody
+
+
+@pytest.mark.parametrize("uid, command, holds, doubt", [
+    (OTHER_UID, "/opt/cdn-push/.venv/bin/cdn-push watch", True, ""),
+    (0, "/opt/cdn-push/.venv/bin/cdn-push watch", True, "does not run as the owner"),
+    (OTHER_UID, "/usr/sbin/sshd -D", True, "not cdn-push"),
+    (OTHER_UID, "python3 cdn_push.py watch", False, "does not hold the lock file open"),
+])
+def test_reload_believes_a_lock_of_another_user_only_for_its_own_cdn_push(tmp_path, uid, command, holds, doubt):
+    lock = tmp_path / "ledger.sqlite3.lock"
+    lock.write_text("4242")
+    fake_process(tmp_path / "proc", 4242, uid=uid, command=command, holds=lock if holds else None)
+    found = cdn_push.service_doubt(4242, lock, OTHER_UID, proc=str(tmp_path / "proc"))
+    assert (found == "") if not doubt else (doubt in found), found
+
+
+def test_reload_believes_its_own_lock_only_in_a_folder_no_one_else_can_plant_in(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    lock = folder / "ledger.sqlite3.lock"
+    lock.write_text("4242")
+    assert cdn_push.service_doubt(4242, lock, os.geteuid(), proc=str(tmp_path / "noproc")) == ""
+    folder.chmod(0o777)         # writable by all and not sticky: anyone could have written the pid
+    assert "can be written by other users" in cdn_push.service_doubt(4242, lock, os.geteuid(),
+                                                                     proc=str(tmp_path / "noproc"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the attack is a root `reload` and a lock of another user")
+def test_a_forged_lock_pid_is_not_signalled(tmp_path, make_config, capsys):
+    """Another user who can write the service's lock file names a root process: `reload` run as root
+    refuses, and the process lives on."""
+    config = make_config()
+    lock = Path(str(config.ledger) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    victim = subprocess.Popen(["sleep", "60"])
+    holder = None
+    try:
+        lock.write_text(str(victim.pid))
+        os.chown(lock, OTHER_UID, OTHER_UID)
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                                   "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                                   str(lock)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(cdn_push.CdnPushError) as caught:
+            cdn_push.request_reload(config, None, wait=1)
+        assert "was not signalled" in str(caught.value) and "does not run as the owner" in str(caught.value)
+        assert victim.poll() is None, "the named process was signalled"
+    finally:
+        victim.kill()
+        if holder is not None:
+            holder.kill()

@@ -55,8 +55,8 @@ def test_the_template_unit_is_the_plain_one_per_instance() -> None:
     """cdn-push@.service: its own config, password file and ledger folder; the same sandbox."""
     plain = install_sh("--print-unit").stdout
     template = install_sh("--print-unit", "web").stdout
-    for line in (f"ExecStart={ROOT}/.venv/bin/python {ROOT}/cdn_push.py watch --config /etc/cdn-push/%i.yaml",
-                 f"ExecReload={ROOT}/.venv/bin/python {ROOT}/cdn_push.py reload --config /etc/cdn-push/%i.yaml "
+    for line in (f"ExecStart={ROOT}/.venv/bin/cdn-push watch --config /etc/cdn-push/%i.yaml",
+                 f"ExecReload={ROOT}/.venv/bin/cdn-push reload --config /etc/cdn-push/%i.yaml "
                  "--pid $MAINPID",
                  "EnvironmentFile=-/etc/cdn-push/%i.env", "StateDirectory=cdn-push/%i",
                  "ReadWritePaths=/var/lib/cdn-push/%i"):

@@ -574,7 +574,7 @@ def test_uninstall_leaves_no_unit_user_or_command(box: Box) -> None:
         "user": box.run(["getent", "passwd", "cdn-push"]).stdout.strip(),
         "group": box.run(["getent", "group", "cdn-push"]).stdout.strip(),
         "command": box.run("command -v cdn-push").stdout.strip(),
-        "processes": box.run(["pgrep", "-af", "cdn_push.py watch"]).stdout.strip(),
+        "processes": box.run(["pgrep", "-af", "cdn-push watch"]).stdout.strip(),
     }
     assert not any(left.values()), f"left behind: { {k: v for k, v in left.items() if v} }\n{output}"
     kept = box.run(["ls", "/etc/cdn-push", *[f"/var/lib/cdn-push/{n}" for n in INSTANCES]]).stdout.split()

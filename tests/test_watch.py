@@ -380,9 +380,9 @@ def test_systemd_unit_is_complete_and_verifies(tmp_path):
                           check=True).stdout
     for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "ReadWritePaths=/var/lib/cdn-push",
-                 f"ExecReload={ROOT}/.venv/bin/python {ROOT}/cdn_push.py reload --config /etc/cdn-push/config.yaml --pid $MAINPID",
+                 f"ExecReload={ROOT}/.venv/bin/cdn-push reload --config /etc/cdn-push/config.yaml --pid $MAINPID",
                  "RestartPreventExitStatus=2 4", "User=cdn-push",
-                 f"ExecStart={ROOT}/.venv/bin/python {ROOT}/cdn_push.py watch --config /etc/cdn-push/config.yaml"):
+                 f"ExecStart={ROOT}/.venv/bin/cdn-push watch --config /etc/cdn-push/config.yaml"):
         assert line in unit, line
     assert not re.search(r"@[A-Z_]+@", unit)
     if shutil.which("systemd-analyze") is None:
