@@ -9,11 +9,14 @@ SQLite ledger, so that a second run does nothing when nothing changed.
 
 Usage::
 
-    python cdn_push.py [run]             # one pass over the folder (cron); run --dry-run to look first
-    python cdn_push.py watch             # the service: watch the folder, full passes alongside
-    python cdn_push.py status [--json]   # what the ledger knows
-    python cdn_push.py reload            # make a running service reread its configuration
-    python cdn_push.py demo              # local round trip with the CDN emulator
+    cdn-push [run]             # one pass over the folder (cron); run --dry-run to look first
+    cdn-push watch             # the service: watch the folder, full passes alongside
+    cdn-push status [--json]   # what the ledger knows
+    cdn-push reload            # make a running service reread its configuration
+    cdn-push demo              # local round trip with the CDN emulator
+    cdn-push help [COMMAND]    # every command and option
+
+(`cdn-push` is the command install.sh puts on PATH; `python cdn_push.py ...` works the same.)
 
 Sections, in dependency order (each under a banner of its name):
 
@@ -7470,50 +7473,50 @@ COMMAND_EXIT_HELP["forget"] = COMMAND_EXIT_HELP["resend"].replace("marked", "for
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("one pass: hash the folder, submit new and changed files (the default)", """\
 examples:
-  .venv/bin/python cdn_push.py                         # run with ./config.yaml
-  .venv/bin/python cdn_push.py run --config /etc/cdn-push/config.yaml -q
-  .venv/bin/python cdn_push.py run --dry-run           # what would be submitted; changes nothing
-  */5 * * * * cd /opt/cdn-push && .venv/bin/python cdn_push.py -q   # crontab
+  cdn-push                                   # run with ./config.yaml
+  cdn-push run --dry-run                     # what would be submitted; changes nothing
+  # crontab: silent unless something needs you (api.password_file holds the password)
+  */5 * * * * /usr/local/bin/cdn-push run -q --config /etc/cdn-push/config.yaml >> /var/log/cdn-push.log 2>&1
 """),
     "watch": ("service: watch the folder and import each file as it settles, full passes alongside", """\
 examples:
-  .venv/bin/python cdn_push.py watch --config /etc/cdn-push/config.yaml   # what the systemd unit runs
-  .venv/bin/python cdn_push.py watch --poll            # NFS/SMB mounts, where inotify events do not arrive
+  cdn-push watch --config /etc/cdn-push/config.yaml   # what the systemd unit runs
+  cdn-push watch --poll            # NFS/SMB mounts, where inotify events do not arrive
 """),
     "status": ("show what the ledger knows", """\
 examples:
-  .venv/bin/python cdn_push.py status
-  .venv/bin/python cdn_push.py status --state rejected
-  .venv/bin/python cdn_push.py status --json | jq '.counts'
+  cdn-push status
+  cdn-push status --state rejected
+  cdn-push status --json | jq '.counts'
 """),
     "reload": ("make a running watch service reread its configuration and wait for the outcome", """\
 examples:
-  .venv/bin/python cdn_push.py reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
+  cdn-push reload --config /etc/cdn-push/config.yaml   # exit 0 applied, 1 refused
   systemctl reload cdn-push                  # the unit runs this command
 """),
     "check": ("compare folder, ledger and CDN (file/list); --fix marks what the CDN lacks to be sent again", """\
 examples:
-  .venv/bin/python cdn_push.py check                   # every imported file; exit 0 when all agree
-  .venv/bin/python cdn_push.py check --sample 200      # 200 random imported files: a cheap daily audit
-  .venv/bin/python cdn_push.py check --fix && .venv/bin/python cdn_push.py run
+  cdn-push check                   # every imported file; exit 0 when all agree
+  cdn-push check --sample 200      # 200 random imported files: a cheap daily audit
+  cdn-push check --fix && cdn-push run
 """),
     "resend": ("submit files again on the next run, whatever the ledger says", """\
 examples:
-  .venv/bin/python cdn_push.py resend "series/episode 01.mp4"
-  .venv/bin/python cdn_push.py resend 'trailers/**'    # a glob, as in rules (quote it for the shell)
+  cdn-push resend "series/episode 01.mp4"
+  cdn-push resend 'trailers/**'    # a glob, as in rules (quote it for the shell)
 """),
     "forget": ("drop files from the ledger (a file still in the folder is then imported as new)", """\
 examples:
-  .venv/bin/python cdn_push.py forget 'old-site/**'
+  cdn-push forget 'old-site/**'
 """),
     "demo": ("local round trip: sample folder -> built-in origin -> CDN emulator -> callbacks", """\
 examples:
-  .venv/bin/python cdn_push.py demo
-  .venv/bin/python cdn_push.py demo --keep             # keep the work folder, its config and ledger
+  cdn-push demo
+  cdn-push demo --keep             # keep the work folder, its config and ledger
 """),
     "help": ("show the help of cdn-push or of one command", """\
 examples:
-  .venv/bin/python cdn_push.py help run
+  cdn-push help run
 """),
 }
 
@@ -7532,10 +7535,10 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool, config: bool 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cdn_push.py", description="Push a folder of video files into the video CDN and record "
+        prog="cdn-push", description="Push a folder of video files into the video CDN and record "
         "what it accepted.", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "".join(f"  {name:<8}  {text}\n" for name, (text, _) in COMMANDS.items())
-        + "\n" + COMMANDS["run"][1] + "\n" + EXIT_CODES_HELP + "\n'python cdn_push.py COMMAND --help' "
+        + "\n" + COMMANDS["run"][1] + "\n" + EXIT_CODES_HELP + "\n'cdn-push COMMAND --help' (or 'cdn-push help COMMAND') "
         "shows each command's options.")
     _common_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"cdn-push {__version__}")
@@ -7638,7 +7641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         venv_python(sys.argv)               # a plain `python3 cdn_push.py` beside ./.venv: run with that
     if missing:
         print(f"cdn-push needs the Python packages {', '.join(missing)}, which this Python "
-              f"({sys.executable}) lacks: run ./install.sh, then use .venv/bin/python cdn_push.py",
+              f"({sys.executable}) lacks: run ./install.sh, then use cdn-push (or .venv/bin/cdn-push)",
               file=sys.stderr)
         return EXIT_USAGE
     parser = build_parser()
