@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -264,9 +265,20 @@ def make_password_file(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "two lines", "empty", "too long", "not utf-8"])
 def test_a_bad_password_file_is_a_config_error_naming_key_and_path(tmp_path, kind):
     path = make_password_file(tmp_path, kind)
-    with pytest.raises(ConfigError) as error:
-        parse(with_password_file(path), base_dir=tmp_path)
-    message = str(error.value)
+    outcome: list[BaseException | cdn_push.Config] = []
+
+    def read() -> None:
+        try:
+            outcome.append(parse(with_password_file(path), base_dir=tmp_path))
+        except BaseException as exc:  # noqa: BLE001 - judged below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)      # a FIFO must not block the config's reading
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), f"reading a {kind} api.password_file blocked"
+    assert isinstance(outcome[0], ConfigError), outcome
+    message = str(outcome[0])
     assert "api.password_file" in message and str(path) in message, message
     assert "second-line" not in message and "first-line" not in message
 
