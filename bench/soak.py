@@ -300,6 +300,23 @@ class Producers:
         with self._lock:
             self.dropped.append(item)
 
+    def batch(self, count: int, rng: random.Random) -> None:
+        """A whole folder of small files written beside, then moved in at once (mv of a tree)."""
+        seq = next(self._seq)
+        staged = self.layout.staging / f"batch-{seq}"
+        staged.mkdir()
+        made = []
+        for i in range(count):
+            content = rng.randbytes(rng.randint(512, 4096))
+            (staged / f"b{i:03}.mp4").write_bytes(content)
+            made.append(Dropped(f"batch/{seq}/b{i:03}.mp4", "batch", len(content), hashlib.sha256(content).hexdigest(),
+                                completed=True))
+        with self.gate.shared():
+            (self.layout.drop / "batch").mkdir(exist_ok=True)
+            os.rename(staged, self.layout.drop / "batch" / str(seq))
+        for item in made:
+            self._record(item)
+
     def produce(self, kind: str, rng: random.Random) -> None:
         seq, relpath, content = self._target(kind, rng)
         digest = hashlib.sha256(content).hexdigest()
@@ -504,9 +521,11 @@ class Sampler:
 
 class Faults:
     def __init__(self, service: Service, emulator: RecordingEmulator, layout: Layout, gate: FolderGate,
-                 profile: Profile, report: SoakReport, configs: "Configs", rng: random.Random) -> None:
+                 profile: Profile, report: SoakReport, configs: "Configs", rng: random.Random,
+                 producers: Producers) -> None:
         self.service, self.emulator, self.layout, self.gate = service, emulator, layout, gate
         self.profile, self.report, self.configs, self.rng = profile, report, configs, rng
+        self.producers = producers
         self.moves = 0
 
     NAMES = ("sigkill_restart", "storm", "reload_storm", "folder_moved", "cdn_down", "ledger_full", "tmpfs_remount",
@@ -531,8 +550,12 @@ class Faults:
         self.service.start()
 
     def storm(self) -> None:
+        """500/429 answers to a share of the API's requests, and the next few imports failed at the
+        CDN's end (their callback says so): those files must be sent again and confirmed only then."""
         self.emulator.fault_choices = STORM_FAULTS
         self.emulator.inject(*(self.rng.choice(STORM_FAULTS) for _ in range(6)))
+        with self.emulator._lock:
+            self.emulator.fetch_faults.extend(["fetch error: storm"] * 3)
         self.emulator.fault_rate = self.profile.storm_rate
         try:
             time.sleep(self.profile.storm_seconds)
@@ -596,10 +619,16 @@ class Faults:
             with contextlib.suppress(OSError), open(ballast, "wb", buffering=0) as handle:
                 while True:
                     handle.write(b"\0" * 65536)
-            time.sleep(2.0)                             # completely full: not one byte free
-            # then room for the ledger's own writes, but less than cdn-push's 4 MiB floor
+            # Completely full, not one byte free, while a batch of files arrives that the service must
+            # record (the other producers go on too). Whether a write then fails depends on whether
+            # SQLite must grow a file (its WAL reuses its space), so a service that cannot ride out a
+            # full disk is caught often, not always. Then room for the ledger's own writes, but less
+            # than the 4 MiB under which cdn-push stops sending.
+            full_since = time.monotonic()
+            self.producers.batch(150, self.rng)
+            time.sleep(max(0.0, full_since + 3 - time.monotonic()))
             os.truncate(ballast, max(0, ballast.stat().st_size - 1024 * 1024))
-            time.sleep(max(0.0, self.profile.full_seconds - 2.0))
+            time.sleep(max(0.0, self.profile.full_seconds - (time.monotonic() - full_since)))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 ballast.unlink()
@@ -802,7 +831,7 @@ def run_soak(minutes: float, workdir: Path, *, seed: int = 19, root: Path = ROOT
         gate = FolderGate()
         producers = Producers(layout, gate, profile, seed)
         sampler = Sampler(service, f"http://127.0.0.1:{monitor_port}", profile.sample_every, t0)
-        faults = Faults(service, emulator, layout, gate, profile, report, configs, rng)
+        faults = Faults(service, emulator, layout, gate, profile, report, configs, rng, producers)
         producers.start()
         sampler.thread.start()
         cleanup.callback(sampler.stop.set)

@@ -6,6 +6,7 @@ of the default suite. The long one runs only when asked:
     CDN_PUSH_SOAK_MINUTES=30 .venv/bin/python -m pytest -m soak -s      # or: bench/soak.py --minutes 30
 
 Faults that need root (mounts) are skipped, each saying why, and the rest still runs.
+CDN_PUSH_SOAK_SKIP=ledger_full,sigstop leaves faults out (names in soak.Faults.NAMES).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import soak  # noqa: E402
 
 SOAK_MINUTES = float(os.environ.get("CDN_PUSH_SOAK_MINUTES", "0") or 0)
+SKIP = tuple(name for name in os.environ.get("CDN_PUSH_SOAK_SKIP", "").split(",") if name)
 
 
 def run_and_show(minutes: float, tmp_path) -> soak.SoakReport:
-    report = soak.run_soak(minutes, tmp_path / "soak", log=lambda line: print(line, flush=True))
+    report = soak.run_soak(minutes, tmp_path / "soak", skip=SKIP, log=lambda line: print(line, flush=True))
     print("\n".join(report.lines()))
     return report
 
@@ -32,7 +34,7 @@ def run_and_show(minutes: float, tmp_path) -> soak.SoakReport:
 def test_short_soak_every_completed_file_confirmed_once_and_nothing_partial(tmp_path):
     report = run_and_show(0.75, tmp_path)
     assert report.completed >= 50 and report.aborted >= 5, report.lines()      # the producers did produce
-    assert report.faults["sigkill_restart"] == 1
+    assert report.faults["sigkill_restart"] == ("sigkill_restart" not in SKIP)
     assert sum(report.faults.values()) + len(report.skipped) == len(soak.Faults.NAMES), report.lines()
     # Every figure the issue asks for is judged in run_soak; each failed one is a line in `problems`.
     # The resource bound there is loose in the short run (50%): its windows are a few seconds of a
