@@ -176,6 +176,11 @@ class NoServiceError(CdnPushError):
     """`reload` found no running service to signal."""
 
 
+class LedgerFullError(LedgerError):
+    """Too little room left under the ledger to record more answers: nothing more is sent, but what
+    was sent is still served and confirmed (the room kept in reserve records that)."""
+
+
 class LockedError(LedgerError):
     """Another cdn-push process holds the ledger's lock."""
 
@@ -4632,10 +4637,11 @@ class Feeder:
         free = ledger_room(self.ctx.ledger.path) if self.ctx.ledger.path != ":memory:" else None
         room = free is None or free >= LEDGER_ROOM
         if not room and self._room:
-            problem = LedgerError(f"the disk holding ledger {self.ctx.ledger.path} is full ({free} bytes free): "
+            problem = LedgerFullError(f"the disk holding ledger {self.ctx.ledger.path} is full ({free} bytes free): "
                                   "nothing more is sent, since its answer could not be recorded; free some space")
             if self.cdn_retry_pause is None:
                 self.ctx.summary.fatal = problem
+            self.hand_back(self.submitter.queue.clear())     # queued requests would go out unrecorded too
             log.error("%s", problem)
         elif room and not self._room:
             log.info("the disk holding the ledger has room again: sending goes on")
@@ -4644,7 +4650,7 @@ class Feeder:
 
     def due_rows(self, limit: int) -> list[LedgerRow]:
         """Pending rows due now that no stage holds (a path awaiting a resend is due too)."""
-        if self.submitter.client is None or self.ctx.dry_run:
+        if self.submitter.client is None or self.ctx.dry_run or isinstance(self.ctx.summary.fatal, LedgerFullError):
             return []
         table = self.ctx.table
         return self.ctx.ledger.next_pending(
@@ -5292,8 +5298,10 @@ class Pipeline:
         return summary
 
     def finished(self) -> bool:
-        """Nothing left to scan, hash, record or send; and every confirmation in (or waited for)."""
-        if self.stop.is_set() or self.summary.fatal is not None:
+        """Nothing left to scan, hash, record or send; and every confirmation in (or waited for). A
+        full disk stops the sending, not the confirming: the CDN is still fetching what was sent."""
+        if self.stop.is_set() or (self.summary.fatal is not None and not isinstance(self.summary.fatal,
+                                                                                    LedgerFullError)):
             return True
         if self.busy():
             return False

@@ -481,3 +481,40 @@ def test_nothing_is_sent_that_a_full_ledger_disk_could_not_record(capsys, small_
     filler.unlink()
     code, out, err = run_main(capsys, "--config", str(write_config(ledger=str(ledger))))
     assert code == 0 and len(emulator.requests) == 5, err
+
+
+def test_a_disk_filling_up_stops_sending_but_what_was_sent_is_still_served_and_confirmed(
+        capsys, small_fs, drop, emulator, write_config, raw_config):
+    """The room kept under the ledger records the confirmations of what was sent; the built-in origin
+    stays up for the CDN's fetch instead of vanishing with the run; a request already queued does not
+    leave (issue 19, finding 7)."""
+    write_files(drop, {"a-sent.mp4": b"s" * 5000, "b-queued.mp4": b"q" * 5000})
+    ledger = small_fs / "ledger.sqlite3"
+    port = free_port()
+    config = write_config(ledger=str(ledger), workers={"submit": 1}, confirm={"wait_seconds": 60},
+                          api={**raw_config["api"], "timeout": 60},       # the held answer is waited for
+                          origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}})
+    emulator.hold()                       # accepted files are not fetched yet
+    emulator.hold_answers()               # and the first request is not answered yet: the second waits in the queue
+    outcome: list[int] = []
+    runner = threading.Thread(target=lambda: outcome.append(cdn_push.main(["--config", str(config)])))
+    runner.start()
+    said = []
+    try:
+        wait_for(lambda: emulator.held_answers() == 1, timeout=30, message="the first request on the wire")
+        filler = small_fs / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+        os.truncate(filler, filler.stat().st_size - 1024 * 1024)     # under LEDGER_ROOM, room to record
+        wait_for(lambda: said.append(capsys.readouterr().err) or "is full" in "".join(said), timeout=30,
+                 message="the full disk noticed")
+    finally:
+        emulator.release_answers()
+        emulator.release()
+    runner.join(90)
+    assert outcome == [cdn_push.EXIT_LEDGER], (outcome, "".join(said) + capsys.readouterr().err)
+    assert [r["name"] for r in emulator.requests] == ["a-sent.mp4"]
+    with Ledger.open(ledger) as db:
+        assert db.get("a-sent.mp4").state == cdn_push.STATE_CONFIRMED
+        assert db.get("b-queued.mp4").state == cdn_push.STATE_PENDING
