@@ -1382,8 +1382,12 @@ def encoded_forms(secret: str) -> set[str]:
     """Every form an HTTP stack or a CDN could echo a secret in: raw, percent-encoded (all of it, or
     all but '/'), twice encoded, and form-encoded ('+' for a space). Hex case is left to the caller's
     case-blind match. Pure."""
-    once = quote(secret, safe="")
-    return {secret, once, quote(secret), quote(once, safe=""), quote_plus(secret), quote_plus(once)}
+    import base64
+
+    once, plus = quote(secret, safe=""), quote_plus(secret)
+    return {secret, once, quote(secret), quote(once, safe=""), quote(quote(secret), safe=""), plus,
+            quote_plus(once), quote(plus, safe=""), quote_plus(secret, safe="/"), secret.replace("/", "\\/"),
+            base64.b64encode(secret.encode()).decode("ascii")}
 
 
 
@@ -1558,6 +1562,7 @@ def walk_folder(root: Path, scan: ScanConfig,
     """
     private = private or {}
     private_inodes = {inode for _, inode in private}
+    look_from = min(SPARSE_MIN_SIZE, scan.max_size + 1) if scan.max_size else SPARSE_MIN_SIZE
     root_real = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
     stack = [start]
@@ -1605,7 +1610,7 @@ def walk_folder(root: Path, scan: ScanConfig,
                         continue
                     if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
                         continue
-                    if st.st_ino in private_inodes or st.st_size >= SPARSE_MIN_SIZE:
+                    if st.st_ino in private_inodes or st.st_size >= look_from:
                         why = listing_problem(st, scan, private)
                         if why and relpath not in own_names:    # under its own name: the caller warns once
                             on_problem(relpath, why)
@@ -1630,7 +1635,7 @@ def listing_problem(st: os.stat_result, scan: ScanConfig, private: Mapping[tuple
     if (st.st_dev, st.st_ino) in private:
         return (f"the same file as {private[st.st_dev, st.st_ino]}, which holds cdn-push's own secrets or "
                 "state; never imported")
-    return unusual_size(st, scan) if st.st_size >= SPARSE_MIN_SIZE else None
+    return unusual_size(st, scan)
 
 
 def unusual_size(st: os.stat_result, scan: ScanConfig) -> str | None:
@@ -1638,7 +1643,7 @@ def unusual_size(st: os.stat_result, scan: ScanConfig) -> str | None:
     blocks costs minutes to hash and the CDN a terabyte to fetch); None to take it. Pure."""
     if scan.max_size and st.st_size > scan.max_size:
         return f"{st.st_size:,} bytes is over scan.max_size ({scan.max_size:,} bytes); skipped"
-    if not scan.allow_sparse and st.st_blocks * 512 < st.st_size // 8:
+    if not scan.allow_sparse and st.st_size >= SPARSE_MIN_SIZE and st.st_blocks * 512 < st.st_size // 8:
         return (f"a sparse file: {st.st_size:,} bytes long but only {st.st_blocks * 512:,} bytes on disk; "
                 "skipped (set scan.allow_sparse: true on a compressing filesystem)")
     return None
@@ -3082,6 +3087,16 @@ class PlainHTTP:
 
     def version_string(self) -> str:
         return "cdn-push"
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():      # type: ignore[misc]
+            return False
+        if self.request_version == "HTTP/0.9":    # else http.server answers with a bare body, no status line
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_body(400, b"HTTP/1.0 or HTTP/1.1 only\n", "text/plain; charset=utf-8", {"Connection": "close"})
+            return False
+        return True
 
     def send_body(self, status: int, body: bytes, kind: str, headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)

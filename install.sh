@@ -382,7 +382,8 @@ unit_user() {
 update_installed_units() {
     local file changed=0 running config user
     for file in "$UNIT_FILE" "$TEMPLATE_FILE"; do
-        if [ -f "$file" ] && grep -qF "ExecStart=$INSTALL_DIR/.venv/bin/python $INSTALL_DIR/cdn_push.py" "$file"; then
+        if [ -f "$file" ] && grep -qF -e "ExecStart=$INSTALL_DIR/.venv/bin/cdn-push " \
+                -e "ExecStart=$INSTALL_DIR/.venv/bin/python $INSTALL_DIR/cdn_push.py" "$file"; then   # now, and before 0.4
             config=$(sed -n 's/^ExecStart=.* --config //p' "$file" | head -n 1)
             user=$(unit_user "$file")
             if [ -n "$(CONFIG=${config:-$CONFIG} SERVICE_USER=${user:-$SERVICE_USER} \

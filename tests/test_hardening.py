@@ -1317,9 +1317,6 @@ def test_a_hard_link_to_the_password_file_dropped_while_watching_is_never_import
 
 # == HTTP/0.9 request lines ==================================================================================
 
-@pytest.mark.xfail(strict=True, reason="an explicit 'HTTP/0.9' version makes http.server answer HTTP/0.9 style: "
-                                       "a bare body with no status line or headers (the monitor's CSP and "
-                                       "X-Frame-Options included), on the origin and on the monitor")
 @pytest.mark.parametrize("server", ["origin", "monitor"])
 def test_an_http09_request_line_gets_a_status_line_or_a_close(start_origin, make_config, server):
     if server == "origin":

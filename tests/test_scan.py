@@ -270,8 +270,6 @@ def test_max_size_skips_a_larger_file_and_reports_it(drop, emulator, write_confi
     assert "scan.max_size" in line and f"{2 * MIB:,}" in line
 
 
-@pytest.mark.xfail(strict=True, reason="walk_folder and listing_problem look at sizes only from SPARSE_MIN_SIZE "
-                                       "(1 MiB) up, so scan.max_size below 1 MiB lets larger files through")
 def test_max_size_below_one_mebibyte_skips_a_larger_file(drop, emulator, write_config, capsys):
     write_files(drop, {"over.mp4": b"o" * 5000, "under.mp4": b"u" * 500})
     code, out, err = run_main(capsys, "--config", str(write_config(scan={"settle_seconds": 5, "max_size": 1000})))
