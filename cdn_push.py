@@ -1762,11 +1762,12 @@ class OpenFiles:
         self._taken = -math.inf
         self._under = ""
 
-    def writers(self, under: Path | str = "/") -> frozenset[int]:
+    def writers(self, under: Path | str = "/", *, refresh: bool = False) -> frozenset[int]:
         """Inodes of files below the folder `under` open for writing (a descriptor elsewhere costs
-        one readlink, so a host with many open files is cheap to look at)."""
+        one readlink, so a host with many open files is cheap to look at). `refresh`: a look taken
+        now, not a shared one up to `max_age` old (which may predate the file's writer)."""
         root = os.path.join(os.path.realpath(under), "")
-        if self.clock() - self._taken >= self.max_age or root != self._under:
+        if refresh or self.clock() - self._taken >= self.max_age or root != self._under:
             self._under = root
             self._inodes, self.complete = self._look()
             self._taken = self.clock()
@@ -5135,7 +5136,9 @@ class Intake:
             elif not self.decider.unchanged(entry, row):
                 self._decided_row(self.decider.decide(entry, ledger.get(path), row.sha256), fresh, stage)
         if unknown and not fresh:      # fresh drops were checked when they settled
-            writers = self.open_files.writers(self.ctx.config.folder)
+            # A shared look older than a file's last write may predate its writer: then look anew.
+            recent = max(entry.mtime_ns for entry in unknown) / 1e9 > self.ctx.clock() - self.open_files.max_age - 1
+            writers = self.open_files.writers(self.ctx.config.folder, refresh=recent)
             for entry in [e for e in unknown if e.inode in writers]:
                 self.waiting(entry.relpath, "another process has it open for writing")
             unknown = [e for e in unknown if e.inode not in writers]
@@ -6711,6 +6714,7 @@ class Settler:
         now, wall = self.clock(), self.wall()
         settle, grace = self.config.scan.settle_seconds, min(self.tuning.close_grace, self.config.scan.settle_seconds)
         ready: list[FileEntry] = []
+        looked_now = False
         for relpath, candidate in list(self.candidates.items()):
             path = os.path.join(self.config.folder, relpath)
             found = current_stat(path)
@@ -6725,6 +6729,10 @@ class Settler:
             done = candidate.closed or (self.local and self.open_files.complete)
             if (done and now - candidate.steady_since >= grace and now - candidate.last_event >= grace) or (
                     now - candidate.last_event >= settle and wall - found[1] / 1e9 >= settle):
+                # The shared look may be older than this file's writer: taking it needs a look from now.
+                writers, looked_now = self.open_files.writers(self.config.folder, refresh=not looked_now), True
+                if found[2] in writers:
+                    continue
                 del self.candidates[relpath]
                 ready.append(FileEntry(relpath, path, *found))
         return ready

@@ -104,8 +104,10 @@ class FakeOpenFiles:
     """Stands in for cdn_push.OpenFiles: the inodes a test says are open for writing, and whether
     every writer on the machine would be seen."""
 
+    max_age = 5.0
+
     def __init__(self, complete=True, writers=()):
         self.complete, self.inodes = complete, set(writers)
 
-    def writers(self, under: object = "/") -> frozenset[int]:
+    def writers(self, under: object = "/", *, refresh: bool = False) -> frozenset[int]:
         return frozenset(self.inodes)

@@ -376,6 +376,45 @@ def test_a_symlink_dropped_into_the_folder_is_not_taken(tmp_path, drop, settler)
     assert len(settler) == 0
 
 
+class StaleOpenFiles(FakeOpenFiles):
+    """A shared look taken before the writer opened its file: it shows the writer only when asked
+    for a look from now."""
+
+    def writers(self, under: object = "/", *, refresh: bool = False) -> frozenset[int]:
+        return frozenset(self.inodes) if refresh else frozenset()
+
+
+@pytest.mark.parametrize("close_event", [False, True])
+def test_a_paused_writer_unseen_by_an_old_look_is_seen_by_a_fresh_one(drop, make_config, raw_config, close_event):
+    """A file opened after the shared look was taken, half written, then left alone past the close
+    grace: taking it needs a look from now, which finds its writer (the soak caught half files)."""
+    write_files(drop, {"half.mp4": b"first half"}, age=0)
+    open_files = StaleOpenFiles(complete=True, writers={(drop / "half.mp4").stat().st_ino})
+    clock, wall = Clock(1000.0), Clock(time.time())
+    settler = Settler(cfg(make_config, raw_config, scan={"settle_seconds": 30}), Tuning(close_grace=0.5), clock,
+                      wall, open_files)
+    for kind in ("created", "modified", *(["closed"] if close_event else [])):
+        settler.note(Event(kind, drop / "half.mp4"))
+    for _ in range(4):
+        clock.advance(1.0)
+        assert ready(settler) == []
+    open_files.inodes.clear()                         # the writer finished and closed it
+    clock.advance(1.0)
+    assert ready(settler) == ["half.mp4"]
+
+
+def test_a_pass_looks_anew_for_writers_of_a_recently_written_file(drop, make_config, raw_config):
+    """A pass (cron, or the service's rescan) meets a file just past settle_seconds whose writer paused:
+    the shared look may predate that writer, so a fresh one decides; the file waits, unhashed."""
+    write_files(drop, {"paused.mp4": b"first half"}, age=3)
+    open_files = StaleOpenFiles(complete=True, writers={(drop / "paused.mp4").stat().st_ino})
+    config = cfg(make_config, raw_config, scan={"settle_seconds": 1})
+    with Ledger.open(config.ledger) as ledger:
+        summary = Pipeline(config, ledger, FakeCdnClient(), open_files=open_files).run_once()
+        assert ledger.get("paused.mp4") is None
+    assert summary.waiting == 1 and summary.new == 0
+
+
 # -- the watch loop: reloads and a folder that goes away ------------------------------------------------
 
 class FakeObserver:
