@@ -2165,6 +2165,17 @@ class LedgerFile:
         found = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return found[0] if found else None
 
+    def try_write(self) -> bool:
+        """Whether the ledger takes a write now (after a failed one: its transaction rolled back)."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        try:
+            self.set_meta("written", repr(time.time()))
+            return True
+        except LedgerError:
+            return False
+
     def set_meta(self, key: str, value: str) -> None:
         self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
         self._changed(1, 1)
@@ -6792,10 +6803,8 @@ class WatchService:
         self.activity = Activity(wall, mode="watch")
         self.monitor: MonitorServer | None = None
         self.settler = Settler(config, tuning, clock, wall, open_files)
-        self.pipeline = Pipeline(config, ledger, self.client_factory(config), stop=stop, clock=wall,
-                                 monotonic=clock, tuning=tuning, on_waiting=self.settler.still_writing,
-                                 cdn_retry_pause=tuning.cdn_retry_pause, activity=self.activity)
-        self.pipeline.on_pass_done = self._pass_done
+        self.pipeline = self._make_pipeline(config)
+        self.served: tuple[UrlSigner | None, CallbackInbox | None] = (None, None)
         self.collector = EventCollector(self.pipeline.wake)
         self.observer: Any = None
         self.polling = config.scan.poll
@@ -6812,10 +6821,17 @@ class WatchService:
 
     # -- life cycle ------------------------------------------------------------
 
+    def _make_pipeline(self, config: Config) -> Pipeline:
+        pipeline = Pipeline(config, self.ledger, self.client_factory(config), stop=self.stop, clock=self.wall,
+                            monotonic=self.clock, tuning=self.tuning, on_waiting=self.settler.still_writing,
+                            cdn_retry_pause=self.tuning.cdn_retry_pause, activity=self.activity)
+        pipeline.on_pass_done = self._pass_done
+        return pipeline
+
     def run(self) -> int:
-        with serving(self.config) as (signer, inbox), \
+        with serving(self.config) as self.served, \
                 monitoring(self.config, self.activity, service=True) as self.monitor:
-            self.pipeline.serve_with(signer, inbox)
+            self.pipeline.serve_with(*self.served)
             return self._run()
 
     def _run(self) -> int:
@@ -6828,7 +6844,10 @@ class WatchService:
                      "polling every %gs" % self.config.scan.poll_interval if self.polling else "inotify",
                      f"; status page and metrics at {self.monitor.url}" if self.monitor else "")
             while not self.stop.is_set():
-                self.iteration()
+                try:
+                    self.iteration()
+                except LedgerError as exc:
+                    self.ledger_failed(exc)
         finally:
             self.notifier.stopping()
             log.info("stopping: finishing requests in flight")
@@ -6836,6 +6855,27 @@ class WatchService:
             self.pipeline.halt()
             logging.getLogger("watchdog").removeHandler(self._trouble)
         return EXIT_OK
+
+    def ledger_failed(self, exc: LedgerError) -> None:
+        """The ledger could not be written (most often a full disk). What the pipeline held in memory
+        is let go and nothing is sent; the ledger is tried again with back-off (the watchdog still
+        pinged); then a fresh pipeline and a full pass take up from where the ledger stands."""
+        log.error("%s; the service goes on, sending nothing until the ledger can be written again", exc)
+        self.activity.cdn_down("the ledger cannot be written: nothing is sent", None)
+        with contextlib.suppress(Exception):        # its final commit fails too: that is known
+            self.pipeline.halt()
+        wait = 1.0
+        while not self.stop.is_set() and not self.ledger.try_write():
+            self.ping_if_due()
+            self.stop.wait(wait)
+            wait = min(wait * 2, 60.0)
+        if self.stop.is_set():
+            return
+        log.info("the ledger can be written again: a full pass takes up from where it stands")
+        self.pipeline = self._make_pipeline(self.config)
+        self.pipeline.serve_with(*self.served)
+        self.collector.wake = self.pipeline.wake
+        self.start_pass()
 
     @staticmethod
     def _make_observer(polling: bool, interval: float) -> Any:

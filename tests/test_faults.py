@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ import pytest
 
 import cdn_push
 from cdn_push import Ledger, Pipeline, main
+from test_watch import names, watch  # noqa: F401 - `watch` is a fixture used below
 from conftest import (API_LOGIN, API_PASSWORD, ORIGIN_PASSWORD, ROOT, assert_cdn_holds, free_port, start_cdn_push,
                       wait_for, write_files)
 
@@ -518,3 +520,25 @@ def test_a_disk_filling_up_stops_sending_but_what_was_sent_is_still_served_and_c
     with Ledger.open(ledger) as db:
         assert db.get("a-sent.mp4").state == cdn_push.STATE_CONFIRMED
         assert db.get("b-queued.mp4").state == cdn_push.STATE_PENDING
+
+
+def test_the_service_outlives_a_full_ledger_disk_and_carries_on_once_it_has_room(small_fs, drop, emulator, caplog,
+                                                                                   watch):
+    """A write the ledger cannot take no longer ends the service (exit 5, and under systemd a restart
+    every 10 s): it sends nothing, tries the ledger again with back-off, then takes up where it stands."""
+    caplog.set_level(logging.INFO, logger="cdn_push")
+    write_files(drop, {"before.mp4": b"b" * 1000})
+    running = watch(ledger=str(small_fs / "ledger.sqlite3"))
+    wait_for(lambda: "before.mp4" in names(emulator), message="the first pass")
+    filler = small_fs / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
+        while True:
+            handle.write(b"\0" * 4096)
+    write_files(drop, {"during.mp4": b"d" * 1000})
+    wait_for(lambda: "sending nothing until the ledger can be written again" in caplog.text, timeout=30,
+             message="the full ledger said")
+    assert running.thread.is_alive() and "during.mp4" not in names(emulator)
+    filler.unlink()
+    wait_for(lambda: "during.mp4" in names(emulator), timeout=60, message="during.mp4 sent once there is room")
+    assert "the ledger can be written again" in caplog.text
+    assert running.close() == cdn_push.EXIT_OK
