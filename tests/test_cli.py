@@ -107,6 +107,36 @@ def test_refused_credentials_exit_4_without_retrying(capsys, drop, emulator, wri
     assert "0 submitted" in out and emulator.requests == []
 
 
+def test_a_wrong_password_costs_one_failed_login_per_run(capsys, drop, emulator, write_config, monkeypatch):
+    """Until one answer shows the credentials work, requests go one at a time: under cron, 4 workers
+    must not mean 4-5 failed logins every 5 minutes (an account lock). The summary says it aborted."""
+    write_files(drop, {f"f{i}.mp4": b"x%d" % i for i in range(10)})
+    logins = []
+    checked = emulator._authenticated
+    monkeypatch.setattr(emulator, "_authenticated", lambda *args: logins.append(1) or checked(*args))
+    monkeypatch.setenv(cdn_push.ENV_API_PASSWORD, "Wrong-Pa55word-env")
+    config = write_config(workers={"submit": 4})
+    for run in (1, 2):
+        code, out, err = run_main(capsys, "--config", str(config))
+        assert code == cdn_push.EXIT_CDN_UNAVAILABLE and len(logins) == run, (logins, err)
+        assert "(aborted: see the error above)" in out, out
+
+
+def test_quiet_runs_say_nothing_when_all_is_well_and_an_overlap_is_no_error(capsys, drop, emulator, write_config):
+    """-q as cron wants it (rsync -q, aws s3 sync --only-show-errors): silent on exit 0; a run that
+    meets another one still going (exit 3) is harmless, so it is not an ERROR line either."""
+    write_files(drop, {"a.mp4": b"a"})
+    config = write_config()
+    assert run_main(capsys, "--config", str(config))[0] == cdn_push.EXIT_OK
+    for _ in range(3):
+        assert run_main(capsys, "-q", "--config", str(config)) == (cdn_push.EXIT_OK, "", "")
+    with cdn_push.LedgerLock(cdn_push.load_config(config, {})[0].ledger):
+        code, out, err = run_main(capsys, "-q", "--config", str(config))
+        assert (code, out, err) == (cdn_push.EXIT_LOCKED, "", "")
+        code, out, err = run_main(capsys, "--config", str(config))
+        assert code == cdn_push.EXIT_LOCKED and " INFO another cdn-push" in err and "ERROR" not in err, err
+
+
 def test_unreachable_cdn_exits_4(capsys, drop, write_config, raw_config):
     write_files(drop, {"a.mp4": b"a"})
     api = {**raw_config["api"], "url": f"http://127.0.0.1:{free_port()}/api2"}
