@@ -2004,6 +2004,20 @@ def ledger_room(path: str) -> int | None:
     return vfs.f_bavail * vfs.f_frsize
 
 
+def unopenable_ledger(path: str, text: str) -> str:
+    """Why SQLite's "unable to open database file": most often another user's ledger."""
+    try:
+        foreign = owned_by_another(Path(path))
+    except PermissionError:
+        return (f"ledger {path} cannot be opened ({text}): its folder is not open to this user; run this "
+                "as the user the ledger belongs to (sudo -u USER ...)")
+    except OSError:
+        return f"ledger {path} cannot be opened ({text}): check that its folder exists and is writable"
+    if foreign:
+        return f"ledger {path} cannot be opened ({text}): it {foreign}"
+    return f"ledger {path} cannot be opened ({text}): check the permissions of the file and its folder"
+
+
 def ledger_advice(path: str, exc: BaseException) -> str:
     """What went wrong with the ledger file, in words that say what to do about it."""
     text = str(exc)
@@ -2019,6 +2033,8 @@ def ledger_advice(path: str, exc: BaseException) -> str:
     if "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
         return (f"ledger {path} cannot be written ({text}): check that the file, its folder and the "
                 "file system are writable by this user")
+    if "unable to open" in lowered:
+        return unopenable_ledger(path, text)
     if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
         return (f"ledger {path} is damaged ({text}): move it aside and run again (every file is then "
                 "hashed anew; the CDN answers that unchanged files already exist)")

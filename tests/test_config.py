@@ -429,3 +429,17 @@ def test_the_same_key_in_two_sections_is_fine(tmp_path):
                     "  username: u\n  password: y12345678\n")
     config, _ = cdn_push.load_config(path, {})
     assert config.origin.password.reveal() == "y12345678" and config.api.password.reveal() == "x12345678"
+
+
+@pytest.mark.parametrize("api_url, public_url, warned", [
+    ("https://cp.cdn.example.net/api2", "http://127.0.0.1:8080", True),
+    ("https://cp.cdn.example.net/api2", "http://192.168.1.20:8080", True),
+    ("https://cp.cdn.example.net/api2", "https://push.example.org:8080", False),
+    ("http://127.0.0.1:9000/api2", "http://127.0.0.1:8080", False),       # a CDN on this machine (the emulator)
+])
+def test_a_local_public_url_for_a_remote_cdn_is_a_warning(api_url, public_url, warned):
+    config = cdn_push.parse_config({"folder": "/tmp/drop", "api": {"url": api_url},
+                                    "origin": {"serve": {"listen": "0.0.0.0:8080", "public_url": public_url}}},
+                                   env={}, base_dir=Path("/tmp"))
+    found = cdn_push.unreachable_public_urls(config)
+    assert bool(found) == warned and all("origin.serve.public_url" in line for line in found), found

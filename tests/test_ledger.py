@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -127,3 +128,14 @@ def test_the_send_queue_is_read_in_index_order_without_a_sort(tmp_path):
     plan = " ".join(str(step) for step in db.execute("EXPLAIN QUERY PLAN " + cdn_push.NEXT_PENDING_SQL,
                                                       ("pending", 0.0)))
     assert "files_by_queue" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the ledger to another user")
+def test_a_ledger_that_cannot_be_opened_names_its_owner(tmp_path):
+    """`status` by another user met a raw "unable to open database file"; it now says whose it is."""
+    path = tmp_path / "l.sqlite3"
+    path.write_bytes(b"")
+    os.chown(path, 65534, 65534)
+    advice = cdn_push.ledger_advice(str(path), sqlite3.OperationalError("unable to open database file"))
+    assert "cannot be opened" in advice and "is owned by user" in advice and "sudo -u" in advice, advice
+    assert "chown -R" in advice, advice
