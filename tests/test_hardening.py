@@ -1434,3 +1434,31 @@ def test_a_forged_lock_pid_is_not_signalled(tmp_path, make_config, capsys):
         victim.kill()
         if holder is not None:
             holder.kill()
+
+
+# -- origin slots: idle connections give way, refused requests close (issue 20, finding 7) ------------------
+
+def test_slots_held_by_idle_connections_give_way_to_the_cdn(start_origin):
+    """Many addresses each keeping connections open and idle take every slot; a newcomer then closes
+    the one idle longest (as nginx does) instead of hearing 503, so the CDN's fetch goes through."""
+    origin = start_origin(header_timeout=30, idle_timeout=30, max_connections=8)
+    idle = [origin.connect(source=f"127.0.0.{host}") for host in range(2, 6) for _ in range(2)]    # 8 slots
+    # well before header_timeout would free a slot
+    wait_for(lambda: requests.get(origin.url("a.mp4"), timeout=4).status_code == 200, timeout=5,
+             message="a fetch admitted by closing an idle connection")
+    closed = [sock for sock in idle if select.select([sock], [], [], 0)[0] and sock.recv(1) == b""]
+    assert closed, "no idle connection was closed to let the fetch in"
+
+
+def test_a_refused_request_closes_its_connection(start_origin):
+    """An unsigned or unknown request is answered, then its connection closed: it cannot sit on a slot."""
+    origin = start_origin(header_timeout=10, idle_timeout=10, max_connections=8)
+    for path in ("/o/1/bad/a.mp4", "/nothing", origin.path("a.mp4").replace("/o/", "/o/1", 1)):
+        sock = origin.connect(source=ATTACKER)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answers, ended, _ = read_responses(sock, 3.0)
+        assert answers and 400 <= answers[0].status < 500 and ended in ("closed", "reset"), (path, answers, ended)
+    sock = origin.connect(source=ATTACKER)          # a good request keeps its connection for the next
+    sock.sendall(f"GET {origin.path('a.mp4')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    answers, ended, _ = read_responses(sock, 1.5, stop_after=1)
+    assert [a.status for a in answers] == [200] and ended not in ("closed", "reset"), (answers, ended)
