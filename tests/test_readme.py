@@ -14,6 +14,7 @@ folder and the CDN emulator as the CDN. System paths in a command are swapped fo
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -180,6 +181,8 @@ class Site:
         wrapper = self.bin / "cdn-push"
         wrapper.write_text(f"#!/bin/sh\nexec '{sys.executable}' '{ROOT / 'cdn_push.py'}' \"$@\"\n")
         wrapper.chmod(0o755)
+        (self.clone / ".venv" / "bin").mkdir(parents=True)
+        (self.clone / ".venv" / "bin" / "cdn-push").symlink_to(wrapper)     # as install.sh leaves it
         self.substitutions = [("/usr/local/bin/cdn-push", str(wrapper)),
                               ("/etc/cdn-push/config.yaml", str(self.config)),
                               ("/var/log/cdn-push.log", str(self.log)),
@@ -214,7 +217,7 @@ class Site:
         return {f["name"]: f["imports"] for f in self.emulator.snapshot()}
 
     def ledger_states(self) -> dict[str, str]:
-        with sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True)) as db:
             return dict(db.execute("SELECT path, state FROM files"))
 
 
@@ -387,8 +390,9 @@ def sqlite_backup(site: Site, command: str) -> None:
         return
     done(site.readme(command))
     copy = site.backups / "cdn-push-ledger.sqlite3"
-    with sqlite3.connect(copy) as backup, sqlite3.connect(f"file:{site.ledger}?mode=ro", uri=True) as ledger:
-        query = "SELECT path, state, sha256 FROM files ORDER BY path"
+    query = "SELECT path, state, sha256 FROM files ORDER BY path"
+    with contextlib.closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as backup, \
+            contextlib.closing(sqlite3.connect(f"file:{site.ledger}?mode=ro", uri=True)) as ledger:
         assert backup.execute(query).fetchall() == ledger.execute(query).fetchall()
     # The restore the README describes, after a file was imported since the backup: that file is
     # sent again and the CDN says it holds it (nothing downloaded twice).
@@ -422,9 +426,9 @@ def copy_state(site: Site, command: str) -> None:
 
 
 STEPS: dict[str, Callable[[Site, str], None]] = {
-    "cdn-push demo": demo,
+    ".venv/bin/cdn-push demo": demo,
     "cp config.example.yaml config.yaml": copy_example,
-    "(umask 077 && read -rsp 'API password: ' pw && printf '%s\\n' \"$pw\" > api-password)": password_file,
+    "(umask 077 && read -rsp 'API password: ' pw && echo && printf '%s\\n' \"$pw\" > api-password)": password_file,
     "cdn-push run --dry-run": dry_run,
     "cdn-push": first_run,
     "cdn-push status": status,
