@@ -32,7 +32,7 @@ import requests
 import yaml
 
 from cdn_emulator import CdnEmulator
-from conftest import API_LOGIN, API_PASSWORD, ROOT, free_port, write_files
+from conftest import API_LOGIN, API_PASSWORD, ROOT, free_port, wait_for, write_files
 
 README = ROOT / "README.md"
 SYSTEM = "tests/test_systemd.py"
@@ -198,11 +198,14 @@ class Site:
         assert not outside, f"{command!r} would touch {outside} outside the test's folder"
         return local
 
-    def sh(self, command: str, *, stdin: str | None = None, timeout: float = 90.0) -> subprocess.CompletedProcess:
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("CDN_PUSH_", "NOTIFY_SOCKET", "JOURNAL_STREAM", "PYTEST"))}
         env.update(PATH=f"{self.bin}:{env.get('PATH', '/usr/bin:/bin')}", HOME=str(self.home))
-        return subprocess.run(["bash", "-c", self.local(command)], cwd=self.clone, env=env, text=True,
+        return env
+
+    def sh(self, command: str, *, stdin: str | None = None, timeout: float = 90.0) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", self.local(command)], cwd=self.clone, env=self.env(), text=True,
                               capture_output=True, timeout=timeout,
                               **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
 
@@ -260,6 +263,7 @@ def copy_example(site: Site, command: str) -> None:
     data["api"].pop("password", None)
     data["origin"].pop("base_url")
     data["origin"]["serve"] = {"listen": f"127.0.0.1:{site.port}", "public_url": f"http://127.0.0.1:{site.port}"}
+    data["monitor"]["listen"] = None                   # the service below would take 127.0.0.1:8765
     site.config.write_text(yaml.safe_dump(data, sort_keys=False))
     write_files(site.drop, {**FILES, "series/episode 03.mp4.part": b"still being written"})
 
@@ -388,12 +392,25 @@ def sqlite_backup(site: Site, command: str) -> None:
     if shutil.which("sqlite3") is None:
         warnings.warn(f"sqlite3 is not installed: README command not run: {command}")
         return
-    done(site.readme(command))
-    copy = site.backups / "cdn-push-ledger.sqlite3"
-    query = "SELECT path, state, sha256 FROM files ORDER BY path"
-    with contextlib.closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as backup, \
-            contextlib.closing(sqlite3.connect(f"file:{site.ledger}?mode=ro", uri=True)) as ledger:
-        assert backup.execute(query).fetchall() == ledger.execute(query).fetchall()
+    # "The first works while cdn-push runs": the service holds the ledger meanwhile.
+    with (site.root / "watch.log").open("w") as log:
+        service = subprocess.Popen([str(site.bin / "cdn-push"), "watch"], cwd=site.clone, env=site.env(),
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        lock = Path(f"{site.ledger}.lock")
+        holding = lambda: lock.exists() and lock.read_text().strip() == str(service.pid)  # noqa: E731
+        wait_for(lambda: service.poll() is not None or holding(), 30, message="the service holds the ledger")
+        assert service.poll() is None, (site.root / "watch.log").read_text()
+        done(site.readme(command))
+        copy = site.backups / "cdn-push-ledger.sqlite3"
+        query = "SELECT path, state, sha256 FROM files ORDER BY path"
+        with contextlib.closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as backup, \
+                contextlib.closing(sqlite3.connect(f"file:{site.ledger}?mode=ro", uri=True)) as ledger:
+            assert backup.execute(query).fetchall() == ledger.execute(query).fetchall()
+            assert len(ledger.execute(query).fetchall()) == len(site.files)
+    finally:
+        service.terminate()
+        assert service.wait(30) == 0, (site.root / "watch.log").read_text()
     # The restore the README describes, after a file was imported since the backup: that file is
     # sent again and the CDN says it holds it (nothing downloaded twice).
     site.files["after-backup.mp4"] = b"later" * 100
