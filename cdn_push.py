@@ -2067,7 +2067,7 @@ class LedgerFile:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
+            raise LedgerError(ledger_advice(where, exc)) from None
         except OSError as exc:
             raise LedgerError(f"cannot create ledger {where}: {exc.strerror or exc}") from None
         return cls._ready(db, where, clock)
@@ -2083,7 +2083,7 @@ class LedgerFile:
             with contextlib.closing(source):
                 source.backup(db)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
+            raise LedgerError(ledger_advice(where, exc)) from None
         return cls._ready(db, f"{where} (a copy in memory, for the dry run)", time.time)
 
     @classmethod
@@ -2103,7 +2103,7 @@ class LedgerFile:
                 cls._migrate(db, where, int(found[0]))
             db.executescript(LEDGER_INDEXES)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot use {ledger_advice(where, exc)}") from None
+            raise LedgerError(ledger_advice(where, exc)) from None
         except OSError as exc:
             raise LedgerError(f"cannot create ledger {where}: {exc.strerror or exc}") from None
         db.execute("BEGIN")
@@ -2512,8 +2512,7 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     kept = body[:MAX_RECORDED_BODY]
     if status in (401, 407) or (status == 403 and (not message or AUTH_TEXT.search(message))):
         return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
-                            f"{': ' + message if message else ''}); check api.login and "
-                            f"{ENV_API_PASSWORD} / api.password")
+                            f"{': ' + message if message else ''}); check api.login and the password")
     if status == 429 or status == 408 or status >= 500:
         return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
     if status in (404, 405) or 300 <= status < 400 or HTML_START.match(body):
@@ -3967,6 +3966,9 @@ class ProgressBars:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+        if self._bars:          # a bar left behind clears its line, not the column: the next line starts at 0
+            sys.stderr.write("\r")
+            sys.stderr.flush()
         self._bars.clear()
 
 
@@ -6459,7 +6461,8 @@ def submit_problems(config: Config) -> list[str]:
     if not config.api.login:
         problems.append("'api.login' is required to submit")
     if not config.api.password:
-        problems.append(f"no API password: set {ENV_API_PASSWORD} or 'api.password'")
+        problems.append(f"no API password: set 'api.password_file' (a file of mode 600 holding it), "
+                        f"'api.password', or {ENV_API_PASSWORD}")
     if not config.origin.base_url and config.origin.serve is None:
         problems.append("set 'origin.base_url' (the URL where the CDN can download the folder's files) or "
                         "'origin.serve' (cdn-push serves them itself)")

@@ -373,6 +373,7 @@ install_service() {
 
 # The User= of an installed unit file ("" if none).
 unit_user() {
+    [ -f "$1" ] || return 0          # no unit (only the command, or instances): no user to name
     sed -n 's/^User=//p' "$1" 2>/dev/null | head -n 1
 }
 

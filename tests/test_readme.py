@@ -585,14 +585,8 @@ for path in /etc/cdn-push /var/lib/cdn-push /usr/local/bin/cdn-push "$CLONE/.ven
     if [ -e "$path" ] || [ -L "$path" ]; then echo "there $path"; else echo "gone $path"; fi
 done
 """
-NO_PLAIN_UNIT = pytest.mark.xfail(strict=True, reason=(
-    "install.sh --uninstall [--purge] exits 2 at once, saying nothing, when /etc/systemd/system/cdn-push.service "
-    "is absent (only the command linked, only cdn-push@NAME instances, or after a first --uninstall, as its "
-    "own advice to run --purge then has it): unit_user's sed fails under set -e and pipefail"))
-
-
 @pytest.mark.parametrize("purge", [False, True], ids=["uninstall", "purge"])
-@pytest.mark.parametrize("service", [True, pytest.param(False, marks=NO_PLAIN_UNIT)],
+@pytest.mark.parametrize("service", [True, False],
                          ids=["with-the-service", "command-only"])
 def test_uninstall_and_purge_as_the_readme_says(tmp_path: Path, service: bool, purge: bool) -> None:
     """install.sh --uninstall removes the link and keeps the configuration, the ledgers and .venv;
