@@ -56,6 +56,7 @@ from cdn_emulator import CdnEmulator  # noqa: E402
 LOGIN, PASSWORD = "soak", "soak-Pa55-w0rd-otter"
 STORM_FAULTS = ("500", "502", "503", "429", "429:1")
 HASH_WORKERS, SUBMIT_WORKERS = 2, 4
+WRITABLE_AGAIN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \w+ the ledger can be written again", re.M)
 CONFIRMED_LINE = re.compile(r" INFO confirmed (.*) (?:by callback|through file/list): the CDN verified")
 
 
@@ -397,11 +398,14 @@ class RecordingEmulator(CdnEmulator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fetches: list[tuple[str, str, str]] = []        # (name, state, sha-256 or message)
+        self.callbacks: list[tuple[str, str, str, float]] = []   # (name, state, cdn-push's answer, when)
 
     def _call_back(self, record: Any, outcome: dict[str, Any]) -> None:
         with self._lock:
             self.fetches.append((record.name, outcome["state"], outcome.get("sha256") or outcome.get("message", "")))
         super()._call_back(record, outcome)
+        with self._lock:
+            self.callbacks.append((record.name, outcome["state"], str(record.callback_result), time.time()))
 
 
 def free_port() -> int:
@@ -527,6 +531,7 @@ class Faults:
         self.service, self.emulator, self.layout, self.gate = service, emulator, layout, gate
         self.profile, self.report, self.configs, self.rng = profile, report, configs, rng
         self.producers = producers
+        self.full_since: list[float] = []           # wall clock: when each full-disk episode began
         self.moves = 0
 
     NAMES = ("sigkill_restart", "storm", "reload_storm", "folder_moved", "cdn_down", "ledger_full", "tmpfs_remount",
@@ -631,6 +636,7 @@ class Faults:
             # full disk is caught often, not always. Then room for the ledger's own writes, but less
             # than the 4 MiB under which cdn-push stops sending.
             full_since = time.monotonic()
+            self.full_since.append(time.time())
             self.producers.batch(150, self.rng)
             time.sleep(max(0.0, full_since + 3 - time.monotonic()))
             os.truncate(ballast, max(0, ballast.stat().st_size - 1024 * 1024))
@@ -699,7 +705,10 @@ def caught_up(expected: dict[str, Dropped], emulator: RecordingEmulator, ledger_
     return behind
 
 
-def judge(report: SoakReport, dropped: list[Dropped], emulator: RecordingEmulator, ledger_path: Path) -> None:
+def judge(report: SoakReport, dropped: list[Dropped], emulator: RecordingEmulator, ledger_path: Path,
+          unwritable: list[tuple[float, float]] = ()) -> None:
+    """The figures and problems of the end state; `unwritable` are the (wall-clock) windows in which the
+    ledger could not be written."""
     expected = {d.relpath: d for d in dropped if d.completed}
     aborted = {d.relpath: d for d in dropped if not d.completed}
     report.completed, report.aborted = len(expected), len(aborted)
@@ -713,6 +722,17 @@ def judge(report: SoakReport, dropped: list[Dropped], emulator: RecordingEmulato
             imports[name].append(detail)
     for status, number in collections.Counter(emulator.answers).items():
         report.counts[f"file/add answered {status}"] += number
+    for _, state, answer, _ in emulator.callbacks:
+        report.counts[f"{state} callbacks answered {answer}"] += 1
+    # cdn-push answers a callback 503 ("call again later") only when it cannot record it: on its way
+    # out (the soak stops the service once every file is confirmed) or while the ledger cannot be
+    # written (the full-disk windows, until the service says it can write again). Any other 503 is a
+    # callback lost by a running service (a SIGKILL or SIGSTOP shows as a connection error or timeout).
+    refused = [name for name, _, answer, when in emulator.callbacks if answer == "503"
+               and not any(start - 1.5 <= when <= end + 1.5 for start, end in unwritable)]
+    if refused:
+        report.problems.append(f"{len(refused)} callbacks answered 503 by the running service outside the "
+                               f"full-disk windows (their files were left to file/list): {refused[:5]}")
 
     problems = report.problems
     behind = caught_up(expected, emulator, ledger_path)
@@ -775,6 +795,15 @@ def judge(report: SoakReport, dropped: list[Dropped], emulator: RecordingEmulato
 # demand). With about 20 descriptors and 11 threads, 10% is 2 and 1: less than those pools move by.
 # A leak grows past them.
 POOL_SLACK = {"open fds": 2 * (SUBMIT_WORKERS + 1), "threads": HASH_WORKERS + 1}
+
+
+def unwritable_windows(log_text: str, starts: list[float], profile: Profile) -> list[tuple[float, float]]:
+    """From each full-disk episode's start to the service's first "can be written again" after it
+    (its log's whole seconds), or, with no such line, to a while after the disk was freed."""
+    recovered = sorted(time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+                       for stamp in WRITABLE_AGAIN.findall(log_text))
+    return [(start, next((t + 1.0 for t in recovered if t + 1.0 >= start), start + profile.full_seconds + 30))
+            for start in starts]
 
 
 def resource_figures(report: SoakReport, samples: list[tuple[float, int, float, int, int]], pid: int,
@@ -919,7 +948,7 @@ def run_soak(minutes: float, workdir: Path, *, seed: int = 19, root: Path = ROOT
         for exit_line in report.unexpected_exits:
             report.problems.append(f"the service ended on its own: {exit_line}")
         report.counts["file/add requests"] = len(emulator.requests)
-        judge(report, producers.dropped, emulator, ledger)
+        judge(report, producers.dropped, emulator, ledger, unwritable_windows(text, faults.full_since, profile))
     report.wall_seconds = time.monotonic() - t0
     return report
 
