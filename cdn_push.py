@@ -3040,6 +3040,11 @@ class CallbackInbox:
         with self._lock:
             self._closed = True
 
+    def reopen(self) -> None:
+        """Callbacks taken again: a fresh pipeline records them (the service after a ledger failure)."""
+        with self._lock:
+            self._closed = False
+
     def take(self) -> list[CallbackReport]:
         reports, self.deferred = self.deferred, []
         while True:
@@ -6883,6 +6888,9 @@ class WatchService:
         self.activity.cdn_down("the ledger cannot be written: nothing is sent", None)
         with contextlib.suppress(Exception):        # its final commit fails too: that is known
             self.pipeline.halt()
+        client = self.pipeline.submitter.client
+        if client is not None:
+            client.close()          # its kept connections go with the pipeline, not with the garbage collector
         wait = 1.0
         while not self.stop.is_set() and not self.ledger.try_write():
             self.ping_if_due()
@@ -6893,6 +6901,8 @@ class WatchService:
         log.info("the ledger can be written again: a full pass takes up from where it stands")
         self.pipeline = self._make_pipeline(self.config)
         self.pipeline.serve_with(*self.served)
+        if self.served[1] is not None:
+            self.served[1].reopen()         # halting closed it: callbacks would be answered 503 for good
         self.collector.wake = self.pipeline.wake
         self.start_pass()
 

@@ -528,7 +528,9 @@ def test_the_service_outlives_a_full_ledger_disk_and_carries_on_once_it_has_room
     every 10 s): it sends nothing, tries the ledger again with back-off, then takes up where it stands."""
     caplog.set_level(logging.INFO, logger="cdn_push")
     write_files(drop, {"before.mp4": b"b" * 1000})
-    running = watch(ledger=str(small_fs / "ledger.sqlite3"))
+    port = free_port()      # the built-in origin: callbacks must be taken again after the recovery
+    running = watch(ledger=str(small_fs / "ledger.sqlite3"),
+                    origin={"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}})
     wait_for(lambda: "before.mp4" in names(emulator), message="the first pass")
     filler = small_fs / "filler"
     with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
@@ -541,4 +543,11 @@ def test_the_service_outlives_a_full_ledger_disk_and_carries_on_once_it_has_room
     filler.unlink()
     wait_for(lambda: "during.mp4" in names(emulator), timeout=60, message="during.mp4 sent once there is room")
     assert "the ledger can be written again" in caplog.text
+
+    def state() -> str | None:
+        with Ledger.reader(small_fs / "ledger.sqlite3") as ledger:
+            row = ledger.get("during.mp4")
+        return row.state if row else None
+
+    wait_for(lambda: state() == cdn_push.STATE_CONFIRMED, timeout=30, message="during.mp4 confirmed by its callback")
     assert running.close() == cdn_push.EXIT_OK
