@@ -6120,6 +6120,15 @@ PROBLEM_ADVICE = {
 }
 
 
+SKIPPED_ADVICE = (
+    ("utf-8", "Rename the file to a name in UTF-8 to import it."),
+    ("same file as", "A link to one of cdn-push's own files: remove it; it is never imported."),
+    ("sparse file", "Mostly holes, not video: check the file, or set scan.allow_sparse: true."),
+    ("scan.max_size", "Larger than scan.max_size: raise it to import the file."),
+    ("symlink leads outside", "A link out of the folder: copy the file in instead."),
+)
+
+
 def render_problems_advice(state: str, reason: str) -> str:
     """What to do about one problem, in plain text. The CDN's reason sharpens the advice where
     cdn-push recognises it (the common origin failures), else the state decides."""
@@ -6132,6 +6141,10 @@ def render_problems_advice(state: str, reason: str) -> str:
                 "files on the origin; the file is sent again at the next pass.")
     if state == "rejected" and "already exists" in text and "no_replace" in text:
         return PROBLEM_ADVICE["conflict"]
+    if state == "unreadable":       # skipped on purpose: the reason says why, and this what to do
+        for words, advice in SKIPPED_ADVICE:
+            if words in text:
+                return advice
     return PROBLEM_ADVICE.get(state, "See the reason above, and the service's log for details.")
 
 

@@ -408,3 +408,15 @@ def test_rendering_is_pure_and_deterministic():
     before = copy.deepcopy(status)
     assert page.render_status_page(status) == page.render_status_page(status)
     assert status == before
+
+
+@pytest.mark.parametrize("reason, advice", [
+    ("name is not valid UTF-8; rename the file to import it", "Rename the file"),
+    ("the same file as the ledger ('ledger'), which holds cdn-push's own secrets", "remove it"),
+    ("a sparse file: 1,000 bytes long but only 0 bytes on disk; skipped", "scan.allow_sparse"),
+    ("5,000 bytes is over scan.max_size (1,000 bytes); skipped", "raise it"),
+    ("cannot stat: Permission denied", "permissions"),
+])
+def test_a_skipped_file_gets_advice_that_fits_its_reason(reason, advice):
+    """A non-UTF-8 name was told to "check permissions"; each reason for a skip has its own advice."""
+    assert advice in page.render_problems_advice("unreadable", reason)
