@@ -77,11 +77,10 @@ MUTANTS: list[Mutant] = [
            "    if no_replace:\n        return DECISION_CONFLICT\n", "", PURE),
     # -- row_after_decision (pure) ----------------------------------------------------------
     Mutant("row-after-attempts-never-carried",
-           "attempts = row.attempts if content_same and row.state == STATE_PENDING else 0",
-           "attempts = 0", PURE),
+           "attempts=row.attempts if resend else 0", "attempts=0", PURE),
     Mutant("row-after-attempts-carried-from-any-state",
-           "attempts = row.attempts if content_same and row.state == STATE_PENDING else 0",
-           "attempts = row.attempts if content_same else 0", PURE),
+           "== (name, entry.size, sha256) and row.state == STATE_PENDING",
+           "== (name, entry.size, sha256)", PURE),
     Mutant("row-after-conflict-not-noted",
            "    if decision == DECISION_CONFLICT:\n        return row._replace(\n",
            "    if False:\n        return row._replace(\n", PURE),
@@ -144,19 +143,6 @@ MUTANTS: list[Mutant] = [
            "if self._consecutive_failures > max(3, self.ctx.config.submit_workers * 2):", PIPE),
     # -- Recorder ---------------------------------------------------------------------------
     # Equivalent: the sha-256 is compared too, and equal sha-256 means equal content, so equal size.
-    Mutant("recorder-size-comparison-removed",
-           "if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):",
-           "if (current.mtime_ns, current.sha256) != (row.mtime_ns, row.sha256):", PIPE,
-           equivalent="the sha-256 is compared as well: the same sha-256 is the same content, "
-                      "hence the same size"),
-    # Equivalent: a path is SUBMITTING from enqueue to its answer, and nothing writes its ledger row
-    # meanwhile (look_at only notes a recheck, hashing waits for the answer, a callback for a pending
-    # row is deferred or ignored), so the row read back is always the row sent: the branch is a guard.
-    Mutant("recorder-redecided-check-removed",
-           "if (current.size, current.mtime_ns, current.sha256) != (row.size, row.mtime_ns, row.sha256):",
-           "if False:", PIPE,
-           equivalent="the path table keeps every writer off a SUBMITTING path's row, so the row read "
-                      "back after the answer is the row sent; the branch is a defensive guard"),
     Mutant("exists-with-no-replace-not-rejected",
            '        if answer.outcome == OUTCOME_EXISTS and params.get("no_replace") == "true":',
            "        if False:", PIPE),
