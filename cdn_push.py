@@ -6810,6 +6810,16 @@ RESTART_ONLY: dict[str, Callable[[Config], Any]] = {
 }
 
 
+def wait_until_writable(ledger: Ledger, stop: threading.Event, ping: Callable[[], None]) -> bool:
+    """Try the ledger with back-off (1 s, doubling to a minute) until it takes a write; False on a stop."""
+    wait = 1.0
+    while not stop.is_set() and not ledger.try_write():
+        ping()
+        stop.wait(wait)
+        wait = min(wait * 2, 60.0)
+    return not stop.is_set()
+
+
 class WatchService:
     """Watch the folder and import each file once it stops changing, with full passes alongside.
 
@@ -6904,12 +6914,7 @@ class WatchService:
         client = self.pipeline.submitter.client
         if client is not None:
             client.close()          # its kept connections go with the pipeline, not with the garbage collector
-        wait = 1.0
-        while not self.stop.is_set() and not self.ledger.try_write():
-            self.ping_if_due()
-            self.stop.wait(wait)
-            wait = min(wait * 2, 60.0)
-        if self.stop.is_set():
+        if not wait_until_writable(self.ledger, self.stop, self.ping_if_due):
             return
         log.info("the ledger can be written again: a full pass takes up from where it stands")
         self.pipeline = self._make_pipeline(self.config)
