@@ -7245,14 +7245,16 @@ def show_status(config: Config, *, as_json: bool, state: str | None,
         waiting_note = (" (queued by the CDN; waiting for its callback)" if config.callback.enabled else
                         " (queued by the CDN; cdn-push asks it through file/list)" if config.confirm.poll else
                         " (queued by the CDN; not followed: confirm.poll is off)")
-        out(f"{total} files in {config.ledger}: " + ", ".join(
+        out(f"{plural(total, 'file')} in {config.ledger}: " + ", ".join(
             f"{n} {s}{waiting_note if s == STATE_SUBMITTED and n else ''}" for s, n in counts.items())
             + (f"; {conflicts} of them in conflict (changed, and no_replace keeps the CDN's older copy: "
                "status --state conflict)" if conflicts else ""))
-        for row in ledger.all_rows(state):
+        for number, row in enumerate(ledger.all_rows(state)):
+            if not number:
+                out(f"{'state':<9} {'bytes':>12} {'tries':>5} {'sha-256':<64} name in the CDN  <- path in the folder")
             error = f"  ({printable(row.last_error)})" if row.last_error else ""
             shown = CONFLICT if row.state in ACCEPTED_STATES and row.last_error else row.state
-            out(f"{shown:<9} {row.size:>12} {row.attempts:>2} {row.sha256 or '-':<64} {printable(row.name)}"
+            out(f"{shown:<9} {row.size:>12} {row.attempts:>5} {row.sha256 or '-':<64} {printable(row.name)}"
                 f"{'  <- ' + printable(row.path) if row.name != row.path else ''}{error}")
     return EXIT_OK
 

@@ -64,6 +64,7 @@ def test_full_run_then_nothing_then_status(capsys, drop, emulator, write_config)
     assert by_path["ünïcödé/ファイル.mp4"]["sha256"] == hashlib.sha256(AWKWARD_FILES["ünïcödé/ファイル.mp4"]).hexdigest()
     code, out, _ = run_main(capsys, "--config", str(config), "status")
     assert code == 0 and f"{len(AWKWARD_FILES)} submitted" in out.splitlines()[0]
+    assert out.splitlines()[1].split()[:4] == ["state", "bytes", "tries", "sha-256"]      # the columns named
     assert emulator.wait_idle(30)
     assert all(f["state"] == "ready" for f in emulator.snapshot())
 

@@ -642,7 +642,7 @@ def test_a_callback_message_is_logged_stored_and_shown_escaped(capsys, drop, emu
     assert stored and not [c for c in raw + ("\n",) if c in stored], repr(stored)
     assert "\\x00nul" in stored and "\\u202eevil" in stored and "no\\n2026" in stored
     code, out, _ = run_main(capsys, "--config", str(config), "status")
-    assert not [c for c in raw if c in out] and "\\u202eevil" in out and len(out.splitlines()) == 2, out
+    assert not [c for c in raw if c in out] and "\\u202eevil" in out and len(out.splitlines()) == 3, out     # summary, column names, the row
     code, out, _ = run_main(capsys, "--config", str(config), "status", "--json")
     shown = json.loads(out)["files"][0]["last_error"]
     assert not [c for c in raw + ("\n",) if c in shown] and "\\u202eevil" in shown
