@@ -3360,8 +3360,9 @@ class OriginSlot:
 IDLE_EVICT_AFTER = 0.5      # seconds a kept connection must have waited before a newcomer may take its slot
 
 
-def address_allowed(address: str, networks: Sequence[str]) -> bool:
-    """Whether a client address lies in one of `networks` (any, when there are none); pure."""
+def address_allowed(address: str, networks: Sequence[Any]) -> bool:
+    """Whether a client address lies in one of `networks` (CIDR text or parsed networks; any, when
+    there are none); pure."""
     if not networks:
         return True
     import ipaddress
@@ -3373,6 +3374,12 @@ def address_allowed(address: str, networks: Sequence[str]) -> bool:
     if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
         found = found.ipv4_mapped
     return any(found in ipaddress.ip_network(network, strict=False) for network in networks)
+
+
+def address_networks(cidrs: Sequence[str]) -> tuple[Any, ...]:
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
 class OriginServer:
@@ -3397,6 +3404,8 @@ class OriginServer:
         self.private = dict(config.private_files)
         self.private_ids = private_identities(config)
         self.serve = config.origin.serve or ServeConfig("", 0, "", max_connections=64)
+        # parsed once here, not on every accepted connection
+        self.allow_from = address_networks(self.serve.allow_from)
         host = config.origin.serve.listen_host if config.origin.serve else config.callback.listen_host
         port = config.origin.serve.listen_port if config.origin.serve else config.callback.listen_port
         key = "origin.serve.listen" if config.origin.serve else "callback.listen"
@@ -3467,7 +3476,7 @@ class OriginServer:
                                  name="origin-connection").start()
 
     def _admit(self, conn: socket.socket, address: str) -> bool:
-        if not address_allowed(address, self.serve.allow_from):
+        if not address_allowed(address, self.allow_from):
             with contextlib.suppress(OSError):
                 conn.close()
             return False

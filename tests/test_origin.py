@@ -598,3 +598,16 @@ def test_without_follow_symlinks_the_origin_follows_no_link_even_to_the_hashed_f
     os.symlink(drop / "moved" / "a.mp4", drop / "a.mp4")
     for relpath in ("dir/b c#.mp4", "a.mp4"):
         assert requests.get(url_for(config, signer, relpath), timeout=5).status_code == 404, relpath
+
+
+@pytest.mark.parametrize("address, networks, allowed", [
+    ("192.0.2.7", [], True),                                   # no list: anyone
+    ("192.0.2.7", ["192.0.2.0/24"], True),
+    ("198.51.100.1", ["192.0.2.0/24"], False),
+    ("::ffff:192.0.2.7", ["192.0.2.0/24"], True),             # an IPv4 client on a dual-stack socket
+    ("2001:db8::1", ["2001:db8::/32", "192.0.2.0/24"], True),
+    ("not-an-address", ["0.0.0.0/0"], False),
+])
+def test_origin_allow_from_admits_only_its_networks(address, networks, allowed):
+    assert cdn_push.address_allowed(address, cdn_push.address_networks(networks)) is allowed
+    assert cdn_push.address_allowed(address, networks) is allowed
