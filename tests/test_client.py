@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
+import select
+import socket
+import threading
 import time
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -269,3 +275,264 @@ def test_a_run_with_otp_auth_imports_every_file(drop, emulator, write_config, ca
     assert len(seen) == len(files) and all(header is None and otp for header, otp in seen), seen
     assert len({otp for _, otp in seen}) == len(files)
     assert_cdn_holds(emulator, files)
+
+
+# -- proxies (issue 22) ----------------------------------------------------------------------------------
+# The client reads the environment's proxy settings once, as requests would, and drives urllib3 itself:
+# these tests put a real proxy on 127.0.0.1 between it and the emulator.
+
+PROXY_USER, PROXY_PASSWORD = "proxy-user", "proxy-Secret-otter"
+HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
+              "trailers", "transfer-encoding", "upgrade"}
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        pass       # a client that hangs up on a tunnel is no news
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """A forwarding proxy: absolute-form requests are sent on with http.client; CONNECT opens a tunnel."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib name
+        pass
+
+    def do_POST(self):
+        proxy = self.server.proxy
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if not proxy.admit(self):
+            return
+        target = urlsplit(self.path)
+        if target.scheme != "http" or not target.hostname:     # origin-form: not meant for a proxy
+            self._answer(400, b"a proxy needs the absolute URL in the request line\n")
+            return
+        headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_BY_HOP}
+        upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
+        try:
+            upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""), body=body,
+                             headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        except OSError as exc:
+            self._answer(502, f"cannot reach {target.netloc}: {exc}\n".encode())
+            return
+        finally:
+            upstream.close()
+        self.send_response(answer.status, answer.reason)
+        for key, value in answer.getheaders():
+            if key.lower() not in HOP_BY_HOP | {"content-length", "server", "date"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST
+
+    def do_CONNECT(self):
+        proxy = self.server.proxy
+        if not proxy.admit(self):
+            return
+        host, _, port = self.path.rpartition(":")
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except (OSError, ValueError) as exc:
+            self._answer(502, f"cannot reach {self.path}: {exc}\n".encode())
+            return
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        with upstream:
+            ends = {self.connection: upstream, upstream: self.connection}
+            while not proxy.stopping.is_set():
+                readable, _, _ = select.select(list(ends), [], [], 0.05)
+                for end in readable:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    ends[end].sendall(data)
+
+    def _answer(self, status, body, headers=None):
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class ForwardProxy:
+    """A real HTTP proxy on 127.0.0.1 that records the request line of everything it is asked."""
+
+    def __init__(self, *, credentials=None):
+        self.lines = []                   # every request line, in order
+        self.proxy_authorization = []     # the Proxy-Authorization header of each (None when absent)
+        self.credentials = credentials    # (user, password) the proxy asks for, or None for an open one
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        self._server.proxy = self
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self._server.server_address[1]
+
+    def admit(self, handler):
+        """Record the request; False (after a 407) when the proxy wants credentials it was not given."""
+        given = handler.headers.get("Proxy-Authorization")
+        with self._lock:
+            self.lines.append(handler.requestline)
+            self.proxy_authorization.append(given)
+        wanted = self.credentials and "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        if wanted and given != wanted:
+            handler._answer(407, b"proxy authentication required\n", {"Proxy-Authenticate": 'Basic realm="proxy"'})
+            return False
+        return True
+
+    def start(self):
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="proxy").start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """No proxy setting of the machine's environment leaks in: each test sets its own."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def forward_proxy():
+    proxy = ForwardProxy().start()
+    yield proxy
+    proxy.stop()
+
+
+BASIC_AUTH = "Basic " + base64.b64encode(f"{API_LOGIN}:{API_PASSWORD}".encode()).decode()
+PROXY_AUTH = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+AWKWARD_PARAMS = {**PARAMS, "name": "dir/with space & ü+%=.mp4", "location": "http://127.0.0.1:9/a%20b.mp4?x=1&y=2"}
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+def test_file_add_goes_through_the_environments_http_proxy_intact(emulator, forward_proxy, proxy_env, variable):
+    proxy_env.setenv(variable, forward_proxy.url)
+    seen = record_credentials(emulator)
+    emulator.hold()
+    client, _ = client_for(emulator)
+    assert client.add_file(AWKWARD_PARAMS).outcome == "accepted"
+    assert client.add_file({**AWKWARD_PARAMS, "name": "b.mp4"}).outcome == "accepted"
+    client.close()
+    assert forward_proxy.lines == [f"POST {emulator.api_url}/file/add HTTP/1.1"] * 2
+    assert emulator.requests == [AWKWARD_PARAMS, {**AWKWARD_PARAMS, "name": "b.mp4"}]     # every field as sent
+    assert seen == [(BASIC_AUTH, None)] * 2                                         # basic auth, through the proxy
+
+
+@pytest.mark.parametrize("variable", ["NO_PROXY", "no_proxy"])
+def test_no_proxy_sends_file_add_direct(emulator, forward_proxy, proxy_env, variable):
+    proxy_env.setenv("HTTP_PROXY", forward_proxy.url)
+    proxy_env.setenv(variable, "127.0.0.1")
+    seen = record_credentials(emulator)
+    emulator.hold()
+    client, _ = client_for(emulator)
+    assert client.add_file(PARAMS).outcome == "accepted"
+    client.close()
+    assert forward_proxy.lines == []
+    assert emulator.requests == [PARAMS] and seen == [(BASIC_AUTH, None)]
+
+
+def test_an_unreachable_proxy_is_said_after_retries_without_a_password(emulator, proxy_env):
+    proxy_env.setenv("HTTP_PROXY", f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{free_port()}")
+    client, slept = client_for(emulator, attempts=2, timeout=1)
+    with pytest.raises(CdnUnavailableError) as caught:
+        client.add_file(PARAMS)
+    client.close()
+    message = str(caught.value)
+    assert f"cannot reach the proxy for {emulator.api_url}" in message and "after 2 attempts" in message, message
+    assert API_PASSWORD not in message and PROXY_PASSWORD not in message, message
+    assert len(slept) == 1 and emulator.requests == []
+
+
+def test_https_goes_through_a_connect_tunnel_of_https_proxy_with_its_login(proxy_env, self_signed_cert):
+    from cdn_emulator import CdnEmulator
+
+    cert, key = self_signed_cert
+    emulator = CdnEmulator(login=API_LOGIN, password=API_PASSWORD, tls=(str(cert), str(key))).start()
+    proxy = ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)).start()
+    try:
+        emulator.hold()
+        proxy_env.setenv("HTTPS_PROXY", f"http://{PROXY_USER}:{PROXY_PASSWORD}@{proxy.url.split('://')[1]}")
+        proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")     # http's proxy: not for https
+        seen = record_credentials(emulator)
+        api = ApiConfig(url=emulator.api_url, login=API_LOGIN, password=Secret(API_PASSWORD), timeout=5,
+                        ca_bundle=str(cert), retry=RetryPolicy(attempts=1, backoff_base=0.01, backoff_max=0.01))
+        client = CdnClient(api, sleep=lambda seconds: None)
+        assert client.add_file(AWKWARD_PARAMS).outcome == "accepted"
+        assert client.add_file({**AWKWARD_PARAMS, "name": "b.mp4"}).outcome == "accepted"
+        client.close()
+        port = urlsplit(emulator.api_url).port
+        # one tunnel, opened with the proxy's login; the requests inside it are TLS the proxy cannot read
+        assert [line.rsplit(" ", 1)[0] for line in proxy.lines] == [f"CONNECT 127.0.0.1:{port}"], proxy.lines
+        assert proxy.proxy_authorization == [PROXY_AUTH]
+        assert emulator.requests == [AWKWARD_PARAMS, {**AWKWARD_PARAMS, "name": "b.mp4"}]
+        assert seen == [(BASIC_AUTH, None)] * 2
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+def test_a_login_in_the_proxy_url_is_sent_to_the_proxy(emulator, proxy_env):
+    proxy = ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)).start()     # answers 407 without them
+    try:
+        proxy_env.setenv("HTTP_PROXY", f"http://{PROXY_USER}:{PROXY_PASSWORD}@{proxy.url.split('://')[1]}")
+        seen = record_credentials(emulator)
+        emulator.hold()
+        client, _ = client_for(emulator, attempts=1)
+        assert client.add_file(PARAMS).outcome == "accepted"
+        client.close()
+        assert proxy.lines == [f"POST {emulator.api_url}/file/add HTTP/1.1"]
+        assert proxy.proxy_authorization == [PROXY_AUTH] and seen == [(BASIC_AUTH, None)]
+    finally:
+        proxy.stop()
+
+
+def test_all_proxy_is_used_as_requests_did(emulator, forward_proxy, proxy_env):
+    proxy_env.setenv("ALL_PROXY", forward_proxy.url)
+    emulator.hold()
+    client, _ = client_for(emulator, attempts=1)
+    assert client.add_file(PARAMS).outcome == "accepted"
+    client.close()
+    assert forward_proxy.lines == [f"POST {emulator.api_url}/file/add HTTP/1.1"]
+
+
+def test_a_socks_proxy_is_refused_with_advice_and_without_its_password(proxy_env, emulator):
+    proxy_env.setenv("HTTP_PROXY", "socks5://user:proxy-pw-77@127.0.0.1:1080")
+    client, _ = client_for(emulator)
+    with pytest.raises(CdnUnavailableError, match="not an http\\(s\\) proxy.*NO_PROXY") as caught:
+        client.add_file(PARAMS)
+    assert "proxy-pw-77" not in str(caught.value) and not emulator.requests
+
+
+def test_a_request_goes_out_in_one_write_headers_and_form_together(emulator, monkeypatch):
+    """urllib3 writes the header block and the body apart; each write wakes the server (issue 22)."""
+    connection_class = cdn_push.one_send_pool_classes()["http"].ConnectionCls
+    writes: list[bytes] = []
+    real_send = connection_class.send
+    monkeypatch.setattr(connection_class, "send", lambda self, data: (writes.append(data), real_send(self, data))[1])
+    client, _ = client_for(emulator)
+    for i in range(3):
+        assert client.add_file({**PARAMS, "name": f"one-{i}.mp4"}).outcome == "accepted"
+    assert len(writes) == 3 and all(data.startswith(b"POST ") and b"name=one-" in data for data in writes)
+    assert [r["name"] for r in emulator.requests] == ["one-0.mp4", "one-1.mp4", "one-2.mp4"]

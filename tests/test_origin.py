@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +217,32 @@ def test_fifty_concurrent_range_downloads_are_all_right(origin_setup, big_conten
     with requests.get(url, timeout=60) as whole:
         assert hashlib.sha256(whole.content).digest() == hashlib.sha256(big_content).digest()
 
+
+
+def cached_bytes(path) -> int:
+    """How much of a file the page cache holds, as util-linux's fincore counts it."""
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
+@pytest.mark.skipif(not shutil.which("fincore"), reason="fincore (util-linux) is not installed")
+def test_a_file_sent_whole_over_three_ranges_is_reported_once_and_leaves_the_page_cache(origin_setup, drop):
+    """The CDN has all of it: its pages make room for files hashed and not fetched yet (issue 22)."""
+    config, signer, inbox, _ = origin_setup
+    with open(drop / "big.bin", "rb+") as handle:       # written back and read: every page cached and clean
+        os.fsync(handle.fileno())
+        handle.read()
+    if cached_bytes(drop / "big.bin") < BIG // 2:
+        pytest.skip("this file system keeps no page cache of its own (tmpfs?)")
+    url = url_for(config, signer, "big.bin")
+    third = BIG // 3
+    assert requests.get(url, headers={"Range": f"bytes=0-{third - 1}"}, timeout=10).status_code == 206
+    assert requests.get(url, headers={"Range": f"bytes={2 * third}-"}, timeout=10).status_code == 206
+    assert inbox.take_fetched() == [] and cached_bytes(drop / "big.bin") > BIG // 2
+    assert requests.get(url, headers={"Range": f"bytes={third}-{2 * third - 1}"}, timeout=10).status_code == 206
+    assert inbox.take_fetched() == ["big.bin"]
+    wait_for(lambda: cached_bytes(drop / "big.bin") < BIG // 100, timeout=10, message="the pages dropped")
 
 def test_stalled_clients_cannot_starve_the_server(origin_setup):
     config, signer, _, _ = origin_setup

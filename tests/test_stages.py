@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 
@@ -493,3 +494,147 @@ def test_a_rescan_that_finds_the_folder_gone_is_tried_again_after_the_retry_paus
     clock.advance(60)
     loop(watch, lambda: client.sent == ["missed.mp4"], "the pass once the folder is back")
     assert watch.passes == 2
+
+
+# -- the fetch window: hashing stays within the page cache's reach of the CDN's fetch (issue 22) -----
+
+GIB = 1 << 30
+
+
+def reader(files):
+    def read(name):
+        if name not in files:
+            raise FileNotFoundError(name)
+        return files[name]
+    return read
+
+
+MEMINFO = "MemTotal:       24000000 kB\nMemAvailable:    8388608 kB\n"       # 8 GiB
+STATM = f"1000 {64 * 1024 * 1024 // os.sysconf('SC_PAGE_SIZE')} 10 1 0 1 0\n"   # 64 MiB resident
+
+
+@pytest.mark.parametrize("files, room", [
+    ({"/proc/meminfo": MEMINFO}, 8 * GIB),
+    ({"/proc/meminfo": MEMINFO, "/proc/self/statm": STATM, "/proc/self/cgroup": "4:memory:/svc\n0::/\n",
+      "/sys/fs/cgroup/memory/svc/memory.limit_in_bytes": str(512 << 20)}, (512 - 64) << 20),
+    ({"/proc/meminfo": MEMINFO, "/proc/self/statm": STATM, "/proc/self/cgroup": "0::/system.slice/x.service\n",
+      "/sys/fs/cgroup/system.slice/x.service/memory.max": str(GIB)}, GIB - (64 << 20)),
+    ({"/proc/meminfo": MEMINFO, "/proc/self/statm": STATM, "/proc/self/cgroup": "0::/system.slice/x.service\n",
+      "/sys/fs/cgroup/system.slice/x.service/memory.max": "max\n"}, 8 * GIB),
+    ({"/proc/meminfo": MEMINFO, "/proc/self/statm": STATM, "/proc/self/cgroup": "4:memory:/\n",
+      "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}, 8 * GIB),    # v1's "no limit"
+    ({"/proc/meminfo": MEMINFO, "/proc/self/statm": STATM, "/proc/self/cgroup": "4:memory:/svc\n"}, 8 * GIB),
+    ({"/proc/self/statm": STATM, "/proc/self/cgroup": "4:memory:/svc\n",
+      "/sys/fs/cgroup/memory/svc/memory.limit_in_bytes": str(GIB)}, GIB - (64 << 20)),
+    ({"/proc/meminfo": "MemTotal: 1 kB\n"}, None),
+    ({}, None),
+])
+def test_the_page_cache_room_is_the_memory_available_or_the_cgroups_limit_beside_our_own(files, room):
+    assert cdn_push.page_cache_room(reader(files)) == room
+
+
+def test_the_fetch_window_admits_files_while_their_bytes_fit_and_always_one():
+    window = cdn_push.FetchWindow(100)
+    assert window.room_for(500)                      # nothing held: even a file larger than the window
+    window.hold("big", 500)
+    assert not window.room_for(1)
+    window.release("big")
+    for name in "abc":
+        assert window.room_for(30)
+        window.hold(name, 30)
+    assert not window.room_for(11) and window.room_for(10) and window.held_bytes == 90
+    window.hold("a", 30)                             # held once, whatever asks twice
+    window.release("b")
+    window.release("b")
+    assert window.held_bytes == 60 and len(window) == 2
+    unbounded = cdn_push.FetchWindow(None)
+    unbounded.hold("x", 10 ** 15)
+    assert unbounded.room_for(10 ** 15) and unbounded.held_bytes == 0
+
+
+def test_the_fetch_window_lets_go_of_what_it_held_once_the_origin_sent_nothing_for_a_while():
+    clock, idle = Clock(100.0), [0.0]
+    window = cdn_push.FetchWindow(100, clock, lambda: idle[0], idle_release=10)
+    window.hold("old", 80)
+    clock.advance(6)
+    window.hold("new", 20)
+    idle[0] = 9.9
+    clock.advance(4)
+    assert not window.room_for(50)                   # the CDN fetched from us 9.9 s ago: keep waiting
+    idle[0] = 10
+    assert window.room_for(50) and window.held_bytes == 20 and len(window) == 1   # "new" is 4 s old
+    clock.advance(6)
+    assert window.room_for(100) and window.held_bytes == 0
+
+
+def test_the_inbox_says_a_file_is_fetched_once_its_ranges_add_up_to_it():
+    clock = Clock(50.0)
+    inbox = CallbackInbox(clock)
+    inbox.wake = threading.Event()
+    assert inbox.idle_seconds() == float("inf")
+    assert not inbox.served("a.mp4", 40, 100) and not inbox.served("a.mp4", 30, 100)
+    assert not inbox.wake.is_set() and inbox.take_fetched() == []
+    clock.advance(3)
+    assert inbox.served("a.mp4", 30, 100) and inbox.wake.is_set()
+    assert inbox.take_fetched() == ["a.mp4"] and inbox.take_fetched() == []
+    assert inbox.idle_seconds() == 0
+    clock.advance(2)
+    assert inbox.idle_seconds() == 2
+    assert not inbox.served("a.mp4", 99, 100)        # a second fetch counts from nothing
+
+
+def served_config(make_config, raw_config, **sections):
+    return make_config(origin={"check": False, "serve": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:9"}},
+                       **sections)
+
+
+def test_hashing_waits_while_the_window_holds_what_the_cdn_has_not_fetched(drop, make_config, raw_config):
+    """Five 1000-byte files, a 2500-byte window: two are hashed and sent; the third waits until the
+    origin has sent one whole, and the rest until the origin idles (the CDN then fetches later)."""
+    write_files(drop, {f"v{i}.mp4": bytes([i]) * 1000 for i in range(5)})
+    config = served_config(make_config, raw_config)
+    clock = Clock(1000.0)
+    inbox, client = CallbackInbox(clock), FakeCdnClient()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=inbox, monotonic=clock,
+                            tuning=Tuning(fetch_window=2500))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: len(client.sent) == 2, "two files sent")
+        for _ in range(20):
+            pipeline.step(0)
+        assert pipeline.summary.hashed_files == 2 and pipeline.ctx.window.held_bytes == 2000
+        inbox.served(client.sent[0], 600, 1000)
+        inbox.served(client.sent[0], 400, 1000)       # a second range completes it
+        step_until(pipeline, lambda: len(client.sent) == 3, "a third file sent")
+        for _ in range(20):
+            pipeline.step(0)
+        assert pipeline.summary.hashed_files == 3 and pipeline.ctx.window.held_bytes == 2000
+        clock.advance(cdn_push.FetchWindow(None)._idle_release)    # the origin idles: the CDN is not fetching now
+        step_until(pipeline, lambda: len(client.sent) == 5, "every file sent")
+        pipeline.halt()
+
+
+def test_a_file_with_nothing_to_fetch_leaves_the_window_at_once(drop, make_config, raw_config):
+    """Rejected, or already in the CDN: no fetch follows, so the next file is hashed without waiting."""
+    write_files(drop, {f"v{i}.mp4": bytes([i]) * 1000 for i in range(3)})
+    config = served_config(make_config, raw_config)
+    answers = iter([CdnAnswer("rejected", 200, "no", "{}"), CdnAnswer("exists", 200, "there", "{}"),
+                    CdnAnswer("accepted", 200, "ok", "{}")])
+    client = FakeCdnClient(lambda params: next(answers))
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=CallbackInbox(),
+                            tuning=Tuning(fetch_window=1000))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: len(client.sent) == 3, "every file sent, one after the other")
+        step_until(pipeline, lambda: pipeline.ctx.window.held_bytes == 1000, "only the accepted one held")
+        pipeline.halt()
+
+
+def test_without_the_built_in_origin_or_in_a_dry_run_nothing_bounds_the_hashing(drop, make_config, raw_config):
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        assert Pipeline(config, ledger, None, tuning=Tuning(fetch_window=1)).ctx.window.budget is None
+    config = served_config(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        assert Pipeline(config, ledger, None, dry_run=True, tuning=Tuning(fetch_window=1)).ctx.window.budget is None
+        assert Pipeline(config, ledger, None, tuning=Tuning(fetch_window=1)).ctx.window.budget == 1
