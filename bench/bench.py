@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """cdn-push benchmark: every target beside a baseline measured in the same run, as ratios.
 
-    .venv/bin/python bench/bench.py              # all rows (needs ~5 GB free in $TMPDIR)
+    .venv/bin/python bench/bench.py              # all rows (needs ~8 GB free in $TMPDIR)
     .venv/bin/python bench/bench.py --quick      # small sizes, a smoke run
     .venv/bin/python bench/bench.py --rows 1,4,6 --million
 
 Not part of the test suite: timings are only compared with each other, never asserted.
-A row whose baseline tool is missing is skipped and says so.
+A row whose baseline tool is missing is skipped and says so. Row 13 needs root, cgroup v1's memory
+controller and /proc/sys/vm/drop_caches (else it is skipped, saying why); it drops the whole
+machine's page cache and writes 3 GiB to a disk (the work folder, or /var/tmp if that is tmpfs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +22,7 @@ import random
 import resource
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -565,6 +569,235 @@ def row_submit_cpu(work: Path, count: int) -> Row:
                     f"{ours_wall:.1f}s vs {floor_wall:.1f}s ({ours_wall / floor_wall:.2f}x); the hashing included")
 
 
+# -- row 13: disk reads per imported byte under memory pressure ---------------------------------
+
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")          # cgroup v1's memory controller
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+MEMORY_BACKED = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}
+MIB = 1024 * 1024
+
+# Runs in the cgroup: cdn-push's real CLI entry point, then the process's own I/O counters (all its
+# threads, live and ended) on stderr. `before` is taken after the imports, so start-up reads show apart.
+DISK_LAUNCHER = r"""
+import json, resource, sys, time
+started = time.time()
+sys.path.insert(0, sys.argv[1])
+import cdn_push
+
+def io():
+    with open("/proc/self/io") as handle:
+        return {key: int(value) for key, value in (line.split(":") for line in handle)}
+
+before, main_at = io(), time.time()
+code = cdn_push.main(sys.argv[2:])
+after = io()
+print("ROW13 " + json.dumps({"code": code, "started": started, "main_at": main_at, "ended": time.time(),
+                             "before": before, "after": after,
+                             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+      file=sys.stderr, flush=True)
+sys.exit(code)
+"""
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it)."""
+    real, best, kind = os.path.realpath(path), "", "?"
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            point, fstype = line.split()[1:3]
+            point = point.replace("\\040", " ")
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def disk_reads_unavailable() -> str | None:
+    """Why row 13 cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (a memory cgroup and drop_caches)"
+    if not (MEMORY_CGROUP / "memory.limit_in_bytes").exists():
+        return f"no cgroup v1 memory controller at {MEMORY_CGROUP}"
+    probe = MEMORY_CGROUP / f"cdn-push-bench-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        try:
+            (probe / "memory.limit_in_bytes").write_text(str(512 * MIB))
+        finally:
+            probe.rmdir()
+    except OSError as exc:
+        return f"cannot make a memory cgroup in {MEMORY_CGROUP} ({exc.strerror or exc})"
+    try:
+        with open(DROP_CACHES, "w"):       # opened only: nothing dropped yet
+            pass
+    except OSError as exc:
+        return f"{DROP_CACHES} is not writable ({exc.strerror or exc})"
+    return None
+
+
+def drop_caches() -> None:
+    os.sync()
+    DROP_CACHES.write_text("3\n")
+
+
+def disk_folder(work: Path, count: int, size: int) -> tuple[Path | None, bool]:
+    """A folder of `count` settled files of `size` random bytes on a block device (the page cache must
+    matter): in `work` if that is on one, else under /var/tmp. (None, _) if neither is; the flag says
+    whether the folder is outside `work` (then the row removes it after its runs)."""
+    for base, outside in ((work, False), (Path("/var/tmp"), True)):
+        if fs_type(base) not in MEMORY_BACKED:
+            folder = base / f"{'cdn-push-bench-' if outside else ''}disk13-{count}x{size // MIB}"
+            if not (folder.exists() and sorted(p.stat().st_size for p in folder.iterdir()) == [size] * count):
+                print(f"  writing {count} x {size // MIB} MiB to {folder} ({fs_type(base)}) ...", flush=True)
+                shutil.rmtree(folder, ignore_errors=True)
+                big_files(folder, count, size)
+            return folder, outside
+    return None, False
+
+
+def run_in_memory_cgroup(work: Path, folder: Path, emulator_url: str, limit: int | None, name: str) -> dict:
+    """One one-shot `cdn-push run` (its real main(), a config file, built-in origin and callbacks on
+    127.0.0.1) in a fresh memory cgroup of its own, `limit` bytes or none, page cache dropped first.
+    Returns the launcher's report plus the cgroup's peak, read_bytes samples and the ledger's counts."""
+    ledger = fresh_ledger(work, f"{name}.sqlite3")
+    port = free_port()
+    config = work / f"{name}.yaml"
+    config.write_text(json.dumps({       # JSON is YAML
+        "folder": str(folder), "ledger": str(ledger),
+        "api": {"url": emulator_url, "login": "bench"},
+        "origin": {"serve": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"}},
+        "confirm": {"wait_seconds": 150}}, indent=1))
+    group = MEMORY_CGROUP / f"cdn-push-bench-{name}-{os.getpid()}"
+    group.mkdir()
+    samples: list[tuple[float, int]] = []
+    process = None
+    try:
+        if limit is not None:
+            (group / "memory.limit_in_bytes").write_text(str(limit))
+        drop_caches()
+        env = {**os.environ, "CDN_PUSH_API_PASSWORD": "bench-secret"}
+        started = time.time()
+        process = subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$0" || exit 97; exec "$@"', str(group / "cgroup.procs"),
+             sys.executable, "-c", DISK_LAUNCHER, str(ROOT), "run", "-c", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        out_lines: list[str] = []
+        stdout_lines: list[str] = []
+        readers = [threading.Thread(target=lambda: out_lines.extend(process.stderr), daemon=True),
+                   threading.Thread(target=lambda: stdout_lines.extend(process.stdout), daemon=True)]
+        for reader in readers:
+            reader.start()
+        while process.poll() is None:          # read_bytes as it grows: what was read when
+            try:
+                text = Path(f"/proc/{process.pid}/io").read_text()
+                samples.append((time.time(), int(text.split("read_bytes:")[1].split()[0])))
+            except (OSError, IndexError, ValueError):
+                pass
+            if time.time() - started > 240:      # confirm.wait_seconds is 150: something is stuck
+                process.kill()
+            time.sleep(0.1)
+        for reader in readers:
+            reader.join(10)
+        stdout = "".join(stdout_lines)
+        peak = int((group / "memory.max_usage_in_bytes").read_text())
+        failcnt = int((group / "memory.failcnt").read_text())
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        try:
+            group.rmdir()
+        except OSError as exc:
+            print(f"  could not remove {group}: {exc}", flush=True)
+    marks = [line for line in out_lines if line.startswith("ROW13 ")]
+    if not marks:
+        raise RuntimeError(f"cdn-push ({name}) exited {process.returncode} without its report:\n"
+                           + "".join(out_lines[-20:]) + stdout)
+    report = json.loads(marks[-1][len("ROW13 "):])
+    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        count, imported = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files "
+                                     "WHERE state = 'confirmed'").fetchone()
+    report.update(spawned=started, peak=peak, failcnt=failcnt, samples=samples, confirmed=count, imported=imported,
+                  summary=stdout.strip().splitlines()[-1] if stdout.strip() else "",
+                  log_tail="".join(line for line in out_lines[-6:] if not line.startswith("ROW13 ")))
+    return report
+
+
+def disk_reads_once(work: Path, folder: Path, limit: int | None, name: str) -> dict:
+    """A run against a fresh emulator (a process of its own, 3 fetch workers x 3 Range streams): the
+    figures, and the timeline from the emulator's record of the same run."""
+    emulator, url = start_emulator(0.0)
+    try:
+        report = run_in_memory_cgroup(work, folder, url, limit, name)
+        import requests
+        state = requests.get(url.rsplit("/", 1)[0] + "/_emulator/state", timeout=10).json()
+    finally:
+        emulator.terminate()
+        emulator.wait()
+    t0 = report["spawned"]                    # just before the launcher was started
+    read = report["after"]["read_bytes"]
+    report["startup_read"] = report["before"]["read_bytes"]
+    report["ratio"] = read / report["imported"] if report["imported"] else float("inf")
+    report["wall"] = report["ended"] - t0
+    report["hashed"] = max(f["queued_at"] for f in state) - t0 if state else float("nan")   # last file/add
+    done = [f["finished_at"] for f in state if f["finished_at"]]
+    report["fetched"] = max(done) - t0 if done else float("nan")
+    report["ready"] = sum(f["state"] == "ready" and f["callback_result"] == "200" for f in state)
+    # read_bytes when hashing ended (the first sample after the last file/add), the rest is the origin's
+    at_hash = next((value for when, value in report["samples"] if when - t0 >= report["hashed"]), read)
+    report["read_by_hash_end"] = at_hash
+    return report
+
+
+def row_disk_reads(work: Path, quick: bool) -> Row:
+    # cdn-push itself takes 50-65 MiB of the group; what is left for the page cache is about 15% of the
+    # folder either way (~450 of 3072 MiB; ~35-45 of 300 MiB under --quick: 64 MiB would leave it ~5 MiB,
+    # and its own code pages would be evicted and read again, which is not what the row measures).
+    count, size, limit = (12, 25 * MIB, 96 * MIB) if quick else (24, 128 * MIB, 512 * MIB)
+    target = (f"disk bytes read per imported byte, {count} x {size // MIB} MiB through the built-in origin, "
+              f"cdn-push in a {limit // MIB} MiB memory cgroup")
+    why = disk_reads_unavailable()
+    if why:
+        return Row(13, target, "same run, no memory limit", None, None, None, "<= 1.10", None,
+                   note=f"skipped: {why}")
+    folder, outside = disk_folder(work, count, size)
+    if folder is None:
+        return Row(13, target, "same run, no memory limit", None, None, None, "<= 1.10", None,
+                   note=f"skipped: {work} and /var/tmp are both in memory ({fs_type(work)}); "
+                        "pass --work on a disk")
+    try:
+        runs = {}
+        for name, bytes_limit in (("free", None), ("limited", limit)):
+            print(f"  {name}: cdn-push run, {'no limit' if bytes_limit is None else f'{limit // MIB} MiB'}, "
+                  "caches dropped ...", flush=True)
+            runs[name] = r = disk_reads_once(work, folder, bytes_limit, f"row13-{name}")
+            print(f"    read {r['after']['read_bytes'] / MIB:.0f} MiB (start-up {r['startup_read'] / MIB:.1f}, "
+                  f"{r['read_by_hash_end'] / MIB:.0f} by the hash end) for {r['imported'] / MIB:.0f} MiB "
+                  f"confirmed: {r['ratio']:.3f}; last file/add {r['hashed']:.1f}s, last fetch {r['fetched']:.1f}s, "
+                  f"exit {r['code']} after {r['wall']:.1f}s; cgroup peak {r['peak'] / MIB:.0f} MiB "
+                  f"(limit hit {r['failcnt']}x); {r['summary']}", flush=True)
+    finally:
+        if outside:        # never left behind outside the work folder
+            shutil.rmtree(folder, ignore_errors=True)
+    free, limited = runs["free"], runs["limited"]
+    complete = all(r["confirmed"] == count and r["ready"] == count and r["code"] == 0 for r in runs.values())
+    ok = limited["ratio"] <= 1.10 and complete
+
+    def figures(r: dict) -> str:
+        return (f"{r['after']['read_bytes'] / MIB:.0f} MiB read ({r['read_by_hash_end'] / MIB:.0f} by the hash end, "
+                f"{r['startup_read'] / MIB:.0f} start-up) for {r['imported'] / MIB:.0f} MiB imported "
+                f"({r['confirmed']}/{count} confirmed); hashing done (last file/add) at {r['hashed']:.1f}s, "
+                f"last fetch at {r['fetched']:.1f}s, run {r['wall']:.1f}s, exit {r['code']}; cgroup peak "
+                f"{r['peak'] / MIB:.0f} MiB" + (f" ({r['log_tail'].strip().splitlines()[-1]})"
+                                               if r["code"] and r["log_tail"].strip() else ""))
+    note = (f"limited: {figures(limited)}; no limit ({free['ratio']:.2f}): {figures(free)}; "
+            f"files on {fs_type(folder)}"
+            + (f"; --quick: {count * size // MIB} MiB under {limit // MIB} MiB, the same share of page cache "
+               f"(start-up reads alone are {limited['startup_read'] / max(1, limited['imported']):.2f} of the figure)"
+               if quick else ""))
+    return Row(13, target, "same run, no memory limit", free["ratio"], limited["ratio"], limited["ratio"],
+               "<= 1.10", ok, limited["maxrss_mb"], note)
+
+
 def print_table(rows: list[Row]) -> None:
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -584,7 +817,7 @@ def main() -> int:
         child_scan(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11,12", help="which targets to run")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11,12,13", help="which targets to run")
     parser.add_argument("--big-mib", type=int, default=2048, help="size of each large file")
     parser.add_argument("--files", type=int, default=100_000, help="small files for rows 3-5")
     parser.add_argument("--million", action="store_true", help="row 5 over 1,000,000 files too")
@@ -628,6 +861,9 @@ def main() -> int:
         if 12 in wanted:
             print("row 12: the submit path's CPU", flush=True)
             rows.append(row_submit_cpu(work, 2000 if args.quick else 20_000))
+        if 13 in wanted:
+            print("row 13: disk reads per imported byte under memory pressure", flush=True)
+            rows.append(row_disk_reads(work, args.quick))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
