@@ -4837,6 +4837,11 @@ class Recorder:
         return True
 
 
+def may_rank_higher(config: Config) -> bool:
+    """Whether a row can rank above the backlog: some rule or default sets fetch_prio; pure."""
+    return any(priority_of(overrides) for overrides in (config.defaults, *(rule.overrides for rule in config.rules)))
+
+
 class Feeder:
     """Stage 3 on the owner thread: keeps the submit queue a little ahead of the workers from the
     ledger (most urgent first), checks the origin before the first request, takes the answers and
@@ -4902,7 +4907,11 @@ class Feeder:
         """Keep the queue a little ahead of the workers, from the ledger, most urgent first."""
         if not self.feeding or not self.can_send():
             return 0
-        room = self.ctx.config.submit_workers * 2 - len(self.submitter.queue)
+        config = self.ctx.config
+        workers, queued = config.submit_workers, len(self.submitter.queue)
+        if queued >= workers and not may_rank_higher(config):
+            return 0    # work for every worker still, and nothing can go ahead: refilled later, rows a query
+        room = workers * 3 - queued
         fed = 0
         for row in self.due_rows(max(room, 1)):
             if room <= 0:     # full: a more urgent row (a fetch_prio rule) still goes ahead
@@ -4961,7 +4970,8 @@ class Feeder:
         return params
 
     def collect_answers(self) -> int:
-        """The workers' answers so far, recorded with one commit for the batch, not one per file."""
+        """The workers' answers so far, recorded with one commit for the batch, not one per file
+        (and never later: a kill loses at most the requests in flight)."""
         answers = self.submitter.answers()
         try:
             for job, outcome in answers:

@@ -588,7 +588,9 @@ def served_config(make_config, raw_config, **sections):
                        **sections)
 
 
-def test_hashing_waits_while_the_window_holds_what_the_cdn_has_not_fetched(drop, make_config, raw_config):
+@pytest.mark.parametrize("inline_below", [4096, 500], ids=["hashed inline", "on the hash threads"])
+def test_hashing_waits_while_the_window_holds_what_the_cdn_has_not_fetched(drop, make_config, raw_config,
+                                                                           inline_below):
     """Five 1000-byte files, a 2500-byte window: two are hashed and sent; the third waits until the
     origin has sent one whole, and the rest until the origin idles (the CDN then fetches later)."""
     write_files(drop, {f"v{i}.mp4": bytes([i]) * 1000 for i in range(5)})
@@ -597,7 +599,7 @@ def test_hashing_waits_while_the_window_holds_what_the_cdn_has_not_fetched(drop,
     inbox, client = CallbackInbox(clock), FakeCdnClient()
     with Ledger.open(config.ledger) as ledger:
         pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=inbox, monotonic=clock,
-                            tuning=Tuning(fetch_window=2500))
+                            tuning=Tuning(fetch_window=2500, hash_inline_size=inline_below))
         pipeline.start_scan()
         step_until(pipeline, lambda: len(client.sent) == 2, "two files sent")
         for _ in range(20):
@@ -638,3 +640,57 @@ def test_without_the_built_in_origin_or_in_a_dry_run_nothing_bounds_the_hashing(
     with Ledger.open(config.ledger) as ledger:
         assert Pipeline(config, ledger, None, dry_run=True, tuning=Tuning(fetch_window=1)).ctx.window.budget is None
         assert Pipeline(config, ledger, None, tuning=Tuning(fetch_window=1)).ctx.window.budget == 1
+
+
+@pytest.mark.parametrize("defaults, rules, expected", [
+    ({}, [], False),
+    ({"speed": "100%"}, [{"match": "a/**", "no_replace": True}], False),
+    ({}, [{"match": "trailers/**", "fetch_prio": 1}], True),
+    ({"fetch_prio": 2}, [], True),
+    ({"fetch_prio": 2}, [{"match": "x/**", "fetch_prio": None}], True),
+])
+def test_whether_a_row_may_rank_above_the_backlog(make_config, defaults, rules, expected):
+    assert cdn_push.may_rank_higher(make_config(defaults=defaults, rules=rules)) is expected
+
+
+def test_the_feeder_asks_the_ledger_only_when_a_worker_would_go_idle(drop, make_config, raw_config, monkeypatch):
+    """Each step used to read the next pending rows; with no fetch_prio rule nothing can overtake
+    the queue, so the ledger is read when fewer jobs than workers are left, several rows at once."""
+    write_files(drop, {f"b/{i:02}.mp4": b"%d" % i for i in range(30)})
+    config = cfg(make_config, raw_config, workers={"submit": 2})
+    client = FakeCdnClient().hold()
+    reads = []
+    with Ledger.open(config.ledger) as ledger:
+        real = ledger.next_pending
+        monkeypatch.setattr(ledger, "next_pending", lambda *a, **k: (reads.append(a[0]), real(*a, **k))[1])
+        pipeline = Pipeline(config, ledger, client)
+        pipeline.start_scan()
+        step_until(pipeline, lambda: not pipeline.scanning and len(client.sent) == 2, "the scan and two requests")
+        before = len(reads)
+        for _ in range(30):
+            pipeline.step(0)
+        assert len(reads) == before and len(pipeline.submitter.queue) == 6 - 2     # 3 per worker, 2 out
+        client.release(3)
+        step_until(pipeline, lambda: len(client.sent) == 5, "three more sent")
+        step_until(pipeline, lambda: len(pipeline.submitter.queue) == 6, "the queue refilled")
+        assert max(reads) >= 3      # refilled a few rows at a time
+        client.release(100)
+        step_until(pipeline, lambda: len(client.sent) == 30, "every file sent")
+        pipeline.halt()
+
+
+def test_a_file_hashed_again_to_the_same_content_leaves_the_window(drop, make_config, raw_config):
+    """Touched, not changed: hashed, found unchanged, nothing to fetch; it holds no room."""
+    write_files(drop, {"v.mp4": b"v" * 1000})
+    config = served_config(make_config, raw_config)
+    client = FakeCdnClient()
+    with Ledger.open(config.ledger) as ledger:
+        ledger.put(imported_row(drop, "v.mp4", b"v" * 1000, state="confirmed"))
+        os.utime(drop / "v.mp4", ns=(10**18, 10**18))
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=CallbackInbox(),
+                            tuning=Tuning(fetch_window=10_000))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: not pipeline.scanning and pipeline.summary.hashed_files == 1, "the rehash")
+        pipeline.intake.flush(force=True)
+        assert pipeline.ctx.window.held_bytes == 0 and not client.sent
+        pipeline.halt()
