@@ -97,10 +97,16 @@ def child_scan(folder: str, ledger: str, hash_workers: int) -> None:
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def installed_env() -> dict[str, str]:
+    """The environment without PYTHONDONTWRITEBYTECODE: modules run from cached bytecode, as
+    install.sh leaves them (it precompiles); otherwise each run would compile cdn_push.py first."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_child(folder: Path, ledger: Path, hash_workers: int = 2) -> tuple[float, dict]:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child-scan", str(folder), str(ledger), str(hash_workers)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=installed_env())
     return time.perf_counter() - start, json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -798,6 +804,27 @@ def row_disk_reads(work: Path, quick: bool) -> Row:
                "<= 1.10", ok, limited["maxrss_mb"], note)
 
 
+def row_startup(repeat: int = 21) -> Row:
+    """Start-up: `cdn-push --version` through the command install.sh makes, against `python -c pass`
+    of the same Python (medians of alternating runs, bytecode cached)."""
+    command = ROOT / ".venv" / "bin" / "cdn-push"
+    python = ROOT / ".venv" / "bin" / "python"
+    if not command.exists():
+        return Row(14, "start-up: cdn-push --version", "python -c pass", None, None, None, "<= 3.00", None,
+                   note="run ./install.sh first (.venv/bin/cdn-push is missing)")
+    env = installed_env()
+    subprocess.run([str(python), "-m", "compileall", "-q", str(ROOT / "cdn_push.py")], env=env, check=True)
+    times: dict[str, list[float]] = {"pass": [], "version": []}
+    for _ in range(repeat):
+        for name, argv in (("pass", [str(python), "-c", "pass"]), ("version", [str(command), "--version"])):
+            start = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    base, ours = statistics.median(times["pass"]), statistics.median(times["version"])
+    return Row(14, "start-up: cdn-push --version", "python -c pass", base, ours, ours / base, "<= 3.00",
+               ours / base <= 3.0, note=f"medians of {repeat} alternating runs, bytecode cached")
+
+
 def print_table(rows: list[Row]) -> None:
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -817,7 +844,7 @@ def main() -> int:
         child_scan(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11,12,13", help="which targets to run")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11,12,13,14", help="which targets to run")
     parser.add_argument("--big-mib", type=int, default=2048, help="size of each large file")
     parser.add_argument("--files", type=int, default=100_000, help="small files for rows 3-5")
     parser.add_argument("--million", action="store_true", help="row 5 over 1,000,000 files too")
@@ -864,6 +891,9 @@ def main() -> int:
         if 13 in wanted:
             print("row 13: disk reads per imported byte under memory pressure", flush=True)
             rows.append(row_disk_reads(work, args.quick))
+        if 14 in wanted:
+            print("row 14: start-up", flush=True)
+            rows.append(row_startup())
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
