@@ -4071,6 +4071,7 @@ class FetchWindow:
         self._monotonic = monotonic
         self._origin_idle = origin_idle       # seconds since the origin last sent a byte
         self._idle_release = idle_release
+        self._said = False                    # the wait is logged once (INFO) a pipeline
 
     def __len__(self) -> int:
         return len(self._held)
@@ -4083,7 +4084,14 @@ class FetchWindow:
         if self._origin_idle() >= self._idle_release:
             for path in [path for path, (_, since) in self._held.items() if now - since >= self._idle_release]:
                 self.release(path)
-        return not self._held or self.held_bytes + size <= self.budget
+        if not self._held or self.held_bytes + size <= self.budget:
+            return True
+        if not self._said:
+            self._said = True
+            log.info("hashing waits while the CDN fetches: %.0f MiB hashed are not fetched yet, and %.0f MiB "
+                     "is half of what the page cache can hold here; so the fetch reads them from memory, not "
+                     "from disk again", self.held_bytes / 2 ** 20, self.budget / 2 ** 20)
+        return False
 
     def hold(self, path: str, size: int) -> None:
         if self.budget is not None and size and path not in self._held:

@@ -533,20 +533,25 @@ def test_the_page_cache_room_is_the_memory_available_or_the_cgroups_limit_beside
     assert cdn_push.page_cache_room(reader(files)) == room
 
 
-def test_the_fetch_window_admits_files_while_their_bytes_fit_and_always_one():
-    window = cdn_push.FetchWindow(100)
-    assert window.room_for(500)                      # nothing held: even a file larger than the window
-    window.hold("big", 500)
-    assert not window.room_for(1)
+def test_the_fetch_window_admits_files_while_their_bytes_fit_and_always_one(caplog):
+    mib = 1 << 20
+    window = cdn_push.FetchWindow(100 * mib)
+    assert window.room_for(500 * mib)                # nothing held: even a file larger than the window
+    window.hold("big", 500 * mib)
+    with caplog.at_level(logging.INFO, logger="cdn_push"):
+        assert not window.room_for(1) and not window.room_for(1)
+    assert [r.getMessage() for r in caplog.records] == [      # said once
+        "hashing waits while the CDN fetches: 500 MiB hashed are not fetched yet, and 100 MiB is half of what "
+        "the page cache can hold here; so the fetch reads them from memory, not from disk again"]
     window.release("big")
     for name in "abc":
-        assert window.room_for(30)
-        window.hold(name, 30)
-    assert not window.room_for(11) and window.room_for(10) and window.held_bytes == 90
-    window.hold("a", 30)                             # held once, whatever asks twice
+        assert window.room_for(30 * mib)
+        window.hold(name, 30 * mib)
+    assert not window.room_for(11 * mib) and window.room_for(10 * mib) and window.held_bytes == 90 * mib
+    window.hold("a", 30 * mib)                       # held once, whatever asks twice
     window.release("b")
     window.release("b")
-    assert window.held_bytes == 60 and len(window) == 2
+    assert window.held_bytes == 60 * mib and len(window) == 2
     unbounded = cdn_push.FetchWindow(None)
     unbounded.hold("x", 10 ** 15)
     assert unbounded.room_for(10 ** 15) and unbounded.held_bytes == 0
