@@ -61,6 +61,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import queue
 import random
@@ -1549,6 +1550,18 @@ def skip_reason(relpath: str, scan: ScanConfig, *, is_dir: bool = False) -> str 
     return None
 
 
+def file_skipper(scan: ScanConfig) -> Callable[[str, str], bool]:
+    """skip_reason for the walk's files, given (relpath, name): where no include or exclude glob is
+    set only the name decides, and one compiled pattern says it (a walk asks once per file)."""
+    if scan.include or scan.exclude:
+        return lambda relpath, name: skip_reason(relpath, scan) is not None
+    alternatives = ([r"\."] if scan.skip_hidden else []) + ([TEMPORARY_NAME.pattern] if scan.skip_temporary else [])
+    if not alternatives:
+        return lambda relpath, name: False
+    match = re.compile("|".join(f"(?:{pattern})" for pattern in alternatives), re.S).match
+    return lambda relpath, name: match(name) is not None
+
+
 def walk_folder(root: Path, scan: ScanConfig,
                 on_problem: Callable[[str, str], None] = lambda path, why: None,
                 start: str = "", private: Mapping[tuple[int, int], str] | None = None,
@@ -1564,6 +1577,7 @@ def walk_folder(root: Path, scan: ScanConfig,
     private_inodes = {inode for _, inode in private}
     look_from = min(SPARSE_MIN_SIZE, scan.max_size + 1) if scan.max_size else SPARSE_MIN_SIZE
     root_real = os.path.realpath(root)
+    skipped = file_skipper(scan)
     visited: set[tuple[int, int]] = set()
     stack = [start]
     while stack:
@@ -1608,7 +1622,7 @@ def walk_folder(root: Path, scan: ScanConfig,
                         if skip_reason(relpath, scan, is_dir=True) is None:
                             subdirs.append(relpath)
                         continue
-                    if not S_ISREG(mode) or skip_reason(relpath, scan) is not None:
+                    if not S_ISREG(mode) or skipped(relpath, item.name):
                         continue
                     if st.st_ino in private_inodes or st.st_size >= look_from:
                         why = listing_problem(st, scan, private)
@@ -1862,6 +1876,8 @@ class QuickRow(NamedTuple):
     updated_at: float
 
 
+MAKE_QUICK_ROW = functools.partial(tuple.__new__, QuickRow)     # QuickRow._make without its Python frame
+FIRST_ITEM = operator.itemgetter(0)
 QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name",
                  f"state IN ({','.join(repr(s) for s in ACCEPTED_STATES)}) AND last_error IS NULL "
                  "AND accepted_sha256 = sha256 AND accepted_size = size AND accepted_name = name",
@@ -2214,8 +2230,8 @@ class Ledger(LedgerFile):
     def quick_rows_in_dir(self, reldir: str) -> dict[str, QuickRow]:
         """The folder's rows, only what tells an unchanged file: cheap for the unchanged majority."""
         cursor = self._run(f"SELECT {','.join(QUICK_COLUMNS)} FROM files WHERE dir=?", (reldir,))
-        make = QuickRow._make
-        return {values[0]: make(values) for values in cursor}
+        rows = list(map(MAKE_QUICK_ROW, cursor))        # built in C: a rerun makes one per file
+        return dict(zip(map(FIRST_ITEM, rows), rows))
 
     def dirs(self) -> list[str]:
         """Every folder the ledger has a row in (the files_by_dir index answers it)."""

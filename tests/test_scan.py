@@ -289,3 +289,36 @@ def test_listing_problem_names_the_private_file_first_then_the_size():
     assert cdn_push.listing_problem(st(7, 43, 64, 8), ScanConfig(), private) is None
     assert "sparse" in cdn_push.listing_problem(st(7, 43, 2 * MIB, 0), ScanConfig(), private)
     assert cdn_push.listing_problem(st(7, 43, 2 * MIB, 0), ScanConfig(allow_sparse=True), private) is None
+
+
+# -- the walk's file filter says what skip_reason says (issue 22: one pattern per walk) -------------
+
+SKIP_NAMES = [".hidden.mp4", "a.mp4", "movie.part", "x.tmp", "dl.crdownload", "~$doc.mp4", ".clip.mp4.AbC123",
+              "clip.mp4.AbC123", ".x.Ab12", "a.part.mp4", "part", ".", "..", "t.TMP", "e\u0301.mp4", "line\nbreak.tmp",
+              "trailing.tmp\n", "tmp", "~$", ".~$x"]
+SKIP_SCANS = [dict(), dict(skip_hidden=False), dict(skip_temporary=False), dict(skip_hidden=False, skip_temporary=False),
+              dict(exclude=("*.tmp",)), dict(exclude=("**/a.mp4",)), dict(include=("sub/**",)),
+              dict(include=("**/*.mp4",), skip_hidden=False)]
+
+
+@pytest.mark.parametrize("settings", SKIP_SCANS, ids=str)
+def test_the_walks_file_filter_agrees_with_skip_reason(settings):
+    scan = cdn_push.ScanConfig(**settings)
+    skipped = cdn_push.file_skipper(scan)
+    for name in SKIP_NAMES:
+        for relpath in (name, f"sub/{name}", f".dir/{name}"):
+            assert skipped(relpath, name) == (cdn_push.skip_reason(relpath, scan) is not None), (relpath, settings)
+
+
+def test_the_walks_file_filter_agrees_with_skip_reason_on_any_name():
+    from hypothesis import given, settings, strategies as st
+
+    scans = [cdn_push.ScanConfig(**s) for s in SKIP_SCANS[:4]]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=20))
+    def agrees(name):
+        for scan in scans:
+            assert cdn_push.file_skipper(scan)(name, name) == (cdn_push.skip_reason(name, scan) is not None)
+
+    agrees()
