@@ -4953,7 +4953,8 @@ class Feeder:
             return 0        # it stays pending in the ledger; the feeder takes it later
         source = self.ctx.table.stage(row.path)
         params = self._params_if_unchanged(row, source)
-        if params is None:
+        if params is None:              # gone, or changed: this content is never fetched
+            self.ctx.window.release(row.path)
             return 1
         if not self._origin_checked:
             self._origin_checked = True

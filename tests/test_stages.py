@@ -699,3 +699,21 @@ def test_a_file_hashed_again_to_the_same_content_leaves_the_window(drop, make_co
         pipeline.intake.flush(force=True)
         assert pipeline.ctx.window.held_bytes == 0 and not client.sent
         pipeline.halt()
+
+
+def test_a_file_gone_before_it_was_sent_leaves_the_window(drop, make_config, raw_config):
+    write_files(drop, {f"v{i}.mp4": bytes([i]) * 1000 for i in range(6)})
+    config = served_config(make_config, raw_config, workers={"submit": 1})
+    client = FakeCdnClient().hold()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=CallbackInbox(),
+                            tuning=Tuning(fetch_window=10_000))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: not pipeline.scanning and client.sent == ["v0.mp4"], "the scan, one request out")
+        assert pipeline.ctx.window.held_bytes == 6000 and ledger.get("v5.mp4").state == "pending"
+        (drop / "v5.mp4").unlink()
+        client.release(10)
+        step_until(pipeline, lambda: len(client.sent) == 5 and not pipeline.submitter.sending(), "the rest sent")
+        step_until(pipeline, lambda: ledger.get("v5.mp4") is None, "v5.mp4 forgotten")
+        assert pipeline.ctx.window.held_bytes == 5000      # the five sent wait for their fetch
+        pipeline.halt()
