@@ -4119,6 +4119,19 @@ class FetchWindow:
         self.held_bytes -= size
 
 
+def fetch_window_for(config: Config, tuning: Tuning, monotonic: Callable[[], float], dry_run: bool, *,
+                     origin_idle: Callable[[], float]) -> FetchWindow:
+    """Bounded only where the CDN fetches from us (the built-in origin), by tuning.fetch_window or
+    half of what the page cache can hold."""
+    if config.origin.serve is None or dry_run:
+        return FetchWindow(None)
+    budget = tuning.fetch_window
+    if budget is None:
+        room = page_cache_room(lambda name: Path(name).read_text())
+        budget = None if room is None else room // 2
+    return FetchWindow(budget, monotonic, origin_idle)
+
+
 class ProgressBars:
     """tqdm bars on a terminal, nothing elsewhere; only the owner thread touches them (hash threads
     add to a locked counter that `step()` moves the bar by)."""
@@ -5512,7 +5525,8 @@ class Pipeline:
         bars = ProgressBars(show_progress, out)
         self.ctx = RunContext(config, ledger, self.table, activity or Activity(clock), bars, tuning, clock,
                               monotonic, dry_run=dry_run, redact=Redactor(config.secrets()),
-                              window=self._fetch_window(config, tuning, monotonic, dry_run))
+                              window=fetch_window_for(config, tuning, monotonic, dry_run, origin_idle=lambda: (
+                                  self.ctx.inbox.idle_seconds() if self.ctx.inbox else float("inf"))))
         self.serve_with(signer, inbox)
         if client is not None:
             client.on_retry = self.ctx.activity.retried
@@ -5776,18 +5790,6 @@ class Pipeline:
     def apply_callbacks(self) -> int:
         """Record the callbacks that came in (the step does this too)."""
         return self.recorder.apply_callbacks()
-
-    def _fetch_window(self, config: Config, tuning: Tuning, monotonic: Callable[[], float],
-                      dry_run: bool) -> FetchWindow:
-        """Bounded only where the CDN fetches from us (the built-in origin)."""
-        if config.origin.serve is None or dry_run:
-            return FetchWindow(None)
-        budget = tuning.fetch_window
-        if budget is None:
-            room = page_cache_room(lambda name: Path(name).read_text())
-            budget = None if room is None else room // 2
-        inbox = lambda: self.ctx.inbox      # noqa: E731 - serve_with may hand over another
-        return FetchWindow(budget, monotonic, lambda: inbox().idle_seconds() if inbox() else float("inf"))
 
     def serve_with(self, signer: UrlSigner | None, inbox: CallbackInbox | None) -> None:
         self.ctx.signer, self.ctx.inbox = signer, inbox
