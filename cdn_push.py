@@ -30,7 +30,8 @@ Sections, in dependency order (each under a banner of its name):
     Ledger                     SQLite: rows, queries, migrations, the lock, private state files
     CDN client                 answers classified (pure); file/add with bounded retries
     Origin and callbacks       the built-in origin: signed links, callbacks, a hardened server
-    Pipeline                   the decide step (pure); scan, hash, submit and confirm as stages
+    Pipeline                   the decide step (pure); scan, hash, submit and confirm as stages; the
+                               fetch window that keeps hashing within the page cache's reach of the fetch
     Status page                /status.json rendered as HTML (pure)
     Monitor                    the read-only page, /status.json and /metrics listener
     One-shot runs              what a run needs, the origin and monitor around it, one pass
