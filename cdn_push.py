@@ -1713,6 +1713,16 @@ def open_beneath(root: str, relpath: str) -> tuple[int, os.stat_result]:
     return file_fd, found
 
 
+def drop_from_page_cache(root: str, relpath: str) -> None:
+    """Tell the kernel a file's cached pages are not needed soon (it drops those written back)."""
+    with contextlib.suppress(OSError, FileChangedError):
+        fd, _ = open_beneath(root, relpath)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def hash_file(entry: FileEntry, progress: Callable[[int], None] = lambda n: None,
               cancel: threading.Event | None = None, buffer_size: int = HASH_BUFFER_SIZE) -> str:
     """sha-256 of the file, read with one reused buffer.
@@ -2675,7 +2685,7 @@ def one_send_pool_classes() -> dict[str, type]:
         _body_with_headers: bytes | None = None
 
         def request(self, method: str, url: str, body: Any = None, headers: Any = None, **options: Any) -> None:
-            if isinstance(body, bytes):     # sent by endheaders, with the headers; framed by its length
+            if isinstance(body, bytes) and not options.get("chunked"):    # sent with the headers, framed by its length
                 headers = {**(headers or {}), "Content-Length": str(len(body))}
                 self._body_with_headers, body = body, None
             try:
@@ -2744,22 +2754,26 @@ class CdnClient:
     def _pool(self) -> Any:
         """The keep-alive connections the workers share: urllib3's pool (requests' own transport),
         driven directly, as requests' per-call work (environment, cookies, hooks) cost three times
-        the request. The environment's proxy and CA settings are read once, here."""
+        the request. The environment's proxy and CA settings are read once, here; without a proxy,
+        the API host's own pool is found once too."""
         with self._sessions_lock:
             if self._pool_manager is None:
-                self._pool_manager = self._make_pool()
+                manager = self._make_pool()
+                direct = getattr(manager, "proxy", None) is None
+                self._pool_manager = manager
+                self._host_pool = manager.connection_from_url(self.api.url) if direct else None
             return self._pool_manager
 
     def _target(self, method: str) -> tuple[Any, str]:
-        """Where a request goes: without a proxy, the API host's own pool (found once) and the bare
-        path, which spares the manager's URL parsing per request (a fifth of a request's CPU);
-        through a proxy, the manager and the whole URL, as the proxy needs it."""
-        manager, url = self._pool(), f"{self.api.url}/{method}"
-        if getattr(manager, "proxy", None) is not None:
-            return manager, url
-        if self._host_pool is None:
-            self._host_pool = manager.connection_from_url(url)
-        return self._host_pool, f"{self._api_path}/{method}"
+        """Where a request goes: without a proxy, the API host's pool and the bare path, which spares
+        the manager's URL parsing per request (a fifth of a request's CPU); through a proxy, the
+        manager and the whole URL, as the proxy needs it."""
+        manager = self._pool()
+        with self._sessions_lock:
+            host_pool = self._host_pool
+        if host_pool is None:
+            return manager, f"{self.api.url}/{method}"
+        return host_pool, f"{self._api_path}/{method}"
 
     def _make_pool(self) -> Any:
         import urllib3
@@ -2777,13 +2791,15 @@ class CdnClient:
         # As requests chose: HTTPS_PROXY (or HTTP_PROXY), else ALL_PROXY, unless NO_PROXY; a login
         # in the proxy's URL goes to the proxy as Basic credentials.
         proxy = select_proxy(self.api.url, get_environ_proxies(self.api.url))
+        if proxy and "://" not in proxy:        # `proxy:3128`, as requests and curl take it
+            proxy = f"http://{proxy}"
         if proxy and urlsplit(proxy).scheme not in ("http", "https"):
             raise CdnUnavailableError(f"the proxy {shown_url(proxy)} for {self.api.url} is not an http(s) proxy, "
                                       "which cdn-push cannot use: name an http:// proxy in HTTPS_PROXY "
                                       "(or HTTP_PROXY), or leave the API out with NO_PROXY")
         if proxy:
             login, password = get_auth_from_url(proxy)
-            credentials = urllib3.make_headers(proxy_basic_auth=f"{login}:{password}") if login else None
+            credentials = {"Proxy-Authorization": f"Basic {basic_credentials(login, password)}"} if login else None
             manager = urllib3.ProxyManager(proxy, proxy_headers=credentials, **options)
         else:
             manager = urllib3.PoolManager(**options)
@@ -3112,7 +3128,20 @@ class CallbackInbox:
         self._monotonic = monotonic
         self._served: dict[str, int] = {}       # bytes sent of files not yet sent whole
         self._fetched: list[str] = []           # files sent whole since the last take_fetched()
+        self._sending = 0                       # responses with file bytes on their way now
         self.last_served = float("-inf")        # when the origin last sent a byte (monotonic)
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Origin threads, around a response's file bytes: a slow fetch is a fetch, not idleness."""
+        with self._lock:
+            self._sending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sending -= 1
+                self.last_served = self._monotonic()
 
     def served(self, relpath: str, count: int, size: int) -> bool:
         """Origin threads: `count` more bytes of a `size`-byte file went out. True once, when as
@@ -3131,8 +3160,9 @@ class CallbackInbox:
         return True
 
     def idle_seconds(self) -> float:
-        """Seconds since the origin last sent a byte (infinite if it never did)."""
-        return self._monotonic() - self.last_served
+        """Seconds since the origin last sent a byte (infinite if it never did; 0 while it sends)."""
+        with self._lock:
+            return 0.0 if self._sending else self._monotonic() - self.last_served
 
     def take_fetched(self) -> list[str]:
         """Owner thread: the files sent whole since the last call."""
@@ -3376,16 +3406,18 @@ class OriginRequests(PlainHTTP):
         if self.command == "HEAD" or not length:
             return
         sent, inbox = 0, self.server.inbox
-        while sent < length:       # zero-copy: the kernel moves the bytes
-            count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
-            if not count:
-                self.close_connection = True
-                return
-            sent += count
-            if inbox.served(relpath, count, size):
-                # The CDN has it all: its pages make room for the files hashed and not fetched yet
-                # (left in, they are kept ahead of those, as pages read twice).
-                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        with inbox.sending():
+            while sent < length:       # zero-copy: the kernel moves the bytes
+                count = self.connection.sendfile(handle, start + sent, min(SEND_CHUNK, length - sent))
+                if not count:
+                    self.close_connection = True
+                    return
+                sent += count
+                if inbox.served(relpath, count, size):
+                    # The CDN has it all: its pages make room for the files hashed and not fetched yet
+                    # (left in, they are kept ahead of those, as pages read twice). Those still in the
+                    # socket's buffer stay; the owner thread drops them when it hears of the fetch.
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def take_callback(self, rest: str, query: str) -> None:
         attempt, _, rest = rest.partition("/")
@@ -4115,6 +4147,11 @@ class FetchWindow:
             self._held[path] = (size, self._monotonic())
             self.held_bytes += size
 
+    def hashed(self, path: str) -> None:
+        """Its hash is done: the wait for its fetch starts now (a long hash is no sign of idleness)."""
+        if path in self._held:
+            self._held[path] = (self._held[path][0], self._monotonic())
+
     def release(self, path: str) -> None:
         size, _ = self._held.pop(path, (0, 0.0))
         self.held_bytes -= size
@@ -4716,7 +4753,7 @@ class Recorder:
                               if accepted else STATE_REJECTED)
         # The row is as it was sent: a file that changed meanwhile is marked `recheck`, not decided
         # anew, while its path is SUBMITTING. Answers are committed once per batch (Feeder.collect_answers).
-        if not accepted or held:          # no fetch follows
+        if answer.outcome != OUTCOME_ACCEPTED:      # rejected, or already there: no fetch follows
             ctx.window.release(row.path)
         if not accepted:
             ctx.summary.rejected += 1
@@ -4755,6 +4792,7 @@ class Recorder:
             return 0
         for path in ctx.inbox.take_fetched():
             ctx.window.release(path)
+            drop_from_page_cache(str(ctx.config.folder), path)
         applied = 0
         for report in ctx.inbox.take():
             row = ctx.ledger.get(report.relpath)
@@ -5372,6 +5410,8 @@ class Intake:
             ctx.summary.deletes_refused += ctx.config.delete.enabled
             return
         paths = [row.path for row in gone if ctx.table.stage(row.path) in (None, Stage.AWAITING)]
+        for path in paths:
+            ctx.window.release(path)
         if paths and not ctx.dry_run:
             for path in paths:
                 ctx.table.leave(path, Stage.AWAITING)
@@ -5455,6 +5495,7 @@ class Intake:
     def hashed(self, hashed: Hashed) -> None:
         entry, outcome = hashed.job.entry, hashed.outcome
         if isinstance(outcome, str):
+            self.ctx.window.hashed(entry.relpath)
             summary = self.ctx.summary
             summary.bytes_hashed += entry.size
             summary.hashed_files += 1
@@ -5489,8 +5530,8 @@ class Intake:
         self._last_flush, self._flush_soon = ctx.monotonic(), False
         for row, _ in decided:
             ctx.table.move(row.path, Stage.DECIDED, None)
-            if row.state != STATE_PENDING:        # nothing to fetch: unchanged, conflict, still rejected
-                ctx.window.release(row.path)
+            if row.state != STATE_PENDING or row.retry_at > ctx.clock():   # no fetch soon: unchanged,
+                ctx.window.release(row.path)            # conflict, still rejected, a resend not due yet
         if ctx.dry_run:
             return
         ctx.ledger.put_many([row for row, _ in decided], commit_every=1)

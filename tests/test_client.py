@@ -11,7 +11,7 @@ import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -493,19 +493,31 @@ def test_https_goes_through_a_connect_tunnel_of_https_proxy_with_its_login(proxy
         emulator.stop()
 
 
-def test_a_login_in_the_proxy_url_is_sent_to_the_proxy(emulator, proxy_env):
-    proxy = ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)).start()     # answers 407 without them
+@pytest.mark.parametrize("password", [PROXY_PASSWORD, "pr\u20acxy-p\u00e4ss"], ids=["ascii", "utf-8"])
+def test_a_login_in_the_proxy_url_is_sent_to_the_proxy(emulator, proxy_env, password):
+    """Written as the URL carries it (percent-encoded), sent as UTF-8 (latin-1 could not hold €)."""
+    proxy = ForwardProxy(credentials=(PROXY_USER, password)).start()     # answers 407 without them
     try:
-        proxy_env.setenv("HTTP_PROXY", f"http://{PROXY_USER}:{PROXY_PASSWORD}@{proxy.url.split('://')[1]}")
+        proxy_env.setenv("HTTP_PROXY", f"http://{PROXY_USER}:{quote(password, safe='')}@{proxy.url.split('://')[1]}")
         seen = record_credentials(emulator)
         emulator.hold()
         client, _ = client_for(emulator, attempts=1)
         assert client.add_file(PARAMS).outcome == "accepted"
         client.close()
         assert proxy.lines == [f"POST {emulator.api_url}/file/add HTTP/1.1"]
-        assert proxy.proxy_authorization == [PROXY_AUTH] and seen == [(BASIC_AUTH, None)]
+        wanted = "Basic " + base64.b64encode(f"{PROXY_USER}:{password}".encode()).decode()
+        assert proxy.proxy_authorization == [wanted] and seen == [(BASIC_AUTH, None)]
     finally:
         proxy.stop()
+
+
+def test_a_proxy_named_without_a_scheme_is_taken_as_http(emulator, forward_proxy, proxy_env):
+    proxy_env.setenv("HTTP_PROXY", forward_proxy.url.split("://")[1])      # 127.0.0.1:PORT, as curl takes it
+    emulator.hold()
+    client, _ = client_for(emulator)
+    assert client.add_file(PARAMS).outcome == "accepted"
+    client.close()
+    assert forward_proxy.lines == [f"POST {emulator.api_url}/file/add HTTP/1.1"]
 
 
 def test_all_proxy_is_used_as_requests_did(emulator, forward_proxy, proxy_env):

@@ -242,7 +242,8 @@ def test_a_file_sent_whole_over_three_ranges_is_reported_once_and_leaves_the_pag
     assert inbox.take_fetched() == [] and cached_bytes(drop / "big.bin") > BIG // 2
     assert requests.get(url, headers={"Range": f"bytes={third}-{2 * third - 1}"}, timeout=10).status_code == 206
     assert inbox.take_fetched() == ["big.bin"]
-    wait_for(lambda: cached_bytes(drop / "big.bin") < BIG // 100, timeout=10, message="the pages dropped")
+    # What the socket's send buffer still holds stays (the owner thread drops it later: test_stages).
+    wait_for(lambda: cached_bytes(drop / "big.bin") <= cdn_push.SEND_CHUNK, timeout=10, message="the pages dropped")
 
 def test_stalled_clients_cannot_starve_the_server(origin_setup):
     config, signer, _, _ = origin_setup

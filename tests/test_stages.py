@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 
@@ -570,6 +572,13 @@ def test_the_fetch_window_lets_go_of_what_it_held_once_the_origin_sent_nothing_f
     assert window.room_for(50) and window.held_bytes == 20 and len(window) == 1   # "new" is 4 s old
     clock.advance(6)
     assert window.room_for(100) and window.held_bytes == 0
+    window.hold("slow", 90)          # a long hash: its wait for the fetch starts when it is done
+    clock.advance(60)
+    window.hashed("slow")
+    clock.advance(9)
+    assert not window.room_for(20)
+    clock.advance(1)
+    assert window.room_for(20)
 
 
 def test_the_inbox_says_a_file_is_fetched_once_its_ranges_add_up_to_it():
@@ -586,6 +595,11 @@ def test_the_inbox_says_a_file_is_fetched_once_its_ranges_add_up_to_it():
     clock.advance(2)
     assert inbox.idle_seconds() == 2
     assert not inbox.served("a.mp4", 99, 100)        # a second fetch counts from nothing
+    with inbox.sending():                            # a slow fetch between two chunks is no idleness
+        clock.advance(30)
+        assert inbox.idle_seconds() == 0
+    clock.advance(4)
+    assert inbox.idle_seconds() == 4
 
 
 def served_config(make_config, raw_config, **sections):
@@ -716,4 +730,84 @@ def test_a_file_gone_before_it_was_sent_leaves_the_window(drop, make_config, raw
         step_until(pipeline, lambda: len(client.sent) == 5 and not pipeline.submitter.sending(), "the rest sent")
         step_until(pipeline, lambda: ledger.get("v5.mp4") is None, "v5.mp4 forgotten")
         assert pipeline.ctx.window.held_bytes == 5000      # the five sent wait for their fetch
+        pipeline.halt()
+
+
+def test_a_file_already_in_the_cdn_leaves_the_window_with_callbacks_off_too(drop, make_config, raw_config):
+    write_files(drop, {f"v{i}.mp4": bytes([i]) * 1000 for i in range(2)})
+    config = served_config(make_config, raw_config)
+    client = FakeCdnClient(lambda params: CdnAnswer("exists", 200, "there", "{}"))
+    with Ledger.open(config.ledger) as ledger:     # no inbox: no callbacks; a clock that stands: no idle release
+        pipeline = Pipeline(config, ledger, client, tuning=Tuning(fetch_window=1000), monotonic=Clock(1000.0))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: len(client.sent) == 2, "both sent, one after the other")
+        pipeline.halt()
+
+
+def test_a_file_removed_after_it_was_sent_and_before_its_fetch_leaves_the_window(drop, make_config, raw_config):
+    write_files(drop, {"v.mp4": b"v" * 1000, "w.mp4": b"w" * 300})      # an empty folder proves nothing
+    config = served_config(make_config, raw_config)
+    client = FakeCdnClient()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, client, signer=UrlSigner(b"k" * 32), inbox=CallbackInbox(),
+                            tuning=Tuning(fetch_window=10_000), monotonic=Clock(1000.0))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: [getattr(ledger.get(p), "state", None) for p in ("v.mp4", "w.mp4")]
+                   == ["submitted", "submitted"], "both accepted")
+        assert pipeline.ctx.window.held_bytes == 1300
+        step_until(pipeline, lambda: pipeline.pass_started is None, "the first pass over")
+        (drop / "v.mp4").unlink()
+        assert pipeline.start_scan()
+        step_until(pipeline, lambda: ledger.get("v.mp4").state == "gone", "marked gone")
+        assert pipeline.ctx.window.held_bytes == 300
+        pipeline.halt()
+
+
+@pytest.mark.skipif(not shutil.which("fincore"), reason="fincore (util-linux) is not installed")
+def test_the_owner_drops_a_fetched_files_pages_that_the_origins_socket_kept(tmp_path, make_config, raw_config):
+    """The origin drops a file's pages as it sends the last bytes, but those still in its socket's
+    buffer stay; told of the fetch, the owner thread drops them (issue 22)."""
+    folder = tmp_path / "disk-drop"          # the pytest folder: a real file system, unlike tmpfs
+    folder.mkdir()
+    content = os.urandom(4 << 20)
+    with open(folder / "v.mp4", "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    (folder / "v.mp4").read_bytes()
+    if cached_bytes(folder / "v.mp4") < len(content) // 2:
+        pytest.skip("this file system keeps no page cache of its own (tmpfs?)")
+    config = make_config(folder=str(folder), origin={"check": False, "serve": {"listen": "127.0.0.1:0",
+                                                                               "public_url": "http://127.0.0.1:9"}})
+    inbox = CallbackInbox()
+    with Ledger.open(config.ledger) as ledger:
+        pipeline = Pipeline(config, ledger, None, signer=UrlSigner(b"k" * 32), inbox=inbox)
+        assert inbox.served("v.mp4", len(content), len(content))
+        pipeline.step(0)
+        pipeline.halt()
+    assert cached_bytes(folder / "v.mp4") == 0
+
+
+def cached_bytes(path) -> int:
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
+def test_a_resend_not_due_yet_that_is_hashed_again_leaves_the_window(drop, make_config, raw_config):
+    """A failed fetch made it pending again, due in minutes; touched meanwhile, it is hashed again,
+    and it holds no room until then."""
+    write_files(drop, {"v.mp4": b"v" * 1000})
+    config = served_config(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        ledger.put(imported_row(drop, "v.mp4", b"v" * 1000, state="pending")._replace(    # as _confirm leaves it
+            retry_at=time.time() + 300, last_error="the CDN could not import it", accepted_name=None,
+            accepted_size=None, accepted_sha256=None))
+        os.utime(drop / "v.mp4", ns=(10**18, 10**18))
+        pipeline = Pipeline(config, ledger, FakeCdnClient(), signer=UrlSigner(b"k" * 32), inbox=CallbackInbox(),
+                            tuning=Tuning(fetch_window=10_000), monotonic=Clock(1000.0))
+        pipeline.start_scan()
+        step_until(pipeline, lambda: not pipeline.scanning and pipeline.summary.hashed_files == 1, "the rehash")
+        pipeline.intake.flush(force=True)
+        assert ledger.get("v.mp4").state == "pending" and pipeline.ctx.window.held_bytes == 0
         pipeline.halt()
