@@ -2537,7 +2537,10 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     """Turn one HTTP answer of file/add into an outcome; pure, tolerant of unknown formats."""
     message, is_error = _answer_message(body)
     kept = body[:MAX_RECORDED_BODY]
-    if status in (401, 407) or (status == 403 and (not message or AUTH_TEXT.search(message))):
+    if status == 407:       # from a proxy on the way, not the CDN
+        return CdnAuthError("the proxy between cdn-push and the CDN wants a login (HTTP 407): put it in the "
+                            "proxy's URL in HTTPS_PROXY or HTTP_PROXY, as http://LOGIN:PASSWORD@HOST:PORT")
+    if status == 401 or (status == 403 and (not message or AUTH_TEXT.search(message))):
         return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
                             f"{': ' + message if message else ''}); check api.login and the password")
     if status == 429 or status == 408 or status >= 500:
@@ -2866,8 +2869,10 @@ class CdnClient:
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
-        if isinstance(outcome, CdnAuthError):
+        if isinstance(outcome, CdnAuthError) and response.status != 407:
             raise CdnAuthError(f"{outcome}; the password in use came from {self.api.password_from or 'nowhere'}")
+        if isinstance(outcome, CdnAuthError):
+            raise outcome
         if isinstance(outcome, CdnEndpointError):
             raise outcome
         return outcome

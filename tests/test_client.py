@@ -40,6 +40,7 @@ from conftest import API_LOGIN, API_PASSWORD, assert_cdn_holds, free_port, write
     (200, "<!DOCTYPE html><html><body>Welcome to nginx</body></html>", "endpoint"),
     (400, "<html><head><title>400</title></head></html>", "endpoint"),
     (401, "authentication failed", "auth"),
+    (407, "proxy authentication required", "auth"),
     (403, '{"message":"method not allowed for this login"}', "auth"),
     (403, "", "auth"),
     (403, "location host is blocked", "rejected"),
@@ -548,3 +549,16 @@ def test_a_request_goes_out_in_one_write_headers_and_form_together(emulator, mon
         assert client.add_file({**PARAMS, "name": f"one-{i}.mp4"}).outcome == "accepted"
     assert len(writes) == 3 and all(data.startswith(b"POST ") and b"name=one-" in data for data in writes)
     assert [r["name"] for r in emulator.requests] == ["one-0.mp4", "one-1.mp4", "one-2.mp4"]
+
+
+def test_a_proxy_that_wants_a_login_is_named_not_the_cdns_credentials(emulator, proxy_env):
+    proxy = ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)).start()
+    try:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)                   # no login in it
+        client, _ = client_for(emulator, attempts=1)
+        with pytest.raises(CdnAuthError, match=r"proxy .* wants a login \(HTTP 407\).*HTTPS_PROXY") as caught:
+            client.add_file(PARAMS)
+        assert "api.login" not in str(caught.value) and "password in use" not in str(caught.value)
+        assert not emulator.requests
+    finally:
+        proxy.stop()
