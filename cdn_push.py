@@ -4753,7 +4753,11 @@ class Recorder:
             answer = dataclasses.replace(answer, outcome=OUTCOME_REJECTED,
                                          message=f"already in the CDN and no_replace is set: {answer.message}")
         accepted = answer.outcome in (OUTCOME_ACCEPTED, OUTCOME_EXISTS)
-        held = answer.outcome == OUTCOME_EXISTS and ctx.callbacks_on
+        exists = answer.outcome == OUTCOME_EXISTS
+        # "Already there" also comes while an earlier request for this name and sha-256 is still being
+        # imported, and that import may yet fail: where file/list can be asked, it has the last word
+        # (asked at once); with callbacks and no file/list, the answer is the best word there is.
+        held = exists and ctx.callbacks_on and not ctx.polling
         ctx.activity.answered(answer.outcome, row, params["name"], STATE_CONFIRMED if held else STATE_SUBMITTED
                               if accepted else STATE_REJECTED)
         # The row is as it was sent: a file that changed meanwhile is marked `recheck`, not decided
@@ -4768,10 +4772,11 @@ class Recorder:
             log.warning("rejected %s: %s", printable(params["name"]), message)
             return False
         ctx.summary.submitted += 1
-        # "Already there" for this name and sha-256: the CDN holds this content; no callback follows.
-        ctx.summary.confirmed += held
-        # When to ask file/list about it: soon without callbacks, once they are overdue with them.
-        first_check = ctx.config.confirm.wait_seconds if ctx.callbacks_on else ctx.config.confirm.poll_interval
+        ctx.summary.confirmed += held       # no callback follows an "already there"
+        # When to ask file/list about it: at once for "already there" (no callback follows), soon
+        # without callbacks, once they are overdue with them.
+        first_check = (0.0 if exists else ctx.config.confirm.wait_seconds if ctx.callbacks_on
+                       else ctx.config.confirm.poll_interval)
         ctx.ledger.put(row._replace(
             state=STATE_CONFIRMED if held else STATE_SUBMITTED, attempts=row.attempts + 1, last_error=None,
             response=ctx.clean(answer.body), accepted_name=params["name"],

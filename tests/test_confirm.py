@@ -209,3 +209,70 @@ def test_a_changed_file_is_sent_at_once_not_when_its_old_content_was_due_a_quest
         step_until(p, lambda: len(client.sent) == 2, "the changed content sent", timeout=5)
         p.halt()
     assert int(client.requests[-1]["size"]) == len(b"second version")
+
+
+# -- "already in the CDN" is not yet "verified" where file/list can be asked -------------------------
+
+def exists_answer(params):
+    return cdn_push.CdnAnswer("exists", 409, "file already exists with the same size and chksum", "{}")
+
+
+def callback_config(make_config, raw_config, **confirm):
+    return make_config(origin={**raw_config["origin"], "check": False},
+                       callback={"public_url": "http://127.0.0.1:9/cb", "listen": "127.0.0.1:0"},
+                       confirm={**POLLING, **confirm})
+
+
+def test_already_there_with_callbacks_is_confirmed_by_file_list_asked_at_once(make_config, raw_config, drop):
+    """The CDN also says "exists" while an earlier request for the same content is still being
+    imported: file/list, asked at once (no callback follows), has the last word."""
+    write_files(drop, {"a.mp4": b"a" * 10})
+    config = callback_config(make_config, raw_config, poll_interval=30)
+    client = FakeCdnClient(exists_answer)
+    clock = Clock(time.time())
+    with cdn_push.Ledger.open(config.ledger) as ledger:
+        p = Pipeline(config, ledger, client, clock=clock, signer=cdn_push.UrlSigner(b"k" * 32),
+                     inbox=cdn_push.CallbackInbox())
+        p.start_scan()
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "confirmed", "the confirmation")
+        assert client.listed == ["a.mp4"] and p.summary.confirmed == 1 and p.finished()
+        p.halt()
+
+
+def test_already_there_whose_earlier_import_fails_is_sent_again(make_config, raw_config, drop):
+    write_files(drop, {"a.mp4": b"a" * 10})
+    config = callback_config(make_config, raw_config, poll_interval=30)
+    client = FakeCdnClient(exists_answer, listing=lambda name: Listing(True, "failed", None))
+    clock = Clock(time.time())
+    with cdn_push.Ledger.open(config.ledger) as ledger:
+        p = Pipeline(config, ledger, client, clock=clock, signer=cdn_push.UrlSigner(b"k" * 32),
+                     inbox=cdn_push.CallbackInbox())
+        p.start_scan()
+        step_until(p, lambda: client.listed and ledger.get("a.mp4").state == "pending", "the failure found")
+        assert "file/list reports it 'failed'" in ledger.get("a.mp4").last_error and p.summary.confirmed == 0
+        p.halt()
+
+
+def test_already_there_with_callbacks_and_no_file_list_is_confirmed_as_answered(make_config, raw_config, drop):
+    write_files(drop, {"a.mp4": b"a" * 10})
+    config = callback_config(make_config, raw_config, poll=False)
+    client = FakeCdnClient(exists_answer)
+    with cdn_push.Ledger.open(config.ledger) as ledger:
+        p = Pipeline(config, ledger, client, signer=cdn_push.UrlSigner(b"k" * 32), inbox=cdn_push.CallbackInbox())
+        p.start_scan()
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "confirmed", "confirmed")
+        assert client.listed == [] and p.summary.confirmed == 1
+        p.halt()
+
+
+def test_already_there_without_callbacks_is_asked_about_at_once_not_after_poll_interval(
+        make_config, raw_config, drop):
+    write_files(drop, {"a.mp4": b"a" * 10})
+    config = polling_config(make_config, raw_config)            # poll_interval 30 s, a clock that stands
+    client = FakeCdnClient(exists_answer)
+    with cdn_push.Ledger.open(config.ledger) as ledger:
+        p = Pipeline(config, ledger, client, clock=Clock(time.time()))
+        p.start_scan()
+        step_until(p, lambda: getattr(ledger.get("a.mp4"), "state", None) == "confirmed", "confirmed")
+        assert client.listed == ["a.mp4"]
+        p.halt()
