@@ -2696,12 +2696,9 @@ def one_send_pool_classes() -> dict[str, type]:
             finally:
                 self._body_with_headers = None
 
-        def endheaders(self, message_body: Any = None, **options: Any) -> None:
-            body = self._body_with_headers if message_body is None else message_body
-            self._body_with_headers = None
-            super().endheaders(body, **options)     # type: ignore[misc]
-
         def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+            if message_body is None:        # endheaders(), called by urllib3 without the body
+                message_body, self._body_with_headers = self._body_with_headers, None
             if not isinstance(message_body, bytes) or encode_chunked:
                 return super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
             buffer = self._buffer       # type: ignore[attr-defined]  # http.client's header lines
@@ -2759,21 +2756,23 @@ class CdnClient:
         driven directly, as requests' per-call work (environment, cookies, hooks) cost three times
         the request. The environment's proxy and CA settings are read once, here; without a proxy,
         the API host's own pool is found once too."""
+        return self._pools()[0]
+
+    def _pools(self) -> tuple[Any, Any]:
+        """The manager and, without a proxy, the API host's pool in it: made together, read together."""
         with self._sessions_lock:
             if self._pool_manager is None:
                 manager = self._make_pool()
                 direct = getattr(manager, "proxy", None) is None
                 self._pool_manager = manager
                 self._host_pool = manager.connection_from_url(self.api.url) if direct else None
-            return self._pool_manager
+            return self._pool_manager, self._host_pool
 
     def _target(self, method: str) -> tuple[Any, str]:
         """Where a request goes: without a proxy, the API host's pool and the bare path, which spares
         the manager's URL parsing per request (a fifth of a request's CPU); through a proxy, the
         manager and the whole URL, as the proxy needs it."""
-        manager = self._pool()
-        with self._sessions_lock:
-            host_pool = self._host_pool
+        manager, host_pool = self._pools()
         if host_pool is None:
             return manager, f"{self.api.url}/{method}"
         return host_pool, f"{self._api_path}/{method}"
@@ -2869,11 +2868,9 @@ class CdnClient:
         if isinstance(outcome, _TransientError):
             outcome.retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise outcome
-        if isinstance(outcome, CdnAuthError) and response.status != 407:
+        if isinstance(outcome, CdnAuthError) and response.status != 407:     # a 407 is the proxy's
             raise CdnAuthError(f"{outcome}; the password in use came from {self.api.password_from or 'nowhere'}")
-        if isinstance(outcome, CdnAuthError):
-            raise outcome
-        if isinstance(outcome, CdnEndpointError):
+        if isinstance(outcome, (CdnAuthError, CdnEndpointError)):
             raise outcome
         return outcome
 
