@@ -78,7 +78,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Container, Iterable, Iterator, KeysView, Mapping, NamedTuple, Protocol, Sequence,
+                    runtime_checkable)
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 # Third-party packages are imported where they are used: a cron run over an unchanged folder is
@@ -1893,6 +1894,16 @@ QUICK_COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256", "name",
                  f"state IN ({','.join(repr(s) for s in ACCEPTED_STATES)}) AND last_error IS NULL "
                  "AND accepted_sha256 = sha256 AND accepted_size = size AND accepted_name = name",
                  "state", "attempts", "updated_at")
+# The rows a rerun passes by on a stat alone: hashed, imported as they are under the name the
+# config gives them now (`?` is name_prefix), with nothing to ask the CDN again (confirmed, or
+# submitted where no callback is awaited: the last `?`). Never wider than same_file with
+# Decider.accepted_as_is, which judge every other row (tests hold the two together).
+VOUCHED_SQL = ("SELECT path, size, mtime_ns, inode FROM files WHERE dir=? AND sha256 IS NOT NULL "
+               "AND last_error IS NULL AND accepted_sha256 = sha256 AND accepted_size = size "
+               "AND accepted_name = name AND name = ? || path "
+               f"AND (state = '{STATE_CONFIRMED}' OR (state = '{STATE_SUBMITTED}' AND ?))")
+ROW_STAT = operator.itemgetter(1, 2, 3)       # (size, mtime_ns, inode) of a VOUCHED_SQL row
+ENTRY_STAT = operator.itemgetter(2, 3, 4)     # the same of a FileEntry
 
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -2244,6 +2255,16 @@ class Ledger(LedgerFile):
         rows = list(map(MAKE_QUICK_ROW, cursor))        # built in C: a rerun makes one per file
         return dict(zip(map(FIRST_ITEM, rows), rows))
 
+    def folder_rows(self, reldir: str, name_prefix: str, callbacks: bool) -> FolderRows:
+        """What a walk needs of a folder's rows: the vouched ones (VOUCHED_SQL) as stats, built in
+        C, and the others in full, read only where there are any (a rerun has none)."""
+        found = self._run(VOUCHED_SQL, (reldir, name_prefix, not callbacks)).fetchall()
+        vouched = dict(zip(map(FIRST_ITEM, found), map(ROW_STAT, found)))
+        others: dict[str, QuickRow] = {}
+        if self._run("SELECT count(*) FROM files WHERE dir=?", (reldir,)).fetchone()[0] > len(vouched):
+            others = {path: row for path, row in self.quick_rows_in_dir(reldir).items() if path not in vouched}
+        return FolderRows(self, vouched, others)
+
     def dirs(self) -> list[str]:
         """Every folder the ledger has a row in (the files_by_dir index answers it)."""
         return [reldir for (reldir,) in self._run("SELECT DISTINCT dir FROM files")]
@@ -2418,6 +2439,32 @@ class Ledger(LedgerFile):
             sql, args = sql + " WHERE state=?", (state,)
         for values in self._run(sql + " ORDER BY path", args).fetchall():
             yield self._row(values)
+
+
+class FolderRows:
+    """What the ledger knows of one folder, for its walk: `vouched` maps the paths a rerun passes by
+    (VOUCHED_SQL) to their (size, mtime_ns, inode); `get` gives any path's QuickRow, as a dict of
+    them all would, reading a vouched path's only when asked (its file changed, or is on its way).
+    Owner thread only."""
+
+    def __init__(self, ledger: Ledger, vouched: dict[str, tuple[int, int, int]], others: dict[str, QuickRow]) -> None:
+        self.ledger = ledger
+        self.vouched = vouched
+        self._others = others
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._others or path in self.vouched
+
+    def get(self, path: str) -> QuickRow | None:
+        row = self._others.get(path)
+        if row is None and path in self.vouched:
+            row = self._others[path] = self.ledger.quick_row(path)
+        return row
+
+    def gone(self, seen: set[str]) -> list[QuickRow]:
+        """The rows of files not among `seen`, but those already gone."""
+        missing = sorted((self.vouched.keys() - seen) | (self._others.keys() - seen))
+        return [row for row in map(self.get, missing) if row is not None and row.state != STATE_GONE]
 
 
 class ServedRow(NamedTuple):
@@ -4037,6 +4084,10 @@ class PathTable:
     def stage(self, path: str) -> Stage | None:
         return self._stages.get(path)
 
+    def staged(self) -> KeysView[str]:
+        """Every path with a stage, as a live view (a membership test in C)."""
+        return self._stages.keys()
+
     def move(self, path: str, source: Stage | None, target: Stage | None) -> None:
         stages, counts = self._stages, self._counts
         current = stages.get(path)
@@ -4421,7 +4472,7 @@ class Hasher:
 
 class FolderChunk(NamedTuple):
     entries: list[FileEntry]
-    known: dict[str, QuickRow]      # what the ledger knows of the chunk's folder
+    known: FolderRows | Mapping[str, QuickRow]      # what the ledger knows of the chunk's folder
     gone: list[QuickRow] = []       # on a folder's last chunk: rows of files no longer in it
     walk_over: bool = False         # the pass's last chunk: `gone` holds the rows of folders not there any more
 
@@ -4435,8 +4486,9 @@ class Scanner:
         self.tuning = tuning
         self.on_problem = on_problem
         self._walk: Iterator[tuple[str, list[FileEntry]]] | None = None
-        self._folder: collections.deque[FileEntry] | None = None
-        self._known: dict[str, QuickRow] = {}
+        self._folder: list[FileEntry] | None = None
+        self._known = FolderRows(ledger, {}, {})
+        self._vouch = ("", False)                 # name_prefix, callbacks: what vouches for a row
         self._seen: set[str] = set()            # the files of the folder at hand listed so far
         self._walked: set[str] = set()          # folders listed this pass
         self._unlisted: list[str] = []          # folders that could not be listed: their rows are not gone
@@ -4449,6 +4501,7 @@ class Scanner:
     def start(self, config: Config) -> None:
         check_folder(config)
         self._walked, self._unlisted, self.listed = set(), [], 0
+        self._vouch = (config.name_prefix, config.callback.enabled)
         self._walk = walk_folder(config.folder, config.scan, self._problem, private=private_identities(config),
                                  own_names=dict(config.private_files))
 
@@ -4473,16 +4526,16 @@ class Scanner:
             reldir, entries = batch
             self._walked.add(reldir)
             self.listed += len(entries)
-            self._folder, self._known, self._seen = (collections.deque(entries),
-                                                     self.ledger.quick_rows_in_dir(reldir), set())
-        waiting = self._folder
-        entries = [waiting.popleft() for _ in range(min(self.tuning.folder_chunk, len(waiting)))]
-        self._seen.update(entry.relpath for entry in entries)
+            self._folder, self._known, self._seen = (entries,
+                                                     self.ledger.folder_rows(reldir, *self._vouch), set())
+        waiting, known = self._folder, self._known
+        entries = waiting[:self.tuning.folder_chunk]
+        del waiting[:self.tuning.folder_chunk]
+        self._seen.update(map(FIRST_ITEM, entries))
         if waiting:
-            return FolderChunk(entries, self._known)
+            return FolderChunk(entries, known)
         self._folder = None
-        gone = [row for path, row in self._known.items() if path not in self._seen and row.state != STATE_GONE]
-        return FolderChunk(entries, self._known, gone)
+        return FolderChunk(entries, known, known.gone(self._seen))
 
     def _rows_of_folders_gone(self) -> list[QuickRow]:
         """Rows in folders this pass did not list (removed, or now excluded), but for those that
@@ -5397,13 +5450,26 @@ class Intake:
         clock, settle = self.ctx.clock, self.ctx.config.scan.settle_seconds
         settle_before_ns = int((clock() - settle) * 1e9)
         settled = []
-        for entry in chunk.entries:
+        for entry in self._past_vouched(chunk):
             if entry.mtime_ns <= settle_before_ns or entry.relpath in self.private:
                 settled.append(entry)
             elif not self.decider.unchanged(entry, chunk.known.get(entry.relpath)):    # young, new to the ledger
                 age = max(0.0, clock() - entry.mtime_ns / 1e9)
                 self.waiting(entry.relpath, f"modified {age:.0f}s ago, scan.settle_seconds is {settle:g}")
         self.look_at(settled, chunk.known, fresh=False)
+
+    def _past_vouched(self, chunk: FolderChunk) -> list[FileEntry]:
+        """The chunk's files but those the ledger vouches for as listed (counted unchanged here):
+        the short way for a rerun's every file, as look_at would judge them. A file on its way or
+        one of cdn-push's own is still looked at."""
+        vouched = chunk.known.vouched if isinstance(chunk.known, FolderRows) else None
+        if not vouched:
+            return chunk.entries
+        stat_of, staged, private = vouched.get, self.ctx.table.staged(), self.private
+        rest = [entry for entry in chunk.entries if stat_of(entry.relpath) != ENTRY_STAT(entry)
+                or entry.relpath in staged or entry.relpath in private]
+        self.ctx.summary.unchanged += len(chunk.entries) - len(rest)
+        return rest
 
     def end_of_walk(self, gone: list[QuickRow], listed: int) -> None:
         """The walk is through: files no longer in the folder become `gone`, and old enough ones

@@ -139,3 +139,73 @@ def test_a_ledger_that_cannot_be_opened_names_its_owner(tmp_path):
     advice = cdn_push.ledger_advice(str(path), sqlite3.OperationalError("unable to open database file"))
     assert "cannot be opened" in advice and "is owned by user" in advice and "sudo -u" in advice, advice
     assert "chown -R" in advice, advice
+
+
+# -- what a rerun passes by on a stat alone (Ledger.folder_rows) ------------------------------------
+
+def imported(path="d/a.mp4", **changes):
+    """A row the CDN took as it is: confirmed, under its own name, nothing amiss."""
+    values = dict(path=path, size=10, mtime_ns=1, inode=2, sha256="a" * 64, name=path,
+                  state=cdn_push.STATE_CONFIRMED, accepted_name=path, accepted_size=10, accepted_sha256="a" * 64)
+    values.update(changes)
+    return LedgerRow(**values)
+
+
+@pytest.mark.parametrize("changes, prefix, callbacks, vouched", [
+    ({}, "", True, True),
+    ({"state": cdn_push.STATE_SUBMITTED}, "", False, True),        # no callback awaited: nothing to ask
+    ({"state": cdn_push.STATE_SUBMITTED}, "", True, False),        # a callback may be due: the pipeline judges
+    ({"state": cdn_push.STATE_PENDING}, "", True, False),
+    ({"state": cdn_push.STATE_REJECTED}, "", False, False),
+    ({"state": cdn_push.STATE_FAILED}, "", False, False),
+    ({"state": cdn_push.STATE_GONE}, "", False, False),
+    ({"last_error": "kept by no_replace"}, "", True, False),
+    ({"sha256": None}, "", True, False),
+    ({"accepted_sha256": "b" * 64}, "", True, False),
+    ({"accepted_size": 11}, "", True, False),
+    ({"accepted_name": "d/other.mp4"}, "", True, False),
+    ({}, "x/", True, False),                                       # name_prefix changed since
+    ({"name": "x/d/a.mp4", "accepted_name": "x/d/a.mp4"}, "x/", True, True),
+], ids=["confirmed", "submitted-no-callbacks", "submitted-callbacks", "pending", "rejected", "failed", "gone",
+        "conflict", "not-hashed", "other-content", "other-size", "other-name", "prefix-changed", "prefix-kept"])
+def test_a_folders_rows_vouch_only_for_files_imported_as_they_are_with_nothing_to_ask(
+        tmp_path, changes, prefix, callbacks, vouched):
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        ledger.put_many([imported(**changes), imported("d/e/b.mp4"), imported("c.mp4")])
+        rows = ledger.folder_rows("d", prefix, callbacks)
+        assert rows.vouched == ({"d/a.mp4": (10, 1, 2)} if vouched else {})
+        # Every row of the folder is still there to be asked for, as a dict of them all would give it
+        assert "d/a.mp4" in rows and "d/e/b.mp4" not in rows
+        assert rows.get("d/a.mp4") == ledger.quick_row("d/a.mp4") and rows.get("d/e/b.mp4") is None
+        assert [row.path for row in rows.gone(seen=set())] == ([] if changes.get("state") == "gone" else ["d/a.mp4"])
+        assert rows.gone(seen={"d/a.mp4"}) == []
+
+
+def test_the_rows_vouched_for_are_never_more_than_the_pipeline_would_pass_by(tmp_path):
+    """A property over random rows: what VOUCHED_SQL lets a rerun pass by, the decide step's own
+    judgement (same_file, accepted under its name, no callback due) would pass by too."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
+    digests = st.sampled_from(["a" * 64, "b" * 64, None])
+    names = st.sampled_from(["d/a.mp4", "x/d/a.mp4", "d/b.mp4", None])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(state=st.sampled_from(cdn_push.STATES), sha256=digests, accepted_sha256=digests,
+           name=names.filter(bool), accepted_name=names, accepted_size=st.sampled_from([10, 11, None]),
+           last_error=st.sampled_from([None, "why"]), prefix=st.sampled_from(["", "x/"]), callbacks=st.booleans())
+    def check(state, sha256, accepted_sha256, name, accepted_name, accepted_size, last_error, prefix, callbacks):
+        ledger.put(imported(sha256=sha256, name=name, state=state, accepted_name=accepted_name,
+                            accepted_size=accepted_size, accepted_sha256=accepted_sha256, last_error=last_error))
+        quick = ledger.quick_row("d/a.mp4")
+        entry = cdn_push.FileEntry("d/a.mp4", "/drop/d/a.mp4", 10, 1, 2)
+        judged = (cdn_push.same_file(entry, quick) and quick.accepted and quick.name == prefix + "d/a.mp4"
+                  and not (callbacks and quick.state == cdn_push.STATE_SUBMITTED))
+        assert ("d/a.mp4" in ledger.folder_rows("d", prefix, callbacks).vouched) == bool(judged)
+
+    try:
+        check()
+    finally:
+        ledger.close()

@@ -103,6 +103,86 @@ def test_a_young_file_the_ledger_vouches_for_is_unchanged_not_waiting(drop, make
     assert (pipeline.summary.unchanged, pipeline.summary.waiting, waiting) == (1, 0, [])
 
 
+def counting_hashes(hashed):
+    def counting(entry, progress, cancel):
+        hashed.append(entry.relpath)
+        return cdn_push.hash_outcome(entry, progress, cancel)
+    return counting
+
+
+def imported_folder(drop, ledger, contents):
+    """Files the CDN took as they are, and their rows: a rerun passes them by on a stat alone."""
+    write_files(drop, contents)
+    ledger.put_many([imported_row(drop, relpath, content) for relpath, content in contents.items()])
+
+
+def test_a_rerun_passes_by_files_the_ledger_vouches_for_and_hashes_one_changed_since(
+        drop, make_config, raw_config):
+    config = cfg(make_config, raw_config)
+    hashed = []
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {f"d/{i}.mp4": b"%d" % i for i in range(5)})
+        write_files(drop, {"d/3.mp4": b"new content"})
+        pipeline = Pipeline(config, ledger, None, hash_function=counting_hashes(hashed))
+        pipeline.scan_and_hash()
+        assert (hashed, pipeline.summary.unchanged, pipeline.summary.changed) == (["d/3.mp4"], 4, 1)
+
+
+def test_a_file_replaced_by_another_known_one_is_hashed_and_recorded_as_changed(drop, make_config, raw_config):
+    """`mv b a`: a's row is not taken for a move of b's (a is known), so a is hashed and is a change."""
+    config = cfg(make_config, raw_config)
+    hashed = []
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {"a.mp4": b"first", "b.mp4": b"second"})
+        os.replace(drop / "b.mp4", drop / "a.mp4")
+        pipeline = Pipeline(config, ledger, None, hash_function=counting_hashes(hashed))
+        pipeline.scan_and_hash()
+        assert (hashed, pipeline.summary.changed, pipeline.summary.new) == (["a.mp4"], 1, 0)
+        assert ledger.get("a.mp4").sha256 == sha(b"second")
+
+
+def test_a_deleted_file_the_ledger_vouched_for_is_gone_and_one_gone_before_is_not_told_again(
+        drop, make_config, raw_config, caplog):
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {"a.mp4": b"kept", "b.mp4": b"deleted now", "c.mp4": b"deleted before"})
+        ledger.put(imported_row(drop, "c.mp4", b"deleted before", state="gone"))
+        (drop / "b.mp4").unlink()
+        (drop / "c.mp4").unlink()
+        with caplog.at_level(logging.INFO, logger="cdn_push"):
+            pipeline = Pipeline(config, ledger, None)
+            pipeline.scan_and_hash()
+        assert ledger.get("b.mp4").state == "gone" and pipeline.summary.unchanged == 1
+    told = [r.getMessage() for r in caplog.records if "no longer in the folder" in r.getMessage()]
+    assert told == ["1 file no longer in the folder: b.mp4"]
+
+
+def test_a_file_the_ledger_vouches_for_is_left_to_its_stage_while_a_question_about_it_is_out(
+        drop, make_config, raw_config):
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {"a.mp4": b"asked about", "b.mp4": b"idle"})
+        pipeline = Pipeline(config, ledger, None)
+        pipeline.ctx.table.move("a.mp4", None, Stage.CHECKING)
+        pipeline.scan_and_hash()
+        assert pipeline.summary.unchanged == 1 and pipeline.ctx.table.stage("a.mp4") is Stage.CHECKING
+
+
+def test_a_file_the_ledger_vouches_for_that_became_one_of_cdn_pushs_own_is_skipped_with_a_warning(
+        drop, make_config, raw_config, caplog):
+    """Imported once, then named api.password_file: a rerun says so, and never counts it as done."""
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {"a.mp4": b"video", "secret.txt": b"hunter2"})
+        secret = {**raw_config["api"], "password": None, "password_file": str(drop / "secret.txt")}
+        with caplog.at_level(logging.WARNING, logger="cdn_push"):
+            pipeline = Pipeline(cfg(make_config, raw_config, api=secret), ledger, None)
+            pipeline.scan_and_hash()
+    assert pipeline.summary.unchanged == 1
+    assert any("skipped secret.txt" in r.getMessage() and "api.password_file" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_file_renamed_in_the_folder_is_recorded_under_its_new_path_without_hashing(
         drop, make_config, raw_config):
     write_files(drop, {"a.mp4": b"renamed later"})
