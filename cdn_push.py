@@ -1055,6 +1055,9 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     try:
         config = parse_config(raw, env=env, base_dir=base_dir, source=str(path),
                               default_ledger=base_dir / f"{path.stem}.ledger.sqlite3")
+        if config.ledger.is_dir():
+            raise ConfigError(f"'ledger' ({config.ledger}) is a folder: give the path of a file in it, such as "
+                              f"{config.ledger / 'cdn-push.ledger.sqlite3'}")
     except ConfigError as exc:
         line = key_line(text, str(exc))
         raise ConfigError(f"{path}:{f' line {line}:' if line else ''} {exc}") from None
@@ -2590,13 +2593,15 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     if status == 401 or (status == 403 and (not message or AUTH_TEXT.search(message))):
         return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
                             f"{': ' + message if message else ''}); check api.login and the password")
-    if status == 429 or status == 408 or status >= 500:
-        return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
-    if status in (404, 405) or 300 <= status < 400 or HTML_START.match(body):
+    # 501: the server has no such method (a plain web server), where 5xx else says "later"; a web
+    # page with a 5xx is a load balancer's "later" and stays transient.
+    if status in (404, 405, 501) or 300 <= status < 400 or (status < 500 and HTML_START.match(body)):
         said = "a web page" if HTML_START.match(body) else f"HTTP {status}" + (
             f" ({printable(message[:200])})" if message else "")
         return CdnEndpointError(f"the CDN answered {said} to file/add: that is about the API address, not "
                                 "a file; check 'api.url' (the vendor's ends in /api2)")
+    if status == 429 or status == 408 or status >= 500:
+        return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
     if EXISTS_TEXT.search(message or "") and (status < 300 or 400 <= status < 500):
         return CdnAnswer(OUTCOME_EXISTS, status, message, kept)
     if 200 <= status < 300:
@@ -8132,7 +8137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = Redactor([os.environ.get(ENV_API_PASSWORD, ""), os.environ.get(ENV_ORIGIN_PASSWORD, "")])
     with logging_configured(args.verbose - args.quiet, redactor):
         try:
-            return run_command(args, redactor)
+            code = run_command(args, redactor)
+            sys.stdout.flush()          # a closed pipe shows here, not as a traceback at exit
+            return code
         except LockedError as exc:      # cron's overlap with itself: harmless, said quietly
             log.info("%s", exc)
             return exit_code_for(exc)
@@ -8191,6 +8198,9 @@ def run_command(args: argparse.Namespace, redactor: Redactor) -> int:
     if summary.fatal is not None:
         log.error("%s", summary.fatal)
     code = summary.exit_code()
+    if args.dry_run and code == EXIT_OK and submit_problems(config):
+        log.error("a real run would not start: fix what the warnings above name in %s", config.source)
+        code = EXIT_USAGE
     if not (args.quiet and code == EXIT_OK):       # -q: silent on success, as rsync -q is
         stamp = "" if sys.stdout.isatty() else time.strftime("%Y-%m-%d %H:%M:%S ")   # a log file's lines
         print(stamp + summary.line(), flush=True)

@@ -376,15 +376,32 @@ def test_options_work_before_or_after_the_command(capsys, drop, write_config, wh
     assert " DEBUG waiting: young.mp4" in err, err
 
 
-def test_status_into_a_closed_pipe_exits_quietly(write_config, raw_config, drop):
+@pytest.mark.parametrize("as_json", [[], ["--json"]], ids=["text", "json"])
+def test_status_into_a_closed_pipe_exits_quietly(write_config, raw_config, drop, as_json):
+    """`status | head`: the JSON is one write, which fails only when Python flushes it at the end."""
     with cdn_push.Ledger.open(raw_config["ledger"]) as ledger:
         ledger.put_many([cdn_push.LedgerRow(f"f{i:05}.mp4", 1, 1, i, "a" * 64, f"f{i:05}.mp4", "submitted")
                          for i in range(3000)])
-    process = start_cdn_push("status", "--config", str(write_config()))
+    process = start_cdn_push("status", *as_json, "--config", str(write_config()))
     assert process.stdout.readline()
     process.stdout.close()
     err = process.stderr.read()
     assert process.wait(30) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_short_status_into_a_pipe_closed_before_it_is_written_exits_quietly(write_config, raw_config, drop):
+    """Output that fits Python's buffer is written only when it is flushed: that must fail inside
+    main too, not as an 'Exception ignored' at exit (status 120)."""
+    with cdn_push.Ledger.open(raw_config["ledger"]) as ledger:
+        ledger.put(cdn_push.LedgerRow("a.mp4", 1, 1, 1, "a" * 64, "a.mp4", "submitted"))
+    # As a user's shell runs it: stdout buffered (this suite's environment may say PYTHONUNBUFFERED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_PUSH_", "PYTHONUNBUFFERED"))}
+    process = subprocess.Popen([sys.executable, str(ROOT / "cdn_push.py"), "status", "--json", "--config",
+                                str(write_config())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, stdin=subprocess.DEVNULL)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(30) == 0 and "Exception ignored" not in err and "BrokenPipe" not in err, err
 
 
 def test_retry_waits_are_said_while_the_api_is_down(capsys, drop, write_config, raw_config):
@@ -437,8 +454,16 @@ def test_a_dry_run_warns_of_what_a_real_run_would_refuse(capsys, drop, write_con
     write_files(drop, {"a.mp4": b"a"})
     code, out, err = run_main(capsys, "run", "--dry-run", "--config",
                               str(write_config(origin={"base_url": "https://videos.example.com/drop"})))
-    assert code == 0 and "would submit (new): a.mp4" in out
+    assert code == cdn_push.EXIT_USAGE and "would submit (new): a.mp4" in out     # a script can tell
     assert "a real run would stop here" in err and "'origin.base_url' still names the placeholder" in err
+    assert "ERROR a real run would not start: fix what the warnings above name in" in err
+
+
+def test_a_ledger_that_is_a_folder_is_a_config_error_naming_the_key(capsys, tmp_path, write_config):
+    config = write_config(ledger=str(tmp_path))
+    code, _, err = run_main(capsys, "status", "--config", str(config))
+    assert code == cdn_push.EXIT_USAGE
+    assert f"'ledger' ({tmp_path}) is a folder: give the path of a file in it, such as {tmp_path}/" in err
 
 
 def test_refused_credentials_say_where_the_password_came_from(capsys, drop, emulator, write_config, monkeypatch):

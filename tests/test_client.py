@@ -48,6 +48,10 @@ from conftest import API_LOGIN, API_PASSWORD, assert_cdn_holds, free_port, write
     (408, "", "retry"),
     (500, "boom", "retry"),
     (503, '{"message": "file already exists"}', "retry"),
+    (501, "<!DOCTYPE HTML><html><body><h1>Error response</h1><p>Unsupported method ('POST')", "endpoint"),
+    (501, "not implemented", "endpoint"),                # a plain web server: no such method, ever
+    (502, "<html><head><title>502 Bad Gateway</title></head></html>", "retry"),  # a load balancer's "later"
+    (503, "<!DOCTYPE html><html><body>Service Temporarily Unavailable</body></html>", "retry"),
 ])
 def test_classify_response(status, body, expected):
     outcome = cdn_push.classify_response(status, body)
