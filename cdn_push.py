@@ -741,7 +741,8 @@ def _api_password(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
     if raw.get("password") and path is not None:
         raise ConfigError("set either 'api.password' or 'api.password_file', not both")
     if env.get(ENV_API_PASSWORD):
-        return env[ENV_API_PASSWORD], f"{ENV_API_PASSWORD} (which wins over api.password)", str(path or "") or None
+        overridden = "api.password_file" if path is not None else "api.password"
+        return env[ENV_API_PASSWORD], f"{ENV_API_PASSWORD} (which wins over {overridden})", str(path or "") or None
     if path is None:
         return _string(raw.get("password"), "api.password"), "api.password", None
     try:
@@ -1063,16 +1064,18 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
         raise ConfigError(f"{path}:{f' line {line}:' if line else ''} {exc}") from None
     warnings = []
     with contextlib.suppress(OSError):
-        if _holds_password(raw):
-            warnings += password_file_advice(path, path.stat())
+        warnings += password_file_advice(path, path.stat(), _passwords_held(raw))
         if config.api.password_file and os.stat(config.api.password_file).st_mode & 0o077:
             warnings.append(f"{config.api.password_file} (api.password_file) can be read by other users: "
                             f"run chmod 600 {config.api.password_file}")
     warnings += unreachable_public_urls(config)
-    for key, secret in (("api.password", config.api.password), ("origin.password", config.origin.password)):
+    origin_from = ENV_ORIGIN_PASSWORD if env.get(ENV_ORIGIN_PASSWORD) else "'origin.password'"
+    api_from = config.api.password_from.split(" (")[0]
+    for source, secret in ((api_from if api_from.isupper() else f"'{api_from}'", config.api.password),
+                           (origin_from, config.origin.password)):
         if secret and len(secret.reveal()) < SHORT_SECRET:
-            warnings.append(f"'{key}' is shorter than {SHORT_SECRET} characters: messages mask it only where it "
-                            "stands alone; a longer one is safer")
+            warnings.append(f"the password from {source} is shorter than {SHORT_SECRET} characters: messages mask "
+                            "it only where it stands alone; a longer one is safer")
     return config, warnings
 
 
@@ -1133,21 +1136,23 @@ def unreachable_public_urls(config: Config) -> list[str]:
             if url and local_only(urlsplit(url).hostname or "")]
 
 
-def password_file_advice(path: Path, st: os.stat_result) -> list[str]:
+def password_file_advice(path: Path, st: os.stat_result, variables: Sequence[str]) -> list[str]:
     """What to do about a config file holding a password that others can read; fits the layout.
+    `variables`: the environment variables that would hold the passwords it has instead.
 
     The service's /etc/cdn-push/config.yaml is root's and group-readable by the service user:
     chmod 600 would lock the service out, so the advice there is the environment file.
     """
-    if not st.st_mode & 0o044:
+    if not st.st_mode & 0o044 or not variables:
         return []
     mine = st.st_uid == os.geteuid()
+    names, assignments = " or ".join(variables), " and ".join(f"{name}=..." for name in variables)
     if st.st_mode & 0o004 or mine:
         fix = f"run chmod 600 {path}, or move the password" if mine else "move the password"
         return [f"{path} holds a password and is readable by other users: {fix} to the environment "
-                f"({ENV_API_PASSWORD}; for the service, in /etc/cdn-push/env)"]
+                f"({names}; for the service, in /etc/cdn-push/env)"]
     return [f"{path} holds a password and other members of its group can read it: move the password "
-            f"to /etc/cdn-push/env as {ENV_API_PASSWORD}=... (mode 0600) and remove it from {path}"]
+            f"to /etc/cdn-push/env as {assignments} (mode 0600) and remove it from {path}"]
 
 
 # PyYAML's words for common slips, and what a person would say instead (pure lookup).
@@ -1247,17 +1252,15 @@ def key_line(text: str, message: str) -> int | None:
     return line
 
 
-def _holds_password(raw: Any) -> bool:
+def _passwords_held(raw: Any) -> list[str]:
+    """The environment variables for the passwords the config file itself holds (none, one or both)."""
     if not isinstance(raw, Mapping):
-        return False
+        return []
     api, origin = raw.get("api"), raw.get("origin")
-    if isinstance(api, Mapping) and api.get("password"):
-        return True
-    if isinstance(origin, Mapping):
-        if origin.get("password"):
-            return True
-        return "@" in str(origin.get("base_url") or "")
-    return False
+    held = [ENV_API_PASSWORD] if isinstance(api, Mapping) and api.get("password") else []
+    if isinstance(origin, Mapping) and (origin.get("password") or "@" in str(origin.get("base_url") or "")):
+        held.append(ENV_ORIGIN_PASSWORD)
+    return held
 
 
 def config_path_from(arg: str | None, env: Mapping[str, str]) -> Path:

@@ -306,7 +306,33 @@ def test_the_environment_wins_over_the_password_file(tmp_path):
     path.write_text("file-Pa55word\n")
     config = parse(with_password_file(path), env={cdn_push.ENV_API_PASSWORD: "env-Pa55word"}, base_dir=tmp_path)
     assert config.api.password.reveal() == "env-Pa55word"
-    assert cdn_push.ENV_API_PASSWORD in config.api.password_from
+    assert config.api.password_from == f"{cdn_push.ENV_API_PASSWORD} (which wins over api.password_file)"
+
+
+@pytest.mark.parametrize("api, origin, told", [
+    ("  password: hunter2-long\n", "", ["CDN_PUSH_API_PASSWORD"]),
+    ("", "  password: hunter2-long\n", ["CDN_PUSH_ORIGIN_PASSWORD"]),
+    ("", "  base_url: http://me:hunter2-long@files.example.net/v\n", ["CDN_PUSH_ORIGIN_PASSWORD"]),
+    ("  password: hunter2-long\n", "  password: hunter2-long\n", ["CDN_PUSH_API_PASSWORD", "CDN_PUSH_ORIGIN_PASSWORD"]),
+], ids=["api", "origin", "origin-url", "both"])
+def test_a_readable_config_holding_a_password_names_the_variable_for_that_password(tmp_path, api, origin, told):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"folder: drop\napi:\n  login: me\n{api}origin:\n  username: me\n{origin}")
+    path.chmod(0o644)
+    _, warnings = cdn_push.load_config(path, {})
+    about = [w for w in warnings if "holds a password" in w]
+    assert len(about) == 1 and f"({' or '.join(told)}; for the service" in about[0], warnings
+
+
+@pytest.mark.parametrize("env, told", [({cdn_push.ENV_API_PASSWORD: "short"}, "the password from CDN_PUSH_API_PASSWORD"),
+                                       ({cdn_push.ENV_ORIGIN_PASSWORD: "short"}, "the password from CDN_PUSH_ORIGIN_PASSWORD"),
+                                       ({}, "the password from 'api.password'")])
+def test_a_short_password_is_named_by_where_it_came_from(tmp_path, env, told):
+    path = tmp_path / "config.yaml"
+    path.write_text("folder: drop\napi:\n  password: short\norigin:\n  username: me\n")
+    path.chmod(0o600)
+    _, warnings = cdn_push.load_config(path, env)
+    assert any(w.startswith(f"{told} is shorter than 8 characters") for w in warnings), warnings
 
 
 @pytest.mark.parametrize("mode, warned", [(0o600, False), (0o400, False), (0o640, True), (0o604, True)])
