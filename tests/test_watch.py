@@ -766,6 +766,8 @@ def test_a_writer_that_pauses_past_settle_seconds_is_imported_once_at_its_final_
     assert [int(r["size"]) for r in sent] == [200_000]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root sees every writer; other users wait "
+                    "settle_seconds for a moved-in file (docs/internals.md)")
 def test_mv_of_a_complete_file_is_taken_within_the_close_grace_not_settle_seconds(tmp_path, drop, emulator, watch):
     running = watch(scan={"settle_seconds": 30, "rescan_interval": 3600})
     outside = tmp_path / "outside.mp4"
