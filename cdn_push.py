@@ -1190,6 +1190,26 @@ def yaml_slip(lines: Sequence[str], last: int) -> tuple[int, int, str] | None:
     return None
 
 
+# What PyYAML says, on the line after it or further down, of a key whose ':' was left out.
+COLON_LEFT_OUT = ("could not find expected ':'", "mapping values are not allowed", "expected '<document start>'")
+
+
+def colon_left_out(lines: Sequence[str], last: int) -> tuple[int, int, str] | None:
+    """The line of a key written without its ':' ('auth basic'), looking up from `last` past
+    comments and blank lines; None once a line of 'key: value' comes first (the slip is
+    elsewhere). PyYAML reads such a line on into the next ones and names where it gave up."""
+    for number in range(last, -1, -1):
+        text = lines[number].strip()
+        if not text or text.startswith("#"):
+            continue
+        if ":" not in text and not text.startswith(("-", "|", ">", "[", "{")):
+            indent = len(lines[number]) - len(lines[number].lstrip())
+            return number, indent, "a line that is not 'key: value': the ':' after the key is missing"
+        if number < last:
+            return None
+    return None
+
+
 def yaml_error_message(path: Path, text: str, exc: Any) -> str:
     """Where a YAML mistake really is (a line with a caret under it) and what it is, in plain words."""
     problem = str(getattr(exc, "problem", None) or "not valid YAML")
@@ -1201,6 +1221,8 @@ def yaml_error_message(path: Path, text: str, exc: Any) -> str:
         return f"{path}: {words}"
     line, column = mark.line, mark.column
     slip = None if "'\\t'" in problem else yaml_slip(lines, min(line, len(lines) - 1))
+    if slip is None and any(said in problem for said in COLON_LEFT_OUT):
+        slip = colon_left_out(lines, min(line, len(lines) - 1))
     if slip is not None:
         line, column, words = slip     # PyYAML points where it gave up, often many lines later
     shown = masked_yaml_line(lines[line]) if line < len(lines) else ""

@@ -115,6 +115,27 @@ def test_load_config_reports_file_and_line_of_yaml_errors(tmp_path):
     assert str(path) in str(error.value) and "line" in str(error.value)
 
 
+MISSING_COLON = "a line that is not 'key: value': the ':' after the key is missing"
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("api:\n  url: x\n  auth basic\n  # Seconds to wait for one answer.\n  timeout: 30\n", 3, MISSING_COLON),
+    ('name_prefix ""\n# a comment\nfolder: /x\n', 1, MISSING_COLON),
+    ("workers:\n  hash 2\n\n  submit: 4\n", 2, MISSING_COLON),
+    ("api:\n  url: http://a: b\n", 2, "a ':' where a value was expected"),     # a colon too many: its own line
+    ("name_prefix: a\n  b\napi:\n  url: http://a: b\n", 4, "a ':' where a value was expected"),  # a value on two lines is no slip
+    ("folder: /x\nscan:\n  settle_seconds: 5\n  mistake here\nworkers:\n  hash: 2\n", 4, MISSING_COLON),
+], ids=["in-section-before-comment", "top-level", "before-blank", "colon-in-value", "two-line-value",
+        "last-in-section"])
+def test_a_key_without_its_colon_is_shown_on_its_own_line(tmp_path, text, line, words):
+    """PyYAML reads such a line on into the next ones: the message names the line itself."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        cdn_push.load_config(path, {})
+    assert f"{path}: line {line}, column" in str(error.value) and words in str(error.value), str(error.value)
+
+
 def test_load_config_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError) as error:
         cdn_push.load_config(tmp_path / "nope.yaml", {})
