@@ -1595,13 +1595,14 @@ def file_skipper(scan: ScanConfig) -> Callable[[str, str], bool]:
 def walk_folder(root: Path, scan: ScanConfig,
                 on_problem: Callable[[str, str], None] = lambda path, why: None,
                 start: str = "", private: Mapping[tuple[int, int], str] | None = None,
-                own_names: Container[str] = (),
+                own_names: Container[str] = (), on_link: Callable[[str], None] = lambda path: None,
                 ) -> Iterator[tuple[str, list[FileEntry]]]:
     """Yield (relative folder, its files) one folder at a time, so memory stays flat.
 
     `start` walks only that subfolder (relative to root). `private`: (st_dev, st_ino) of
     cdn-push's own secret and state files, never listed under any other name or link;
-    `own_names`: their paths inside the folder, listed for the caller to skip by name.
+    `own_names`: their paths inside the folder, listed for the caller to skip by name. `on_link`
+    hears of each symlink passed by because scan.follow_symlinks is off.
     """
     private = private or {}
     private_inodes = {inode for _, inode in private}
@@ -1641,10 +1642,11 @@ def walk_folder(root: Path, scan: ScanConfig,
                 try:
                     if item.is_symlink():
                         if not follow:
+                            on_link(relpath)
                             continue
                         target = os.path.realpath(item.path)
                         if os.path.commonpath([root_real, target]) != root_real:
-                            on_problem(relpath, "symlink leads outside the folder; skipped")
+                            on_problem(relpath, "the symlink leads outside the folder")
                             continue
                     st = item.stat(follow_symlinks=follow)
                     mode = st.st_mode
@@ -4511,6 +4513,8 @@ class Scanner:
     """Stage 1: a pass's walk, one folder at a time, each taken in chunks so that a folder of
     100,000 files does not hold up a turn of the loop. Owner thread only."""
 
+    LINKS_SHOWN = 5         # symlinks named in a pass's note of those it passed by
+
     def __init__(self, ledger: Ledger, tuning: Tuning, on_problem: Callable[[str, str], None]) -> None:
         self.ledger = ledger
         self.tuning = tuning
@@ -4523,6 +4527,8 @@ class Scanner:
         self._walked: set[str] = set()          # folders listed this pass
         self._unlisted: list[str] = []          # folders that could not be listed: their rows are not gone
         self.listed = 0                         # files listed this pass
+        self.links = 0                          # symlinks passed by this pass (scan.follow_symlinks off) ...
+        self.link_examples: list[str] = []      # ... and the first few of them
 
     @property
     def active(self) -> bool:
@@ -4530,10 +4536,16 @@ class Scanner:
 
     def start(self, config: Config) -> None:
         check_folder(config)
-        self._walked, self._unlisted, self.listed = set(), [], 0
+        self._walked, self._unlisted, self.listed, self.links, self.link_examples = set(), [], 0, 0, []
         self._vouch = (config.name_prefix, config.callback.enabled)
         self._walk = walk_folder(config.folder, config.scan, self._problem, private=private_identities(config),
+                                 on_link=self._link,
                                  own_names=dict(config.private_files))
+
+    def _link(self, relpath: str) -> None:
+        self.links += 1
+        if len(self.link_examples) < self.LINKS_SHOWN:
+            self.link_examples.append(relpath)
 
     def _problem(self, relpath: str, why: str) -> None:
         if why.startswith("cannot list folder"):
@@ -5476,6 +5488,7 @@ class Intake:
         if chunk.walk_over:
             gone, self._gone = self._gone, []
             self.end_of_walk(gone, self.scanner.listed)
+            self._tell_links()
             return
         clock, settle = self.ctx.clock, self.ctx.config.scan.settle_seconds
         settle_before_ns = int((clock() - settle) * 1e9)
@@ -5500,6 +5513,15 @@ class Intake:
                 or entry.relpath in staged or entry.relpath in private]
         self.ctx.summary.unchanged += len(chunk.entries) - len(rest)
         return rest
+
+    def _tell_links(self) -> None:
+        """Symlinks are not imported unless scan.follow_symlinks is on: said once a pass (at INFO, so
+        that a cron run with -q stays quiet about links kept there on purpose)."""
+        count, shown = self.scanner.links, self.scanner.link_examples
+        if count:
+            log.info("passed by %s (scan.follow_symlinks is off; turn it on to import what they lead to): %s%s",
+                     plural(count, "symlink"), ", ".join(map(printable, shown)),
+                     f" and {count - len(shown)} more" if count > len(shown) else "")
 
     def end_of_walk(self, gone: list[QuickRow], listed: int) -> None:
         """The walk is through: files no longer in the folder become `gone`, and old enough ones

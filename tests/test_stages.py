@@ -128,6 +128,28 @@ def test_a_rerun_passes_by_files_the_ledger_vouches_for_and_hashes_one_changed_s
         assert (hashed, pipeline.summary.unchanged, pipeline.summary.changed) == (["d/3.mp4"], 4, 1)
 
 
+def test_a_pass_says_once_which_symlinks_it_passed_by_and_counts_them_as_nothing_amiss(
+        tmp_path, drop, make_config, raw_config, caplog):
+    write_files(drop, {"a.mp4": b"video"})
+    write_files(tmp_path / "elsewhere", {f"{i}.mp4": b"%d" % i for i in range(7)})
+    for i in range(7):
+        os.symlink(tmp_path / "elsewhere" / f"{i}.mp4", drop / f"link{i}.mp4")
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger, caplog.at_level(logging.INFO, logger="cdn_push"):
+        pipeline = Pipeline(config, ledger, None)
+        pipeline.scan_and_hash()
+        told = [r for r in caplog.records if "symlink" in r.getMessage()]
+        assert pipeline.summary.unreadable == 0 and pipeline.summary.new == 1     # nothing amiss, no exit 1
+        caplog.clear()
+        pipeline.scan_and_hash()              # a second pass counts its own
+        assert [r.getMessage() for r in caplog.records if "symlink" in r.getMessage()] == [told[0].getMessage()]
+    head = "passed by 7 symlinks (scan.follow_symlinks is off; turn it on to import what they lead to): "
+    assert len(told) == 1 and told[0].getMessage().startswith(head) and told[0].getMessage().endswith(" and 2 more")
+    named = told[0].getMessage()[len(head):-len(" and 2 more")].split(", ")      # in the order listed
+    assert len(set(named)) == 5 and set(named) <= {f"link{i}.mp4" for i in range(7)}
+    assert told[0].levelno == logging.INFO         # a cron run with -q says nothing of links kept on purpose
+
+
 def test_a_file_replaced_by_another_known_one_is_hashed_and_recorded_as_changed(drop, make_config, raw_config):
     """`mv b a`: a's row is not taken for a move of b's (a is known), so a is hashed and is a change."""
     config = cfg(make_config, raw_config)
