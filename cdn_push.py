@@ -90,7 +90,7 @@ REQUIRED_PACKAGES = ("yaml", "requests", "tenacity", "tqdm", "watchdog", "promet
 def missing_packages() -> list[str]:
     return [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 log = logging.getLogger("cdn_push")
 
