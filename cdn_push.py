@@ -4914,7 +4914,8 @@ class Recorder:
             applied += 1
         return applied
 
-    def _confirm(self, row: LedgerRow, report: CallbackReport, how: str = "by callback") -> bool:
+    def _confirm(self, row: LedgerRow, report: CallbackReport,
+                 how: str = "by callback: the CDN verified size and sha-256") -> bool:
         """Record a confirmation or a failure; whether the file is still awaited (a resend is due)."""
         ctx = self.ctx
         verified = report.success and (report.size, report.sha256) == (row.size, row.sha256)
@@ -4925,7 +4926,7 @@ class Recorder:
             ctx.summary.confirmed += 1
             ctx.ledger.put(row._replace(state=STATE_CONFIRMED, last_error=None, retry_at=0.0))
             ctx.bars.update("confirm", 1, unit="file", desc="confirmed")
-            log.info("confirmed %s %s: the CDN verified size and sha-256", printable(row.name), how)
+            log.info("confirmed %s %s", printable(row.name), how)
             return False
         if report.success:
             message = (f"the CDN reported size {report.size} and sha-256 {report.sha256 or '-'}, "
@@ -4976,8 +4977,8 @@ class Recorder:
         if not ctx.summary.unconfirmed or ctx.summary.fatal is not None:
             return
         if stopped:
-            log.warning("%s await the CDN's confirmation; the next run asks the CDN again",
-                        files(ctx.summary.unconfirmed))
+            log.warning("%s %s the CDN's confirmation; the next run asks the CDN again",
+                        files(ctx.summary.unconfirmed), "awaits" if ctx.summary.unconfirmed == 1 else "await")
         elif ctx.callbacks_on:
             log.warning("%s not confirmed by the CDN (confirm.wait_seconds is %gs); %s "
                         "'submitted' and a later run asks again. If no callback ever arrives, check that "
@@ -4999,8 +5000,11 @@ class Recorder:
         word = listing.status
         if listing.found and word in confirm.ready_states:
             size = row.size if listing.size is None else listing.size
-            return self._confirm(row, CallbackReport(row.path, row.attempts, True, size, row.sha256 or "", "",
-                                                     now), how="through file/list")
+            # file/list gives no sha-256: what it vouches for is its status, and the size where it lists one
+            checked = "with this size" if listing.size is not None else "(it lists no size)"
+            said = f"through file/list: the CDN lists it '{word}' {checked}"
+            return self._confirm(row, CallbackReport(row.path, row.attempts, True, size, row.sha256 or "", "", now),
+                                 how=said)
         if not listing.found or word in confirm.failed_states:
             said = f"file/list reports it '{word}'" if listing.found else "file/list does not list it"
             return self._confirm(row, CallbackReport(row.path, row.attempts, False, None, "", said, now))

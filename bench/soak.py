@@ -57,7 +57,7 @@ LOGIN, PASSWORD = "soak", "soak-Pa55-w0rd-otter"
 STORM_FAULTS = ("500", "502", "503", "429", "429:1")
 HASH_WORKERS, SUBMIT_WORKERS = 2, 4
 WRITABLE_AGAIN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \w+ the ledger can be written again", re.M)
-CONFIRMED_LINE = re.compile(r" INFO confirmed (.*) (?:by callback|through file/list): the CDN verified")
+CONFIRMED_LINE = re.compile(r" INFO confirmed (.*) (?:by callback: the CDN verified|through file/list: the CDN lists it)")
 
 
 # -- pacing: what a short and a long run do ------------------------------------------------
