@@ -3606,6 +3606,15 @@ def address_allowed(address: str, networks: Sequence[Any]) -> bool:
     return any(found in ipaddress.ip_network(network, strict=False) for network in networks)
 
 
+def listen_advice(port: int, exc: OSError) -> str:
+    """What to do when a listening socket cannot be made (pure): the usual two causes, said."""
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return "; ports below 1024 need root: use a port of 1024 or more (and put it in the public URL too)"
+    if exc.errno == errno.EADDRINUSE:
+        return "; another program listens there already: stop it, or use another port"
+    return ""
+
+
 def address_networks(cidrs: Sequence[str]) -> tuple[Any, ...]:
     import ipaddress
 
@@ -3642,7 +3651,8 @@ class OriginServer:
         try:
             self.sock = socket.create_server((host, port), backlog=128)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}"
+                              f"{listen_advice(port, exc)}") from None
         self.tls = self._tls_context()
         self._lock = threading.Lock()
         self._open: dict[socket.socket, OriginSlot] = {}
@@ -6705,8 +6715,8 @@ class MonitorServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), monitor_handler_class())
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} (monitor.listen): {exc.strerror or exc}; "
-                              "set another port, or monitor.listen: null to turn the page off") from None
+            raise ConfigError(f"cannot listen on {host}:{port} (monitor.listen): {exc.strerror or exc}"
+                              f"{listen_advice(port, exc)}; or monitor.listen: null turns the page off") from None
         self.httpd.daemon_threads = True
         self.httpd.handle_error = reraise_in_thread          # type: ignore[method-assign]
         self.httpd.monitor = self                            # type: ignore[attr-defined]

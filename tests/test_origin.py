@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -453,8 +454,20 @@ def test_bad_cert_or_busy_port_is_a_config_error(tmp_path, make_config):
         busy = taken.getsockname()[1]
         config = make_config(origin={"serve": {"listen": f"127.0.0.1:{busy}",
                                                "public_url": f"http://127.0.0.1:{busy}"}})
-        with pytest.raises(cdn_push.ConfigError, match=f"cannot listen on 127.0.0.1:{busy}"):
+        with pytest.raises(cdn_push.ConfigError, match=f"cannot listen on 127.0.0.1:{busy}.*another program "
+                                                      "listens there already: stop it, or use another port"):
             OriginServer(config, UrlSigner(SECRET), CallbackInbox())
+
+
+@pytest.mark.parametrize("port, error, said", [
+    (80, errno.EACCES, "ports below 1024 need root"),
+    (8080, errno.EACCES, ""),                    # not the low port: no such advice
+    (8080, errno.EADDRINUSE, "another program listens there already"),
+    (8080, errno.EADDRNOTAVAIL, ""),
+])
+def test_a_socket_that_cannot_listen_is_told_with_its_usual_cause(port, error, said):
+    advice = cdn_push.listen_advice(port, OSError(error, os.strerror(error)))
+    assert (said in advice and advice.startswith("; ")) if said else advice == ""
 
 
 def test_a_file_left_unconfirmed_is_submitted_again_by_a_later_run(drop, emulator, serve_config):
