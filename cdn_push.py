@@ -706,7 +706,7 @@ def _api_config(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) 
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"'api.url' must be an http(s) URL such as {DEFAULT_API_URL}, not {shown_url(url)}")
     if "@" in parts.netloc:
-        raise ConfigError("'api.url' must not hold a login or password: use api.login and api.password")
+        raise ConfigError("'api.url' must not hold a login or password: use api.login, and api.password_file for the password")
     retry_raw = _mapping(raw.get("retry"), "api.retry")
     number = lambda section, name, default, **kw: _number(  # noqa: E731
         section.get(name), f"api.{'retry.' if section is retry_raw else ''}{name}", default, **kw)
