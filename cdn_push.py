@@ -6934,6 +6934,7 @@ PLACEHOLDERS = ("example.com", "example.org", "example.net")   # RFC 2606: never
 def run_one_shot(config: Config, *, stop: threading.Event, show_progress: bool, dry_run: bool = False,
                  retry_rejected: bool = False, out: Callable[[str], None] = print) -> RunSummary:
     """One locked pass over the folder; the caller turns the summary into an exit code."""
+    check_folder(config)        # before the ledger and its lock are made: a typo leaves nothing behind
     if dry_run:
         for problem in submit_problems(config):
             log.warning("a real run would stop here: %s: %s", config.source, problem)

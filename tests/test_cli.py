@@ -459,6 +459,14 @@ def test_a_dry_run_warns_of_what_a_real_run_would_refuse(capsys, drop, write_con
     assert "ERROR a real run would not start: fix what the warnings above name in" in err
 
 
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]], ids=["run", "dry-run"])
+def test_a_folder_that_does_not_exist_leaves_no_ledger_or_lock_behind(capsys, tmp_path, write_config, raw_config, dry):
+    config = write_config(folder=str(tmp_path / "no-such-folder"))
+    code, _, err = run_main(capsys, "run", *dry, "--config", str(config))
+    assert code == cdn_push.EXIT_USAGE and "no-such-folder does not exist" in err
+    assert not Path(raw_config["ledger"]).exists() and not Path(raw_config["ledger"] + ".lock").exists()
+
+
 def test_a_ledger_that_is_a_folder_is_a_config_error_naming_the_key(capsys, tmp_path, write_config):
     config = write_config(ledger=str(tmp_path))
     code, _, err = run_main(capsys, "status", "--config", str(config))
