@@ -1069,7 +1069,9 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
             warnings.append(f"{config.api.password_file} (api.password_file) can be read by other users: "
                             f"run chmod 600 {config.api.password_file}")
     warnings += unreachable_public_urls(config)
-    origin_from = ENV_ORIGIN_PASSWORD if env.get(ENV_ORIGIN_PASSWORD) else "'origin.password'"
+    origin_raw = raw.get("origin") if isinstance(raw, Mapping) else None
+    origin_from = (ENV_ORIGIN_PASSWORD if env.get(ENV_ORIGIN_PASSWORD) else "'origin.password'"
+                   if isinstance(origin_raw, Mapping) and origin_raw.get("password") else "'origin.base_url'")
     api_from = config.api.password_from.split(" (")[0]
     for source, secret in ((api_from if api_from.isupper() else f"'{api_from}'", config.api.password),
                            (origin_from, config.origin.password)):
@@ -1194,16 +1196,24 @@ def yaml_slip(lines: Sequence[str], last: int) -> tuple[int, int, str] | None:
 COLON_LEFT_OUT = ("could not find expected ':'", "mapping values are not allowed", "expected '<document start>'")
 
 
+OPENS_MAPPING = re.compile(r"^\s*(?:- )?[^\s#:][^#:]*:\s*(?:#.*)?$")      # "key:" with nothing after it
+
+
 def colon_left_out(lines: Sequence[str], last: int) -> tuple[int, int, str] | None:
     """The line of a key written without its ':' ('auth basic'), looking up from `last` past
     comments and blank lines; None once a line of 'key: value' comes first (the slip is
-    elsewhere). PyYAML reads such a line on into the next ones and names where it gave up."""
-    for number in range(last, -1, -1):
+    elsewhere). PyYAML reads such a line on into the next ones and names where it gave up. A
+    line indented under a value ('note: a long' then '  text', or a '|' block) is that value's
+    continuation, not a key."""
+    meaningful = [n for n in range(last + 1) if lines[n].strip() and not lines[n].lstrip().startswith("#")]
+    for place in range(len(meaningful) - 1, -1, -1):
+        number = meaningful[place]
         text = lines[number].strip()
-        if not text or text.startswith("#"):
-            continue
         if ":" not in text and not text.startswith(("-", "|", ">", "[", "{")):
             indent = len(lines[number]) - len(lines[number].lstrip())
+            above = lines[meaningful[place - 1]] if place else None
+            if above is not None and len(above) - len(above.lstrip()) < indent and not OPENS_MAPPING.match(above):
+                return None
             return number, indent, "a line that is not 'key: value': the ':' after the key is missing"
         if number < last:
             return None
@@ -1642,7 +1652,8 @@ def walk_folder(root: Path, scan: ScanConfig,
                 try:
                     if item.is_symlink():
                         if not follow:
-                            on_link(relpath)
+                            if not skipped(relpath, item.name):      # a link that following would import
+                                on_link(relpath)
                             continue
                         target = os.path.realpath(item.path)
                         if os.path.commonpath([root_real, target]) != root_real:
@@ -2293,7 +2304,7 @@ class Ledger(LedgerFile):
         others: dict[str, QuickRow] = {}
         if self._run("SELECT count(*) FROM files WHERE dir=?", (reldir,)).fetchone()[0] > len(vouched):
             others = {path: row for path, row in self.quick_rows_in_dir(reldir).items() if path not in vouched}
-        return FolderRows(self, vouched, others)
+        return FolderRows(self, vouched, others, (name_prefix, callbacks))
 
     def dirs(self) -> list[str]:
         """Every folder the ledger has a row in (the files_by_dir index answers it)."""
@@ -2475,20 +2486,32 @@ class FolderRows:
     """What the ledger knows of one folder, for its walk: `vouched` maps the paths a rerun passes by
     (VOUCHED_SQL) to their (size, mtime_ns, inode); `get` gives any path's QuickRow, as a dict of
     them all would, reading a vouched path's only when asked (its file changed, or is on its way).
-    Owner thread only."""
+    `rules`: the (name_prefix, callbacks on) they were vouched under. Owner thread only."""
 
-    def __init__(self, ledger: Ledger, vouched: dict[str, tuple[int, int, int]], others: dict[str, QuickRow]) -> None:
+    def __init__(self, ledger: Ledger, vouched: dict[str, tuple[int, int, int]], others: dict[str, QuickRow],
+                 rules: tuple[str, bool] = ("", False)) -> None:
         self.ledger = ledger
         self.vouched = vouched
         self._others = others
+        self.rules = rules
+        self._asked = 0             # vouched rows read one by one so far
+        self._filled = False        # all the folder's rows read at once
+
+    LAZY_ROWS = 32      # past this many (a folder touched or emptied), the whole folder's rows in one query
 
     def __contains__(self, path: object) -> bool:
         return path in self._others or path in self.vouched
 
     def get(self, path: str) -> QuickRow | None:
         row = self._others.get(path)
-        if row is None and path in self.vouched:
-            row = self._others[path] = self.ledger.quick_row(path)
+        if row is None and path in self.vouched and not self._filled:
+            if self._asked < self.LAZY_ROWS:
+                self._asked += 1
+                row = self._others[path] = self.ledger.quick_row(path)
+            else:
+                self._filled = True
+                self._others.update(self.ledger.quick_rows_in_dir(path.rpartition("/")[0]))
+                row = self._others.get(path)
         return row
 
     def gone(self, seen: set[str]) -> list[QuickRow]:
@@ -2620,6 +2643,8 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     if status == 401 or (status == 403 and (not message or AUTH_TEXT.search(message))):
         return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
                             f"{': ' + message if message else ''}); check api.login and the password")
+    if status in (429, 408):         # "later", whatever page a proxy wraps it in
+        return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
     # 501: the server has no such method (a plain web server), where 5xx else says "later"; a web
     # page with a 5xx is a load balancer's "later" and stays transient.
     if status in (404, 405, 501) or 300 <= status < 400 or (status < 500 and HTML_START.match(body)):
@@ -2627,7 +2652,7 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
             f" ({printable(message[:200])})" if message else "")
         return CdnEndpointError(f"the CDN answered {said} to file/add: that is about the API address, not "
                                 "a file; check 'api.url' (the vendor's ends in /api2)")
-    if status == 429 or status == 408 or status >= 500:
+    if status >= 500:
         return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
     if EXISTS_TEXT.search(message or "") and (status < 300 or 400 <= status < 500):
         return CdnAnswer(OUTCOME_EXISTS, status, message, kept)
@@ -5519,9 +5544,12 @@ class Intake:
         """The chunk's files but those the ledger vouches for as listed (counted unchanged here):
         the short way for a rerun's every file, as look_at would judge them. A file on its way or
         one of cdn-push's own is still looked at."""
-        vouched = chunk.known.vouched if isinstance(chunk.known, FolderRows) else None
-        if not vouched:
+        config = self.ctx.config
+        rows = chunk.known if isinstance(chunk.known, FolderRows) else None
+        # A reload since the folder was read (another name_prefix, callbacks turned on) voids its vouching.
+        if rows is None or not rows.vouched or rows.rules != (config.name_prefix, config.callback.enabled):
             return chunk.entries
+        vouched = rows.vouched
         stat_of, staged, private = vouched.get, self.ctx.table.staged(), self.private
         rest = [entry for entry in chunk.entries if stat_of(entry.relpath) != ENTRY_STAT(entry)
                 or entry.relpath in staged or entry.relpath in private]
@@ -8200,7 +8228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with logging_configured(args.verbose - args.quiet, redactor):
         try:
             code = run_command(args, redactor)
-            sys.stdout.flush()          # a closed pipe shows here, not as a traceback at exit
+            if sys.stdout is not None:          # None where fd 1 was closed before the start
+                sys.stdout.flush()              # a closed pipe shows here, not as a traceback at exit
             return code
         except LockedError as exc:      # cron's overlap with itself: harmless, said quietly
             log.info("%s", exc)

@@ -404,6 +404,13 @@ def test_a_short_status_into_a_pipe_closed_before_it_is_written_exits_quietly(wr
     assert process.wait(30) == 0 and "Exception ignored" not in err and "BrokenPipe" not in err, err
 
 
+def test_a_command_started_with_its_output_closed_is_no_fault_of_its_own():
+    """`cdn-push help >&-` (a daemon's closed stdout): Python has no sys.stdout at all then."""
+    done = subprocess.run(["sh", "-c", 'exec "$0" "$1" help >&-', sys.executable, str(ROOT / "cdn_push.py")],
+                          capture_output=False, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 0 and "fault of its own" not in done.stderr, done.stderr
+
+
 def test_retry_waits_are_said_while_the_api_is_down(capsys, drop, write_config, raw_config):
     write_files(drop, {"a.mp4": b"a"})
     api = {**raw_config["api"], "url": f"http://127.0.0.1:{free_port()}/api2",

@@ -51,6 +51,8 @@ from conftest import API_LOGIN, API_PASSWORD, assert_cdn_holds, free_port, write
     (501, "<!DOCTYPE HTML><html><body><h1>Error response</h1><p>Unsupported method ('POST')", "endpoint"),
     (501, "not implemented", "endpoint"),                # a plain web server: no such method, ever
     (502, "<html><head><title>502 Bad Gateway</title></head></html>", "retry"),  # a load balancer's "later"
+    (429, "<html><head><title>429 Too Many Requests</title></head></html>", "retry"),   # a proxy's page: "later"
+    (408, "<!DOCTYPE html><html><body>Request Timeout</body></html>", "retry"),
     (503, "<!DOCTYPE html><html><body>Service Temporarily Unavailable</body></html>", "retry"),
 ])
 def test_classify_response(status, body, expected):

@@ -125,8 +125,10 @@ MISSING_COLON = "a line that is not 'key: value': the ':' after the key is missi
     ("api:\n  url: http://a: b\n", 2, "a ':' where a value was expected"),     # a colon too many: its own line
     ("name_prefix: a\n  b\napi:\n  url: http://a: b\n", 4, "a ':' where a value was expected"),  # a value on two lines is no slip
     ("folder: /x\nscan:\n  settle_seconds: 5\n  mistake here\nworkers:\n  hash: 2\n", 4, MISSING_COLON),
+    ("banner: |\n  hello world\nbad: key: value\n", 3, "a ':' where a value was expected"),   # a block's text
+    ("note: a long\n  value wrapped\n  timeout: 30\n", 3, "a ':' where a value was expected"),  # a wrapped value
 ], ids=["in-section-before-comment", "top-level", "before-blank", "colon-in-value", "two-line-value",
-        "last-in-section"])
+        "last-in-section", "block-text", "wrapped-value"])
 def test_a_key_without_its_colon_is_shown_on_its_own_line(tmp_path, text, line, words):
     """PyYAML reads such a line on into the next ones: the message names the line itself."""
     path = tmp_path / "config.yaml"
@@ -347,10 +349,12 @@ def test_a_readable_config_holding_a_password_names_the_variable_for_that_passwo
 
 @pytest.mark.parametrize("env, told", [({cdn_push.ENV_API_PASSWORD: "short"}, "the password from CDN_PUSH_API_PASSWORD"),
                                        ({cdn_push.ENV_ORIGIN_PASSWORD: "short"}, "the password from CDN_PUSH_ORIGIN_PASSWORD"),
-                                       ({}, "the password from 'api.password'")])
+                                       ({}, "the password from 'api.password'"),
+                                       ({"url": 1}, "the password from 'origin.base_url'")])
 def test_a_short_password_is_named_by_where_it_came_from(tmp_path, env, told):
     path = tmp_path / "config.yaml"
-    path.write_text("folder: drop\napi:\n  password: short\norigin:\n  username: me\n")
+    origin = "  base_url: http://me:short@files.example.net/v\n" if env.pop("url", None) else "  username: me\n"
+    path.write_text(f"folder: drop\napi:\n  password: short\norigin:\n{origin}")
     path.chmod(0o600)
     _, warnings = cdn_push.load_config(path, env)
     assert any(w.startswith(f"{told} is shorter than 8 characters") for w in warnings), warnings

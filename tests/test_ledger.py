@@ -209,3 +209,18 @@ def test_the_rows_vouched_for_are_never_more_than_the_pipeline_would_pass_by(tmp
         check()
     finally:
         ledger.close()
+
+
+def test_a_folder_whose_files_all_changed_has_its_rows_read_at_once_past_a_few(tmp_path):
+    """A folder touched or emptied asks for every vouched row: one by one up to LAZY_ROWS, then
+    the whole folder in one query; the rows are the same either way."""
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        ledger.put_many([imported(f"d/{i:03}.mp4") for i in range(100)] + [imported("e/x.mp4")])
+        rows = ledger.folder_rows("d", "", True)
+        queries = []
+        ledger._db.set_trace_callback(queries.append)
+        got = [rows.get(f"d/{i:03}.mp4") for i in range(100)]
+        ledger._db.set_trace_callback(None)
+        assert got == [ledger.quick_row(f"d/{i:03}.mp4") for i in range(100)]
+        assert len(queries) == cdn_push.FolderRows.LAZY_ROWS + 1, queries[-3:]
+        assert rows.get("e/x.mp4") is None and [row.path for row in rows.gone(set())] == [f"d/{i:03}.mp4" for i in range(100)]

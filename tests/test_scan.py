@@ -66,6 +66,8 @@ def test_symlinks_are_ignored_by_default_and_never_lead_outside(tmp_path):
     os.symlink(outside, root / "dir-out")
     os.symlink(root / "real" / "a.mp4", root / "link-in.mp4")
     os.symlink(root, root / "real" / "loop")
+    os.symlink(root / "real" / "a.mp4", root / ".hidden.mp4")      # skipped by name anyway: not told
+    os.symlink(root / "real" / "a.mp4", root / "part.tmp")
     links = []
     found = {e.relpath for _, entries in cdn_push.walk_folder(root, ScanConfig(), on_link=links.append)
              for e in entries}

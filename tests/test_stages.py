@@ -150,6 +150,19 @@ def test_a_pass_says_once_which_symlinks_it_passed_by_and_counts_them_as_nothing
     assert told[0].levelno == logging.INFO         # a cron run with -q says nothing of links kept on purpose
 
 
+def test_a_reload_in_the_middle_of_a_pass_voids_what_the_folders_read_before_it_vouched_for(
+        drop, make_config, raw_config):
+    """The walk read d1's rows under the old name_prefix; the new one names every file anew."""
+    config = cfg(make_config, raw_config)
+    with Ledger.open(config.ledger) as ledger:
+        imported_folder(drop, ledger, {"d1/a.mp4": b"one", "d2/b.mp4": b"two"})
+        pipeline = Pipeline(config, ledger, None)
+        pipeline.start_scan()
+        pipeline.ctx.config = cfg(make_config, raw_config, name_prefix="x/")      # as reconfigure does
+        pipeline.scan_and_hash()
+        assert pipeline.summary.unchanged == 0 and pipeline.summary.changed + pipeline.summary.new == 2
+
+
 def test_a_file_replaced_by_another_known_one_is_hashed_and_recorded_as_changed(drop, make_config, raw_config):
     """`mv b a`: a's row is not taken for a move of b's (a is known), so a is hashed and is a change."""
     config = cfg(make_config, raw_config)
