@@ -245,7 +245,10 @@ def test_a_one_shot_run_serves_the_monitor_only_when_listen_is_set(drop, emulato
 def test_metrics_match_the_ledger_and_the_emulator_and_again_after_a_restart(drop, emulator, monitored):
     files = {f"a{i}.mp4": os.urandom(1000 + 111 * i) for i in range(5)}
     write_files(drop, files)
-    write_files(drop, {"young.mp4": b"just written"}, age=0)        # waits out settle_seconds
+    write_files(drop, {"young.mp4": b"just written"}, age=0)
+    # Held open for writing, it waits whatever the service can see: where every writer can be seen
+    # (root, and no process of another user at that moment) a closed young file would go at once.
+    writer = open(drop / "young.mp4", "ab")                          # noqa: SIM115 - closed below
     emulator.hold()                       # no downloads: the seeded file below stays in the CDN as is
     first = files["a0.mp4"]
     emulator.file_add({"location": "http://127.0.0.1:9/a0.mp4", "name": "a0.mp4", "size": str(len(first)),
@@ -284,6 +287,7 @@ def test_metrics_match_the_ledger_and_the_emulator_and_again_after_a_restart(dro
 
     # A restarted service knows the ledger's numbers from its first scrape, before any pass ends.
     assert running.close() == cdn_push.EXIT_OK
+    writer.close()
     again, port = monitored(scan={"settle_seconds": 60, "rescan_interval": 3600}, wait_for_first_pass=False)
     samples = scrape(port)
     assert_gauges_match_ledger(samples, again.ledger.path)
