@@ -1072,9 +1072,9 @@ def load_config(path: Path, env: Mapping[str, str]) -> tuple[Config, list[str]]:
     origin_raw = raw.get("origin") if isinstance(raw, Mapping) else None
     origin_from = (ENV_ORIGIN_PASSWORD if env.get(ENV_ORIGIN_PASSWORD) else "'origin.password'"
                    if isinstance(origin_raw, Mapping) and origin_raw.get("password") else "'origin.base_url'")
-    api_from = config.api.password_from.split(" (")[0]
-    for source, secret in ((api_from if api_from.isupper() else f"'{api_from}'", config.api.password),
-                           (origin_from, config.origin.password)):
+    api_from = (ENV_API_PASSWORD if env.get(ENV_API_PASSWORD) else "'api.password_file'"
+                if config.api.password_file else "'api.password'")
+    for source, secret in ((api_from, config.api.password), (origin_from, config.origin.password)):
         if secret and len(secret.reveal()) < SHORT_SECRET:
             warnings.append(f"the password from {source} is shorter than {SHORT_SECRET} characters: messages mask "
                             "it only where it stands alone; a longer one is safer")
@@ -2643,17 +2643,15 @@ def classify_response(status: int, body: str) -> CdnAnswer | _TransientError | C
     if status == 401 or (status == 403 and (not message or AUTH_TEXT.search(message))):
         return CdnAuthError(f"the CDN refused the API credentials (HTTP {status}"
                             f"{': ' + message if message else ''}); check api.login and the password")
-    if status in (429, 408):         # "later", whatever page a proxy wraps it in
+    # "Later", whatever page a proxy or load balancer wraps it in; but 501: the server has no such
+    # method (a plain web server at api.url), which no wait mends.
+    if status in (429, 408) or (status >= 500 and status != 501):
         return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
-    # 501: the server has no such method (a plain web server), where 5xx else says "later"; a web
-    # page with a 5xx is a load balancer's "later" and stays transient.
-    if status in (404, 405, 501) or 300 <= status < 400 or (status < 500 and HTML_START.match(body)):
+    if status in (404, 405, 501) or 300 <= status < 400 or HTML_START.match(body):
         said = "a web page" if HTML_START.match(body) else f"HTTP {status}" + (
             f" ({printable(message[:200])})" if message else "")
         return CdnEndpointError(f"the CDN answered {said} to file/add: that is about the API address, not "
                                 "a file; check 'api.url' (the vendor's ends in /api2)")
-    if status >= 500:
-        return _TransientError(f"HTTP {status}{': ' + message if message else ''}")
     if EXISTS_TEXT.search(message or "") and (status < 300 or 400 <= status < 500):
         return CdnAnswer(OUTCOME_EXISTS, status, message, kept)
     if 200 <= status < 300:
@@ -3261,9 +3259,13 @@ class CallbackInbox:
                 self._served[relpath] = total
                 return False
             self._fetched.append(relpath)
+        self._nudge()
+        return True
+
+    def _nudge(self) -> None:
+        """Wake the owner thread's loop (outside the lock: it takes the inbox's lock to read)."""
         if self.wake is not None:
             self.wake.set()
-        return True
 
     def idle_seconds(self) -> float:
         """Seconds since the origin last sent a byte (infinite if it never did; 0 while it sends)."""
@@ -3281,8 +3283,7 @@ class CallbackInbox:
             if self._closed:
                 return False
             self.queue.put(report)
-        if self.wake is not None:
-            self.wake.set()
+        self._nudge()
         return True
 
     def close(self) -> None:
@@ -4539,7 +4540,7 @@ class Hasher:
 
 class FolderChunk(NamedTuple):
     entries: list[FileEntry]
-    known: FolderRows | Mapping[str, QuickRow]      # what the ledger knows of the chunk's folder
+    known: FolderRows               # what the ledger knows of the chunk's folder
     gone: list[QuickRow] = []       # on a folder's last chunk: rows of files no longer in it
     walk_over: bool = False         # the pass's last chunk: `gone` holds the rows of folders not there any more
 
@@ -4599,7 +4600,7 @@ class Scanner:
             batch = next(self._walk, None)
             if batch is None:
                 self._walk = None
-                return FolderChunk([], {}, self._rows_of_folders_gone(), walk_over=True)
+                return FolderChunk([], FolderRows(self.ledger, {}, {}), self._rows_of_folders_gone(), walk_over=True)
             reldir, entries = batch
             self._walked.add(reldir)
             self.listed += len(entries)
@@ -5544,12 +5545,10 @@ class Intake:
         """The chunk's files but those the ledger vouches for as listed (counted unchanged here):
         the short way for a rerun's every file, as look_at would judge them. A file on its way or
         one of cdn-push's own is still looked at."""
-        config = self.ctx.config
-        rows = chunk.known if isinstance(chunk.known, FolderRows) else None
+        config, vouched = self.ctx.config, chunk.known.vouched
         # A reload since the folder was read (another name_prefix, callbacks turned on) voids its vouching.
-        if rows is None or not rows.vouched or rows.rules != (config.name_prefix, config.callback.enabled):
+        if not vouched or chunk.known.rules != (config.name_prefix, config.callback.enabled):
             return chunk.entries
-        vouched = rows.vouched
         stat_of, staged, private = vouched.get, self.ctx.table.staged(), self.private
         rest = [entry for entry in chunk.entries if stat_of(entry.relpath) != ENTRY_STAT(entry)
                 or entry.relpath in staged or entry.relpath in private]
